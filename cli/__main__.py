@@ -1,0 +1,3 @@
+from svdedit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""``svdedit export``: the command-line edge of the export stage. torch is imported only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = """\
+Convert a Stable Diffusion model to an engine dir: four ONNX graphs (text_encoder, unet, vae_encoder,
+vae_decoder) with dynamic batch and image size, tokenizer.json, schedule.json and manifest.json.
+
+Every graph is checked with onnx.checker and compared with the torch model on onnxruntime's CPU
+provider; the export fails, writing nothing, if any network is over tolerance. The result is written
+under a temporary name and renamed into place, so an interrupted export leaves nothing half-written.
+Exporting the same model with the same options again is a no-op unless --force.
+
+Supported: SD 1.x, SD 2.x (epsilon and v-prediction) text-to-image pipelines. Needs the `export`
+extra (torch, diffusers, transformers, onnx) and onnxruntime.
+
+examples:
+  svdedit export models/shapes -o engines/shapes
+  svdedit export v1-5-pruned-emaonly.safetensors --config sd15-configs/ -o engines/sd15 --precision fp16
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="convert an SD 1.x/2.x model to a validated ONNX engine dir (needs torch)",
+        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", metavar="SOURCE",
+                   help="a diffusers pipeline folder, or an original-format .safetensors checkpoint (with --config)")
+    p.add_argument("-o", "--output", metavar="ENGINE_DIR", required=True, help="the engine dir to write")
+    p.add_argument("--config", metavar="DIR",
+                   help="for a single-file checkpoint: a local diffusers pipeline folder of the same architecture "
+                        "(its configs and tokenizer are used, not its weights)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16 converts the text encoder and UNet for GPU use (fp32 I/O, softmax and normalisation "
+                        "kept fp32; the VAE stays fp32). Default: fp32")
+    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset to export (18-23). Default: the exporter's own")
+    p.add_argument("--force", action="store_true", help="export again even if ENGINE_DIR is up to date, and replace "
+                                                         "an engine dir made from another model or with other options")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from svdedit.export.exporter import ExportOptions, export_model
+
+    manifest = export_model(
+        args.source, args.output, ExportOptions(precision=args.precision, opset=args.opset, force=args.force),
+        config=args.config,
+    )
+    summary = {
+        "engine_dir": args.output,
+        "family": manifest["family"],
+        "precision": manifest["precision"],
+        "parity_max_abs": {k: v["parity"]["max_abs"] for k, v in manifest["networks"].items()},
+    }
+    print(json.dumps(summary))
+    return 0

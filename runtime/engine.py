@@ -1,0 +1,138 @@
+"""Runners for the networks of an engine dir, with an explicit lifecycle (as Polygraphy's runners).
+
+    with Engine(engine_dir, "unet") as unet:      # creates the onnxruntime session once
+        eps = unet(sample=x, timestep=t, encoder_hidden_states=e)["model_output"]
+
+Every call is checked against the manifest: input names, dtypes, ranks and fixed sizes, and the
+dynamic axes that must agree across inputs (``batch``). A mismatch raises EngineDirError naming
+the input, what it got and what the manifest declares.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from svdedit.runtime.contract import DYNAMIC_AXES, NETWORKS, read_manifest
+from svdedit.runtime.errors import EngineDirError, SvdeditError
+
+#: preference order when the provider is "auto"
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(requested: str = "auto") -> list[str]:
+    """onnxruntime providers to ask for: the best available, or the one requested, CPU as the fallback."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if requested == "auto":
+        return [p for p in PROVIDER_ORDER if p in available]
+    name = requested if requested.endswith("ExecutionProvider") else {
+        "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+    }.get(requested.lower(), requested)
+    if name not in available:
+        raise SvdeditError(
+            f"--provider {requested!r} is not available in this onnxruntime (available: {', '.join(available)}). "
+            f"Use --provider auto, or install onnxruntime-gpu for CUDA/TensorRT."
+        )
+    return [name] + (["CPUExecutionProvider"] if name != "CPUExecutionProvider" else [])
+
+
+class Engine:
+    """One network of an engine dir, run by onnxruntime."""
+
+    def __init__(self, engine_dir: str | Path, network: str, provider: str = "auto", manifest: dict | None = None):
+        if network not in NETWORKS:
+            raise SvdeditError(f"unknown network {network!r}; an engine dir has {', '.join(NETWORKS)}.")
+        self.engine_dir = Path(engine_dir)
+        self.network = network
+        self.manifest = manifest if manifest is not None else read_manifest(engine_dir)
+        self.entry = self.manifest["networks"][network]
+        self.requested_provider = provider
+        self.session = None
+
+    def __enter__(self) -> "Engine":
+        import onnxruntime as ort
+
+        wanted = choose_providers(self.requested_provider)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        path = self.engine_dir / self.entry["file"]
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise EngineDirError(
+                f"onnxruntime cannot load {path} ({str(exc).splitlines()[0][:300]}). The graph is damaged or was "
+                f"written by an incompatible exporter; re-create the engine dir with `svdedit export ... --force`."
+            ) from None
+        self.provider = self.session.get_providers()[0]
+        if self.provider != wanted[0]:
+            # onnxruntime-gpu lists providers whose CUDA libraries it cannot load, then silently uses the CPU.
+            print(f"svdedit: {self.network}: asked for {wanted[0]} but onnxruntime gave {self.provider} "
+                  f"(its libraries could not be loaded); running on {self.provider}.", file=sys.stderr)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.session = None
+
+    def check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
+        declared = self.entry["inputs"]
+        names = {d["name"] for d in declared}
+        if set(feeds) != names:
+            raise EngineDirError(f"{self.network}: inputs {sorted(feeds)} given, the manifest declares {sorted(names)}.")
+        seen: dict[str, int] = {}
+        for d in declared:
+            a = feeds[d["name"]]
+            if str(a.dtype) != d["dtype"]:
+                raise EngineDirError(f"{self.network}: input {d['name']!r} has dtype {a.dtype}, the manifest declares {d['dtype']}.")
+            if a.ndim != len(d["shape"]):
+                raise EngineDirError(f"{self.network}: input {d['name']!r} has shape {a.shape}, the manifest declares {d['shape']}.")
+            for size, want in zip(a.shape, d["shape"]):
+                if want in DYNAMIC_AXES:
+                    if seen.setdefault(want, size) != size:
+                        raise EngineDirError(
+                            f"{self.network}: input {d['name']!r} has {want} = {size} but another input has {seen[want]}."
+                        )
+                elif size != want:
+                    raise EngineDirError(f"{self.network}: input {d['name']!r} has shape {a.shape}, the manifest declares {d['shape']}.")
+
+    def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+        if self.session is None:
+            raise RuntimeError("Engine used outside its `with` block")
+        self.check_feeds(feeds)
+        names = [o["name"] for o in self.entry["outputs"]]
+        return dict(zip(names, self.session.run(names, feeds)))
+
+
+def smoke_test(engine_dir: str | Path, provider: str = "auto") -> list[dict]:
+    """Verify an engine dir and run every network once at batch 1 and the default size."""
+    import time
+
+    manifest = read_manifest(engine_dir, verify_hashes=True)
+    side = manifest["image_size"]["default"]
+    latent_side = side // manifest["latent"]["vae_scale_factor"]
+    sizes = {"batch": 1, "height": side, "width": side, "latent_height": latent_side, "latent_width": latent_side}
+    rng = np.random.default_rng(0)
+    report = []
+    for name in NETWORKS:
+        with Engine(engine_dir, name, provider, manifest) as engine:
+            feeds = {}
+            for d in engine.entry["inputs"]:
+                shape = [sizes[s] if isinstance(s, str) else s for s in d["shape"]]
+                feeds[d["name"]] = (np.zeros(shape, np.int64) + manifest["text"]["bos_id"] if d["dtype"] == "int64"
+                                    else rng.standard_normal(shape).astype(d["dtype"]))
+            t0 = time.perf_counter()
+            out = engine(**feeds)
+            ms = (time.perf_counter() - t0) * 1e3
+            for d in engine.entry["outputs"]:
+                a = out[d["name"]]
+                want = [sizes[s] if isinstance(s, str) else s for s in d["shape"]]
+                if list(a.shape) != want or not np.all(np.isfinite(a)):
+                    raise EngineDirError(f"{name}: output {d['name']} has shape {list(a.shape)} (want {want}) or non-finite values.")
+            report.append({"network": name, "provider": engine.provider, "ms": round(ms, 2),
+                           "precision": engine.entry["precision"],
+                           "parity_max_abs": engine.entry.get("parity_fp16", engine.entry["parity"]).get("max_abs"),
+                           "ok": True})
+    return report

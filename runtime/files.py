@@ -1,0 +1,110 @@
+"""Small file helpers shared by every stage: hashing, atomic writes, safetensors header checks."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import struct
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from svdedit.runtime.errors import SvdeditError
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (an SD UNet is 3.4 GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_json(obj) -> str:
+    """Hex sha256 of a JSON-serialisable object in canonical form (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def _temp_sibling(final: Path, tag: str) -> Path:
+    return final.with_name(f".{final.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Build a directory under a temporary name beside ``final``; rename it into place on success.
+
+    If the block raises (an error, Ctrl-C), the temporary directory is removed and ``final`` is left
+    exactly as it was. With ``replace=True`` an existing ``final`` is swapped out only after the new
+    directory is complete, so a failure never loses the old one either.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(final, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            if not replace:
+                raise FileExistsError(f"{final} appeared while it was being written")
+            old = _temp_sibling(final, "old")
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_safetensors(path: str | os.PathLike) -> dict:
+    """Validate a .safetensors file's header against its size without loading any tensor.
+
+    Returns the header (tensor name -> dtype, shape, data_offsets). Raises SvdeditError naming the
+    file when it is truncated, has a corrupt header, or is not a safetensors file at all.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    hint = "Re-download or re-save the file; a partial download is the usual cause."
+    if size < 8:
+        raise SvdeditError(f"{path} is not a valid .safetensors file: it is only {size} bytes long. {hint}")
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > size - 8 or header_len > 100 * 1024 * 1024:
+            raise SvdeditError(
+                f"{path} is not a valid .safetensors file: its header claims {header_len} bytes but the "
+                f"file has {size}. {hint}"
+            )
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SvdeditError(f"{path} is not a valid .safetensors file: its header is corrupt ({exc}). {hint}") from None
+    data_len = size - 8 - header_len
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(info["data_offsets"][1]))
+        except (KeyError, TypeError, IndexError, ValueError):
+            raise SvdeditError(f"{path} is not a valid .safetensors file: entry {name!r} of its header is corrupt. {hint}") from None
+    if end > data_len:
+        raise SvdeditError(
+            f"{path} is truncated: its tensors need {end} bytes of data but only {data_len} are there. {hint}"
+        )
+    return header
