@@ -449,7 +449,6 @@ def export_model(
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
     src: Source = inspect_source(source, config)
-    log(f"source: {src.path} ({FAMILIES[src.family]}, {src.prediction_type})")
     source_sha = src.sha256()
     cache_key = sha256_json(
         {"format": FORMAT_VERSION, "svdedit": SVDEDIT_VERSION, "source": source_sha, "precision": options.precision,
@@ -466,6 +465,7 @@ def export_model(
             "(or `[export,gpu]` on an NVIDIA machine)."
         ) from None
 
+    log(f"source: {src.path} ({FAMILIES[src.family]}, {src.prediction_type})")
     components = load_components(src)
     geo = _geometry(components)
     modules = _wrappers(components)

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny seeded SD pipelines and their engine dirs, built once per test session.
+
+Exporting a tiny pipeline takes ~25 s (mostly the dynamo exporter's warm-up), so every test that
+needs an engine dir shares the session-scoped ones below, and treats them as read-only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+requires_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs the export extra (torch, diffusers)")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipelines(tmp_path_factory) -> dict[str, Path]:
+    """{'sd1': folder, 'sd2-v': folder}: tiny seeded diffusers pipelines saved with save_pretrained."""
+    from tests.fixtures.tiny_sd import FLAVOURS, save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("pipelines")
+    return {f: save_tiny_pipeline(f, root / f) for f in FLAVOURS}
+
+
+@pytest.fixture(scope="session")
+def engine_dirs(tiny_pipelines, tmp_path_factory) -> dict[str, Path]:
+    """{'sd1': engine dir (fp32), 'sd2-v': engine dir (fp16)}, exported once per session."""
+    from svdedit.export.exporter import ExportOptions, export_model
+
+    root = tmp_path_factory.mktemp("engines")
+    out = {}
+    for flavour, precision in (("sd1", "fp32"), ("sd2-v", "fp16")):
+        out[flavour] = root / flavour
+        export_model(tiny_pipelines[flavour], out[flavour], ExportOptions(precision=precision), log=lambda m: None)
+    return out

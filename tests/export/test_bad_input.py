@@ -1,0 +1,192 @@
+"""Every user mistake the export stage can meet gets one clear message, exit status 2, no traceback,
+and leaves nothing behind: no engine dir, no temporary folder, the user's files untouched."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import requires_torch
+
+pytestmark = requires_torch
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "svdedit.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def assert_clear_error(proc: subprocess.CompletedProcess, *phrases: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("svdedit export: error: "), proc.stderr
+    for phrase in phrases:
+        assert phrase in proc.stderr, proc.stderr
+
+
+@pytest.fixture
+def pipeline_copy(tiny_pipelines, tmp_path) -> Path:
+    """A private copy of the sd1 fixture pipeline that a test may damage."""
+    return Path(shutil.copytree(tiny_pipelines["sd1"], tmp_path / "pipe"))
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_missing_source(tmp_path):
+    proc = run_cli("export", tmp_path / "nope", "-o", tmp_path / "out")
+    assert_clear_error(proc, "does not exist", "model_index.json", "--config")
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_that_is_not_a_pipeline(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.png").write_bytes(b"not really")
+    assert_clear_error(run_cli("export", tmp_path / "photos", "-o", tmp_path / "out"), "no model_index.json")
+
+
+def test_sdxl_is_refused_with_the_supported_families(pipeline_copy, tmp_path):
+    index = json.loads((pipeline_copy / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionXLPipeline"
+    index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
+    (pipeline_copy / "model_index.json").write_text(json.dumps(index))
+    proc = run_cli("export", pipeline_copy, "-o", tmp_path / "out")
+    assert_clear_error(proc, "SDXL", "Supported families", "sd1", "sd2-v")
+
+
+def test_inpainting_unet_is_refused(pipeline_copy, tmp_path):
+    cfg = json.loads((pipeline_copy / "unet" / "config.json").read_text())
+    cfg["in_channels"] = 9
+    (pipeline_copy / "unet" / "config.json").write_text(json.dumps(cfg))
+    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), "9 input channels", "inpainting")
+
+
+def test_pipeline_of_another_kind_is_refused(pipeline_copy, tmp_path):
+    index = json.loads((pipeline_copy / "model_index.json").read_text())
+    index["_class_name"] = "KandinskyV22Pipeline"
+    index["text_encoder"] = [None, None]
+    (pipeline_copy / "model_index.json").write_text(json.dumps(index))
+    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), "without text_encoder",
+                       "Supported families")
+
+
+def test_truncated_safetensors_names_the_file(pipeline_copy, tmp_path):
+    weights = pipeline_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), str(weights), "truncated")
+
+
+def test_corrupt_safetensors_header_names_the_file(pipeline_copy, tmp_path):
+    weights = pipeline_copy / "vae" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:40] = b"\x00garbage-not-json-at-all-#######"
+    weights.write_bytes(bytes(data))
+    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), str(weights), "header is corrupt")
+
+
+def test_pickle_weights_are_never_loaded(pipeline_copy, tmp_path):
+    weights = pipeline_copy / "text_encoder" / "model.safetensors"
+    weights.rename(weights.with_name("pytorch_model.bin"))
+    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), "pickle", "safe_serialization=True")
+
+
+def test_single_file_needs_config_and_refuses_pickle(pipeline_copy, tmp_path):
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    ckpt = tmp_path / "model.safetensors"
+    save_file({"model.diffusion_model.out.2.weight": np.zeros(4, np.float32)}, str(ckpt))
+    assert_clear_error(run_cli("export", ckpt, "-o", tmp_path / "out"), "--config DIR")
+    (tmp_path / "model.ckpt").write_bytes(b"\x80\x04pickle")
+    assert_clear_error(run_cli("export", tmp_path / "model.ckpt", "-o", tmp_path / "out"), "pickle")
+    save_file({"conditioner.embedders.1.model.positional_embedding": np.zeros(4, np.float32)}, str(ckpt))
+    assert_clear_error(run_cli("export", ckpt, "--config", pipeline_copy, "-o", tmp_path / "out"), "SDXL")
+
+
+def test_engine_dir_holding_other_files_is_left_alone(pipeline_copy, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    for extra in ([], ["--force"]):
+        proc = run_cli("export", pipeline_copy, "-o", out, *extra)
+        assert_clear_error(proc, "not an svdedit engine dir", "will not overwrite")
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+    (tmp_path / "file").write_text("x")
+    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "file"), "is a file")
+
+
+def test_engine_dir_from_other_options_needs_force(engine_dirs, tiny_pipelines, tmp_path):
+    out = Path(shutil.copytree(engine_dirs["sd1"], tmp_path / "out"))
+    before = (out / "manifest.json").read_text()
+    proc = run_cli("export", tiny_pipelines["sd1"], "-o", out, "--precision", "fp16")
+    assert_clear_error(proc, "other options", "--force")
+    assert (out / "manifest.json").read_text() == before
+
+
+def test_bad_option_values(pipeline_copy, tmp_path):
+    proc = run_cli("export", pipeline_copy, "-o", tmp_path / "out", "--opset", "7")
+    assert_clear_error(proc, "--opset 7", "18 to 23")
+    proc = run_cli("export", pipeline_copy, "-o", tmp_path / "out", "--precision", "int4")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr  # argparse's own message
+
+
+# ---- failures in the middle of an export (in-process, so that a failure can be injected) ----
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device", "unet.onnx"), KeyboardInterrupt()])
+def test_failure_mid_export_leaves_nothing_behind(tiny_pipelines, tmp_path, monkeypatch, failure):
+    from svdedit.export import exporter
+    from svdedit.runtime.errors import ExportError
+
+    real = exporter._export_onnx
+
+    def export_then_fail(spec, module, feeds, path, opset):
+        real(spec, module, feeds, path, opset)
+        if spec.name == "vae_encoder":  # two networks are already on disk in the temporary dir
+            raise failure
+
+    monkeypatch.setattr(exporter, "_export_onnx", export_then_fail)
+    out = tmp_path / "out"
+    expected = ExportError if isinstance(failure, OSError) else KeyboardInterrupt
+    with pytest.raises(expected) as info:
+        exporter.export_model(tiny_pipelines["sd1"], out, log=lambda m: None)
+    if expected is ExportError:
+        assert "No space left on device" in str(info.value) and "Nothing was written" in str(info.value)
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_failure_mid_force_export_keeps_the_old_engine_dir(engine_dirs, tiny_pipelines, tmp_path, monkeypatch):
+    from svdedit.export import exporter
+    from svdedit.runtime.contract import read_manifest
+
+    out = Path(shutil.copytree(engine_dirs["sd1"], tmp_path / "out"))
+
+    def fail(*a, **k):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(exporter, "_write_tokenizer", fail)
+    with pytest.raises(exporter.ExportError, match="Input/output error"):
+        exporter.export_model(tiny_pipelines["sd1"], out, exporter.ExportOptions(force=True), log=lambda m: None)
+    read_manifest(out)  # the old engine dir is intact, hashes and all
+    assert leftovers(tmp_path) == []
+
+
+def test_parity_failure_fails_the_export_and_writes_nothing(tiny_pipelines, tmp_path, monkeypatch):
+    from svdedit.export import exporter
+    from svdedit.runtime import contract
+
+    strict = replace(contract.NETWORKS["text_encoder"], rtol={"fp32": 0.0, "fp16": 0.0})
+    monkeypatch.setitem(exporter.NETWORKS, "text_encoder", strict)
+    out = tmp_path / "out"
+    with pytest.raises(exporter.ExportError, match="text_encoder: onnxruntime differs from torch"):
+        exporter.export_model(tiny_pipelines["sd1"], out, log=lambda m: None)
+    assert not out.exists() and leftovers(tmp_path) == []
