@@ -238,7 +238,7 @@ def load_components(src: Source) -> Components:
                 str(src.path), config=str(src.config_dir), local_files_only=True, torch_dtype=torch.float32,
                 safety_checker=None, requires_safety_checker=False,
             )
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except Exception as exc:  # diffusers raises ValueError, KeyError, RuntimeError or SingleFileComponentError
             raise SourceError(
                 f"SOURCE {src.path} could not be loaded with the configs of --config {src.config_dir} "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). Check that --config is a pipeline of "

@@ -154,12 +154,14 @@ def read_manifest(engine_dir: str | Path, verify_hashes: bool = True) -> dict:
         networks = manifest["networks"]
     except (ValueError, KeyError, TypeError) as exc:
         raise EngineDirError(f"{path} is corrupt ({type(exc).__name__}: {exc}). {redo}") from None
+    if not all(isinstance(manifest.get(k), dict) and "file" in manifest[k] for k in ("text", "schedule")):
+        raise EngineDirError(f"{path} is corrupt (no text/schedule entries). {redo}")
     if version != FORMAT_VERSION:
         raise EngineDirError(
             f"{path} has format version {version!r}; this svdedit reads version {FORMAT_VERSION}. "
             f"Re-export the model with this svdedit, or use the svdedit version that wrote it."
         )
-    required = [SCHEDULE_FILE, TOKENIZER_FILE]
+    required = [manifest["schedule"]["file"], manifest["text"]["file"]]
     for name in NETWORKS:
         if name not in networks:
             raise EngineDirError(f"{path} lists no {name!r} network; the engine dir is incomplete. {redo}")
@@ -170,14 +172,17 @@ def read_manifest(engine_dir: str | Path, verify_hashes: bool = True) -> dict:
         if not (engine_dir / rel).is_file():
             raise EngineDirError(f"Engine dir {engine_dir} is incomplete: {rel} is missing. {redo}")
     if verify_hashes:
-        for name, net in networks.items():
-            for key, rel in (("sha256", net["file"]), ("external_data_sha256", net.get("external_data"))):
-                if rel is None:
-                    continue
-                actual = sha256_file(engine_dir / rel)
-                if actual != net[key]:
-                    raise EngineDirError(
-                        f"{engine_dir / rel} does not match the manifest (sha256 {actual[:12]}..., manifest says "
-                        f"{net[key][:12]}...): the file was changed or damaged after export. {redo}"
-                    )
+        recorded = [(manifest["text"]["file"], manifest["text"]["sha256"]),
+                    (manifest["schedule"]["file"], manifest["schedule"]["sha256"])]
+        for net in networks.values():
+            recorded.append((net["file"], net["sha256"]))
+            if net.get("external_data"):
+                recorded.append((net["external_data"], net["external_data_sha256"]))
+        for rel, expected in recorded:
+            actual = sha256_file(engine_dir / rel)
+            if actual != expected:
+                raise EngineDirError(
+                    f"{engine_dir / rel} does not match the manifest (sha256 {actual[:12]}..., manifest says "
+                    f"{expected[:12]}...): the file was changed or damaged after export. {redo}"
+                )
     return manifest

@@ -41,6 +41,24 @@ def _temp_sibling(final: Path, tag: str) -> Path:
     return final.with_name(f".{final.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_siblings(final: Path) -> None:
+    """Remove temporary siblings left by a writer that was killed outright (SIGKILL, power loss)."""
+    for p in final.parent.glob(f".{final.name}.*-*-*"):
+        parts = p.name[len(final.name) + 2 :].split("-")
+        if len(parts) == 3 and parts[0] in ("tmp", "old") and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name beside ``final``; rename it into place on success.
@@ -51,6 +69,7 @@ def atomic_dir(final: str | os.PathLike, replace: bool = False) -> Iterator[Path
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(final)
     tmp = _temp_sibling(final, "tmp")
     tmp.mkdir()
     try:

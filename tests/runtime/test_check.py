@@ -47,6 +47,8 @@ def test_check_names_a_file_that_does_not_match_the_manifest(engine_dirs, tmp_pa
     (lambda d: (d / "manifest.json").write_text(json.dumps({**json.loads((d / "manifest.json").read_text()),
                                                             "format_version": 99})), "format version 99"),
     (lambda d: shutil.rmtree(d), "does not exist"),
+    (lambda d: (d / "tokenizer.json").write_text("{}"), "tokenizer.json does not match the manifest"),
+    (lambda d: (d / "schedule.json").unlink(), "schedule.json is missing"),
 ])
 def test_check_refuses_damaged_engine_dirs(engine_dirs, tmp_path, damage, phrase):
     d = _damaged(engine_dirs, tmp_path)

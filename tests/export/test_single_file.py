@@ -1,0 +1,57 @@
+"""SOURCE as one original-format .safetensors checkpoint plus --config DIR."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import requires_torch
+
+pytestmark = requires_torch
+
+
+@pytest.fixture(scope="module")
+def ldm_checkpoint(tiny_pipelines, tmp_path_factory):
+    from tests.fixtures.ldm_checkpoint import write_ldm_checkpoint
+
+    return write_ldm_checkpoint(tiny_pipelines["sd1"], tmp_path_factory.mktemp("ldm") / "tiny-sd1.safetensors")
+
+
+def test_single_file_loads_the_same_weights_as_the_folder(tiny_pipelines, ldm_checkpoint):
+    from svdedit.export.source import inspect_source, load_components
+
+    single = inspect_source(ldm_checkpoint, config=tiny_pipelines["sd1"])
+    assert (single.kind, single.family, single.prediction_type) == ("single_file", "sd1", "epsilon")
+    a = load_components(single)
+    b = load_components(inspect_source(tiny_pipelines["sd1"]))
+    for name in ("unet", "vae", "text_encoder"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert sa.keys() == sb.keys()
+        for k in sb:
+            np.testing.assert_array_equal(sa[k].numpy(), sb[k].numpy(), err_msg=f"{name}.{k}")
+
+
+def test_export_single_file_through_the_cli(tiny_pipelines, ldm_checkpoint, tmp_path):
+    out = tmp_path / "eng"
+    proc = subprocess.run([sys.executable, "-m", "svdedit.cli", "export", str(ldm_checkpoint), "--config",
+                           str(tiny_pipelines["sd1"]), "-o", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["source"]["kind"] == "single_file" and m["family"] == "sd1"
+    assert all(net["parity"]["passed"] for net in m["networks"].values())
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(tiny_pipelines, tmp_path):
+    from safetensors.numpy import save_file
+
+    from svdedit.export.source import inspect_source, load_components
+    from svdedit.runtime.errors import SourceError
+
+    ckpt = tmp_path / "other.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((7, 4, 3, 3), np.float32)}, str(ckpt))
+    with pytest.raises(SourceError, match="could not be loaded with the configs of --config"):
+        load_components(inspect_source(ckpt, config=tiny_pipelines["sd1"]))
