@@ -30,12 +30,12 @@ def tiny_pipelines(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def engine_dirs(tiny_pipelines, tmp_path_factory) -> dict[str, Path]:
-    """{'sd1': engine dir (fp32), 'sd2-v': engine dir (fp16)}, exported once per session."""
+    """{'sd1', 'sd2-v': fp32 engine dirs; 'sd2-v-fp16': the sd2-v fixture exported with --precision fp16}."""
     from svdedit.export.exporter import ExportOptions, export_model
 
     root = tmp_path_factory.mktemp("engines")
     out = {}
-    for flavour, precision in (("sd1", "fp32"), ("sd2-v", "fp16")):
-        out[flavour] = root / flavour
-        export_model(tiny_pipelines[flavour], out[flavour], ExportOptions(precision=precision), log=lambda m: None)
+    for key, flavour, precision in (("sd1", "sd1", "fp32"), ("sd2-v", "sd2-v", "fp32"), ("sd2-v-fp16", "sd2-v", "fp16")):
+        out[key] = root / key
+        export_model(tiny_pipelines[flavour], out[key], ExportOptions(precision=precision), log=lambda m: None)
     return out

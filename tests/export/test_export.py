@@ -115,25 +115,27 @@ def test_vae_decoder_and_text_encoder_match_torch(engine_dirs, tiny_pipelines):
     with torch.no_grad():
         ref = te(torch.from_numpy(ids)).last_hidden_state.numpy()
     out = _ort(engine_dirs["sd2-v"] / "text_encoder.onnx").run(None, {"input_ids": ids})[0]
-    np.testing.assert_allclose(out, ref, atol=5e-2)  # the sd2-v engine dir is fp16
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+    out16 = _ort(engine_dirs["sd2-v-fp16"] / "text_encoder.onnx").run(None, {"input_ids": ids})[0]
+    np.testing.assert_allclose(out16, ref, atol=5e-2)
 
 
 def test_fp16_export_converts_only_the_text_encoder_and_unet(engine_dirs):
     import onnx
 
-    m = json.loads((engine_dirs["sd2-v"] / "manifest.json").read_text())
+    m = json.loads((engine_dirs["sd2-v-fp16"] / "manifest.json").read_text())
     assert m["precision"] == "fp16"
     for name in ("text_encoder", "unet"):
         net = m["networks"][name]
         assert net["precision"] == "fp16"
         assert net["parity_fp16"]["measured"] is True and net["parity_fp16"]["passed"] is True
-        g = onnx.load(str(engine_dirs["sd2-v"] / net["file"])).graph
+        g = onnx.load(str(engine_dirs["sd2-v-fp16"] / net["file"])).graph
         assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer)
         assert all(i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for i in g.input)  # fp32 I/O
         assert len({n.name for n in g.node if n.name}) == len([n for n in g.node if n.name])
     for name in ("vae_encoder", "vae_decoder"):
         assert m["networks"][name]["precision"] == "fp32"
-        g = onnx.load(str(engine_dirs["sd2-v"] / f"{name}.onnx")).graph
+        g = onnx.load(str(engine_dirs["sd2-v-fp16"] / f"{name}.onnx")).graph
         assert not any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer)
 
 

@@ -18,7 +18,7 @@ def run_cli(*args):
                           timeout=300)
 
 
-@pytest.mark.parametrize("flavour", ["sd1", "sd2-v"])
+@pytest.mark.parametrize("flavour", ["sd1", "sd2-v-fp16"])
 def test_check_runs_every_network(engine_dirs, flavour):
     proc = run_cli("check", engine_dirs[flavour])
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,80 @@
+"""Image files in and out of the runtime.
+
+Reading (``load_image``): EXIF orientation applied; palette, greyscale, CMYK and alpha images become
+RGB (transparent pixels over white); images above 64 megapixels are refused before they are decoded
+(decompression bombs). Resizing policy (``fit``): scale so that the image covers the model's size,
+keeping its aspect ratio (Lanczos), then centre-crop to exactly that size; the size is a multiple of
+the engine's ``multiple_of`` (64 for SD: the VAE's 8 times the UNet's 8). Arrays are float32 NCHW in
+[-1, 1], as the VAE encoder wants. Writing: PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from svdedit.runtime.errors import SvdeditError
+
+MAX_PIXELS = 64_000_000
+
+
+def load_image(path: str | Path) -> "PIL.Image.Image":  # noqa: F821
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise SvdeditError(f"image {path} does not exist (or is not a file).")
+    try:
+        with Image.open(path) as probe:
+            w, h = probe.size
+            if w * h > MAX_PIXELS:
+                raise SvdeditError(f"image {path} is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
+                                   f"{MAX_PIXELS / 1e6:.0f}. Downscale it first.")
+            img = ImageOps.exif_transpose(probe)
+            img.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise SvdeditError(f"image {path} cannot be read ({type(exc).__name__}: {exc}). Is it a complete PNG/JPEG/WebP file?") from None
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return img.convert("RGB")
+
+
+def fit(img, size: int) -> np.ndarray:
+    """Cover-resize then centre-crop to size x size; float32 (3, size, size) in [-1, 1]."""
+    from PIL import Image
+
+    w, h = img.size
+    scale = size / min(w, h)
+    if (w, h) != (size, size):
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.LANCZOS)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return arr.transpose(2, 0, 1).copy()
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float (N, 3, H, W) in about [-1, 1] -> uint8 (N, H, W, 3)."""
+    x = np.clip((np.asarray(images, dtype=np.float32) + 1.0) * 127.5, 0, 255)
+    return np.rint(x).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def save_png(image_hwc: np.ndarray, path: str | Path) -> Path:
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image_hwc).save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between two uint8 images."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)

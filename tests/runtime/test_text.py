@@ -1,0 +1,44 @@
+"""runtime/text.py: SD's tokenization from tokenizer.json alone (transformers is the oracle)."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from svdedit.runtime.text import PromptTruncatedWarning, Tokenizer
+from tests.conftest import requires_torch
+
+
+def _tokenizer_json(tmp_path, pad_token):
+    from svdedit.export.clip_tokenizer import build_clip_tokenizer
+
+    ref = build_clip_tokenizer(pad_token=pad_token)
+    ref.save_pretrained(tmp_path)
+    return ref, tmp_path / "tokenizer.json"
+
+
+@requires_torch
+@pytest.mark.parametrize("pad_token, pad_id", [("<|endoftext|>", 49407), ("!", 0)])
+def test_ids_match_transformers_padding_and_truncation(tmp_path, pad_token, pad_id):
+    ref, path = _tokenizer_json(tmp_path, pad_token)
+    tok = Tokenizer(path, 77, pad_id)
+    long = "a very " * 60 + "large red circle"
+    prompts = ["a photo of a cat", "", "A large RED circle, on the left!", long]
+    want = ref(prompts, padding="max_length", max_length=77, truncation=True).input_ids
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = tok(prompts)
+    np.testing.assert_array_equal(got, np.array(want))
+    assert got.dtype == np.int64 and got.shape == (4, 77)
+    assert got[1, 0] == 49406 and got[1, 1] == 49407 and got[1, 2] == pad_id  # "" is BOS EOS pad...
+    n_long = len(ref(long).input_ids)
+    messages = [str(w.message) for w in caught if issubclass(w.category, PromptTruncatedWarning)]
+    assert len(messages) == 1 and f"the last {n_long - 77} tokens were dropped" in messages[0]
+
+
+def test_a_broken_tokenizer_file_is_a_clear_error(tmp_path):
+    from svdedit.runtime.errors import EngineDirError
+
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(EngineDirError, match="not a loadable tokenizer.json"):
+        Tokenizer(tmp_path / "tokenizer.json", 77, 49407)
