@@ -21,12 +21,15 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# For now the demo builds a tiny seeded SD 1.x pipeline, exports it, and checks the engine dir.
+# The demo, on the embedded model (models/shapes): export it, check the engine dir, generate an image
+# and reconstruct a rendered one through the torch-free runtime. Editing joins it when it is built.
+PROMPT ?= a large red circle on the left
 demo: $(STAMP)
-	rm -rf $(DEMO)/pipeline
-	$(PY) -m tests.fixtures.tiny_sd sd1 $(DEMO)/pipeline
-	$(VENV)/bin/svdedit export $(DEMO)/pipeline -o $(DEMO)/engine
+	$(VENV)/bin/svdedit export models/shapes -o $(DEMO)/engine
 	$(VENV)/bin/svdedit check $(DEMO)/engine
+	$(VENV)/bin/svdedit generate --engine $(DEMO)/engine --prompt "$(PROMPT)" --seed 0 --steps 50 --guidance 3 -o $(DEMO)/generated.png
+	$(PY) -m models.shapes_data "a small blue square in the middle" $(DEMO)/input.png --seed 1
+	$(VENV)/bin/svdedit reconstruct --engine $(DEMO)/engine --image $(DEMO)/input.png --prompt "a small blue square in the middle" --steps 50 -o $(DEMO)/reconstructed.png
 
 clean:
 	rm -rf $(DEMO) build *.egg-info .pytest_cache

@@ -219,7 +219,8 @@ def _drop_duplicate_nodes(graph) -> None:
     onnxruntime's fp16 converter inserts one Cast per *consumer* of a blocked op's fp16 input, all with
     the same name and output; the dynamo exporter shares constants between many nodes, so one
     constant gets dozens of identical Casts, which onnxruntime refuses ("two nodes with same node
-    name"). The first copy precedes every consumer, so keeping it alone keeps the graph topological.
+    name"). The converter also appends its Casts after their consumers, so the kept nodes are then
+    put back in topological order (onnx.checker requires it).
     """
     seen: set[bytes] = set()
     kept = []

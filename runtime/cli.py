@@ -111,9 +111,10 @@ def run_generate(args: argparse.Namespace) -> int:
                                init_noise=noise, progress=update)
         bar.close()
         image = to_uint8(pipe.decode(latent))[0]
+        providers = pipe.providers
     save_png(image, args.output)
     print(json.dumps({"output": str(args.output), "prompt": args.prompt, "seed": args.seed, "steps": args.steps,
-                      "guidance": args.guidance}))
+                      "guidance": args.guidance, "providers": providers}))
     return 0
 
 
@@ -136,7 +137,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         z = pipe.sample(z_t, args.prompt, steps=args.steps, guidance=args.guidance, progress=update)
         bar.close()
         out = to_uint8(pipe.decode(z))[0]
+        providers = pipe.providers
     save_png(out, args.output)
     print(json.dumps({"output": str(args.output), "psnr": round(psnr(out, target), 3),
-                      "vae_round_trip_psnr": round(psnr(vae_only, target), 3), "steps": args.steps}))
+                      "vae_round_trip_psnr": round(psnr(vae_only, target), 3), "steps": args.steps,
+                      "providers": providers}))
     return 0

@@ -10,6 +10,7 @@ the input, what it got and what the manifest declares.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import numpy as np
 
 from svdedit.runtime.contract import DYNAMIC_AXES, NETWORKS, read_manifest
 from svdedit.runtime.errors import EngineDirError, SvdeditError
+
+log = logging.getLogger("svdedit.runtime")
 
 #: preference order when the provider is "auto"
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -50,6 +53,8 @@ class Engine:
         self.network = network
         self.manifest = manifest if manifest is not None else read_manifest(engine_dir)
         self.entry = self.manifest["networks"][network]
+        self._declared = [(d["name"], np.dtype(d["dtype"]), d["shape"]) for d in self.entry["inputs"]]
+        self._output_names = [o["name"] for o in self.entry["outputs"]]
         self.requested_provider = provider
         self.session = None
 
@@ -68,6 +73,7 @@ class Engine:
                 f"written by an incompatible exporter; re-create the engine dir with `svdedit export ... --force`."
             ) from None
         self.provider = self.session.get_providers()[0]
+        log.info("%s: onnxruntime session on %s", self.network, self.provider)
         if self.provider != wanted[0]:
             # onnxruntime-gpu lists providers whose CUDA libraries it cannot load, then silently uses the CPU.
             print(f"svdedit: {self.network}: asked for {wanted[0]} but onnxruntime gave {self.provider} "
@@ -78,32 +84,30 @@ class Engine:
         self.session = None
 
     def check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
-        declared = self.entry["inputs"]
-        names = {d["name"] for d in declared}
-        if set(feeds) != names:
-            raise EngineDirError(f"{self.network}: inputs {sorted(feeds)} given, the manifest declares {sorted(names)}.")
+        if len(feeds) != len(self._declared) or any(name not in feeds for name, _, _ in self._declared):
+            raise EngineDirError(f"{self.network}: inputs {sorted(feeds)} given, the manifest declares "
+                                 f"{sorted(name for name, _, _ in self._declared)}.")
         seen: dict[str, int] = {}
-        for d in declared:
-            a = feeds[d["name"]]
-            if str(a.dtype) != d["dtype"]:
-                raise EngineDirError(f"{self.network}: input {d['name']!r} has dtype {a.dtype}, the manifest declares {d['dtype']}.")
-            if a.ndim != len(d["shape"]):
-                raise EngineDirError(f"{self.network}: input {d['name']!r} has shape {a.shape}, the manifest declares {d['shape']}.")
-            for size, want in zip(a.shape, d["shape"]):
+        for name, dtype, shape in self._declared:
+            a = feeds[name]
+            if a.dtype != dtype:
+                raise EngineDirError(f"{self.network}: input {name!r} has dtype {a.dtype}, the manifest declares {dtype}.")
+            if a.ndim != len(shape):
+                raise EngineDirError(f"{self.network}: input {name!r} has shape {a.shape}, the manifest declares {shape}.")
+            for size, want in zip(a.shape, shape):
                 if want in DYNAMIC_AXES:
                     if seen.setdefault(want, size) != size:
                         raise EngineDirError(
-                            f"{self.network}: input {d['name']!r} has {want} = {size} but another input has {seen[want]}."
+                            f"{self.network}: input {name!r} has {want} = {size} but another input has {seen[want]}."
                         )
                 elif size != want:
-                    raise EngineDirError(f"{self.network}: input {d['name']!r} has shape {a.shape}, the manifest declares {d['shape']}.")
+                    raise EngineDirError(f"{self.network}: input {name!r} has shape {a.shape}, the manifest declares {shape}.")
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
         if self.session is None:
             raise RuntimeError("Engine used outside its `with` block")
         self.check_feeds(feeds)
-        names = [o["name"] for o in self.entry["outputs"]]
-        return dict(zip(names, self.session.run(names, feeds)))
+        return dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
 
 
 def smoke_test(engine_dir: str | Path, provider: str = "auto") -> list[dict]:

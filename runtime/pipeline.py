@@ -53,6 +53,11 @@ class Pipeline:
         for e in self.engines.values():
             e.__exit__(*exc)
 
+    @property
+    def providers(self) -> dict[str, str]:
+        """The onnxruntime provider each network's session really got (after any silent fallback)."""
+        return {name: getattr(e, "provider", None) for name, e in self.engines.items()}
+
     # ---- text ----
     def encode_prompt(self, prompts: list[str]) -> np.ndarray:
         ids = self.tokenizer(prompts)
@@ -71,10 +76,13 @@ class Pipeline:
         both = np.concatenate([uncond, cond])
         g = np.float32(guidance)
 
+        n = len(prompts)
+
         def eps_guided(x, t):
             x2 = np.concatenate([x, x])
-            ts = np.full((x2.shape[0],), t, np.float32)
-            out_uncond, out_cond = np.split(unet(sample=x2, timestep=ts, encoder_hidden_states=both)["model_output"], 2)
+            ts = np.full((2 * n,), t, np.float32)
+            out = unet(sample=x2, timestep=ts, encoder_hidden_states=both)["model_output"]
+            out_uncond, out_cond = out[:n], out[n:]
             return out_uncond + g * (out_cond - out_uncond)  # classifier-free guidance (Ho & Salimans 2022)
         return eps_guided
 
