@@ -120,16 +120,16 @@ class Pipeline:
         return ddim.invert(self.eps_fn(prompts, guidance), latent0, self.schedule, steps, callback=self._watch(steps, progress))
 
     def check_latent(self, x: np.ndarray, batch: int) -> np.ndarray:
+        """A user-supplied latent (e.g. --init-noise) as float32 (batch, C, h, w), or a clear error."""
         x = np.asarray(x)
-        side = self.size // self.vae_factor
         if x.ndim == 3:
             x = x[None]
-        if x.ndim != 4 or x.shape[1] != self.channels or x.shape[0] not in (1, batch) or x.shape[2] % (
-                self.manifest["image_size"]["multiple_of"] // self.vae_factor) or x.shape[3] % (
-                self.manifest["image_size"]["multiple_of"] // self.vae_factor):
+        step = self.manifest["image_size"]["multiple_of"] // self.vae_factor  # latent sides must be multiples
+        shape_ok = x.ndim == 4 and x.shape[0] in (1, batch) and x.shape[1] == self.channels
+        if not shape_ok or x.shape[2] % step or x.shape[3] % step:
+            side = self.size // self.vae_factor
             raise SvdeditError(f"initial noise has shape {x.shape}; this model wants ({batch}, {self.channels}, h, w) "
-                               f"with h, w multiples of {self.manifest['image_size']['multiple_of'] // self.vae_factor}"
-                               f" (e.g. {side}x{side}).")
+                               f"with h and w multiples of {step} (e.g. {side}x{side}).")
         if not np.all(np.isfinite(x)):
             raise SvdeditError("initial noise contains NaN or inf.")
         return np.ascontiguousarray(np.broadcast_to(x, (batch, *x.shape[1:])), dtype=np.float32)
