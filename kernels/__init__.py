@@ -1,0 +1,16 @@
+"""svdedit.kernels: channel-wise SVD of latents and the spectrum helpers the editing method needs.
+
+NumPy arrays run on the CPU (LAPACK), CuPy arrays on the GPU (cuSOLVER); see kernels/svd.py.
+"""
+
+from svdedit.kernels.svd import (
+    LatentShapeError,
+    channel_svd,
+    energy_fraction,
+    rank_of,
+    reconstruct,
+    subspace_distance,
+    truncate,
+)
+
+__all__ = ["LatentShapeError", "channel_svd", "energy_fraction", "rank_of", "reconstruct", "subspace_distance", "truncate"]

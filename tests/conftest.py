@@ -19,6 +19,21 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 requires_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs the export extra (torch, diffusers)")
 
 
+def _gpu_available() -> bool:
+    if importlib.util.find_spec("cupy") is None:
+        return False
+    try:
+        import cupy
+
+        return bool(cupy.cuda.is_available())
+    except Exception:  # a CuPy without its CUDA libraries raises on import or probe
+        return False
+
+
+HAS_GPU = _gpu_available()
+requires_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU with CuPy")  # use with @pytest.mark.gpu
+
+
 @pytest.fixture(scope="session")
 def tiny_pipelines(tmp_path_factory) -> dict[str, Path]:
     """{'sd1': folder, 'sd2-v': folder}: tiny seeded diffusers pipelines saved with save_pretrained."""
