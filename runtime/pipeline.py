@@ -31,6 +31,11 @@ class NonFiniteLatentError(SvdeditError):
     pass
 
 
+# NumPy's own overflow warnings would precede NonFiniteLatentError, which already names the step.
+def _non_finite_is_our_error():
+    return np.errstate(over="ignore", invalid="ignore")
+
+
 class Pipeline:
     def __init__(self, engine_dir: str | Path, provider: str = "auto"):
         self.engine_dir = Path(engine_dir)
@@ -105,19 +110,23 @@ class Pipeline:
                  init_noise: np.ndarray | None = None, progress: Progress | None = None) -> np.ndarray:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         x = self.noise(seed, len(prompts)) if init_noise is None else self.check_latent(init_noise, len(prompts))
-        return ddim.sample(self.eps_fn(prompts, guidance), x, self.schedule, steps, callback=self._watch(steps, progress))
+        with _non_finite_is_our_error():
+            return ddim.sample(self.eps_fn(prompts, guidance), x, self.schedule, steps, callback=self._watch(steps, progress))
 
     def sample(self, latent: np.ndarray, prompt: str | list[str], steps: int = 50, guidance: float = 7.5,
                start: int = 0, progress: Progress | None = None) -> np.ndarray:
         """Continue denoising `latent`, which sits at the noise level of sampling step index `start`."""
         prompts = [prompt] * len(latent) if isinstance(prompt, str) else list(prompt)
-        return ddim.sample(self.eps_fn(prompts, guidance), latent, self.schedule, steps, start=start,
-                           callback=self._watch(steps - start, progress, offset=start))
+        with _non_finite_is_our_error():
+            return ddim.sample(self.eps_fn(prompts, guidance), latent, self.schedule, steps, start=start,
+                               callback=self._watch(steps - start, progress, offset=start))
 
     def invert(self, latent0: np.ndarray, prompt: str | list[str], steps: int = 50, guidance: float = 1.0,
                progress: Progress | None = None) -> list[np.ndarray]:
         prompts = [prompt] * len(latent0) if isinstance(prompt, str) else list(prompt)
-        return ddim.invert(self.eps_fn(prompts, guidance), latent0, self.schedule, steps, callback=self._watch(steps, progress))
+        with _non_finite_is_our_error():
+            return ddim.invert(self.eps_fn(prompts, guidance), latent0, self.schedule, steps,
+                               callback=self._watch(steps, progress))
 
     def check_latent(self, x: np.ndarray, batch: int) -> np.ndarray:
         """A user-supplied latent (e.g. --init-noise) as float32 (batch, C, h, w), or a clear error."""
