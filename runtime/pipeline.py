@@ -80,7 +80,6 @@ class Pipeline:
         uncond = self.encode_prompt([""] * len(prompts))
         both = np.concatenate([uncond, cond])
         g = np.float32(guidance)
-
         n = len(prompts)
 
         def eps_guided(x, t):
@@ -110,8 +109,7 @@ class Pipeline:
                  init_noise: np.ndarray | None = None, progress: Progress | None = None) -> np.ndarray:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         x = self.noise(seed, len(prompts)) if init_noise is None else self.check_latent(init_noise, len(prompts))
-        with _non_finite_is_our_error():
-            return ddim.sample(self.eps_fn(prompts, guidance), x, self.schedule, steps, callback=self._watch(steps, progress))
+        return self.sample(x, prompts, steps=steps, guidance=guidance, progress=progress)
 
     def sample(self, latent: np.ndarray, prompt: str | list[str], steps: int = 50, guidance: float = 7.5,
                start: int = 0, progress: Progress | None = None) -> np.ndarray:
