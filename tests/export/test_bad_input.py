@@ -6,29 +6,15 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from tests.cli import assert_clear_error, run_cli
 from tests.conftest import requires_torch
 
 pytestmark = requires_torch
-
-
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "svdedit.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
-
-
-def assert_clear_error(proc: subprocess.CompletedProcess, *phrases: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith("svdedit export: error: "), proc.stderr
-    for phrase in phrases:
-        assert phrase in proc.stderr, proc.stderr
 
 
 @pytest.fixture
@@ -43,14 +29,14 @@ def leftovers(folder: Path) -> list[str]:
 
 def test_missing_source(tmp_path):
     proc = run_cli("export", tmp_path / "nope", "-o", tmp_path / "out")
-    assert_clear_error(proc, "does not exist", "model_index.json", "--config")
+    assert_clear_error(proc, "export", "does not exist", "model_index.json", "--config")
     assert not (tmp_path / "out").exists()
 
 
 def test_folder_that_is_not_a_pipeline(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.png").write_bytes(b"not really")
-    assert_clear_error(run_cli("export", tmp_path / "photos", "-o", tmp_path / "out"), "no model_index.json")
+    assert_clear_error(run_cli("export", tmp_path / "photos", "-o", tmp_path / "out"), "export", "no model_index.json")
 
 
 def test_sdxl_is_refused_with_the_supported_families(pipeline_copy, tmp_path):
@@ -59,14 +45,14 @@ def test_sdxl_is_refused_with_the_supported_families(pipeline_copy, tmp_path):
     index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
     (pipeline_copy / "model_index.json").write_text(json.dumps(index))
     proc = run_cli("export", pipeline_copy, "-o", tmp_path / "out")
-    assert_clear_error(proc, "SDXL", "Supported families", "sd1", "sd2-v")
+    assert_clear_error(proc, "export", "SDXL", "Supported families", "sd1", "sd2-v")
 
 
 def test_inpainting_unet_is_refused(pipeline_copy, tmp_path):
     cfg = json.loads((pipeline_copy / "unet" / "config.json").read_text())
     cfg["in_channels"] = 9
     (pipeline_copy / "unet" / "config.json").write_text(json.dumps(cfg))
-    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), "9 input channels", "inpainting")
+    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), "export", "9 input channels", "inpainting")
 
 
 def test_pipeline_of_another_kind_is_refused(pipeline_copy, tmp_path):
@@ -74,7 +60,7 @@ def test_pipeline_of_another_kind_is_refused(pipeline_copy, tmp_path):
     index["_class_name"] = "KandinskyV22Pipeline"
     index["text_encoder"] = [None, None]
     (pipeline_copy / "model_index.json").write_text(json.dumps(index))
-    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), "without text_encoder",
+    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), "export", "without text_encoder",
                        "Supported families")
 
 
@@ -82,7 +68,7 @@ def test_truncated_safetensors_names_the_file(pipeline_copy, tmp_path):
     weights = pipeline_copy / "unet" / "diffusion_pytorch_model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), str(weights), "truncated")
+    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), "export", str(weights), "truncated")
 
 
 def test_corrupt_safetensors_header_names_the_file(pipeline_copy, tmp_path):
@@ -90,13 +76,13 @@ def test_corrupt_safetensors_header_names_the_file(pipeline_copy, tmp_path):
     data = bytearray(weights.read_bytes())
     data[8:40] = b"\x00garbage-not-json-at-all-#######"
     weights.write_bytes(bytes(data))
-    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), str(weights), "header is corrupt")
+    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), "export", str(weights), "header is corrupt")
 
 
 def test_pickle_weights_are_never_loaded(pipeline_copy, tmp_path):
     weights = pipeline_copy / "text_encoder" / "model.safetensors"
     weights.rename(weights.with_name("pytorch_model.bin"))
-    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), "pickle", "safe_serialization=True")
+    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "out"), "export", "pickle", "safe_serialization=True")
 
 
 def test_single_file_needs_config_and_refuses_pickle(pipeline_copy, tmp_path):
@@ -105,11 +91,11 @@ def test_single_file_needs_config_and_refuses_pickle(pipeline_copy, tmp_path):
 
     ckpt = tmp_path / "model.safetensors"
     save_file({"model.diffusion_model.out.2.weight": np.zeros(4, np.float32)}, str(ckpt))
-    assert_clear_error(run_cli("export", ckpt, "-o", tmp_path / "out"), "--config DIR")
+    assert_clear_error(run_cli("export", ckpt, "-o", tmp_path / "out"), "export", "--config DIR")
     (tmp_path / "model.ckpt").write_bytes(b"\x80\x04pickle")
-    assert_clear_error(run_cli("export", tmp_path / "model.ckpt", "-o", tmp_path / "out"), "pickle")
+    assert_clear_error(run_cli("export", tmp_path / "model.ckpt", "-o", tmp_path / "out"), "export", "pickle")
     save_file({"conditioner.embedders.1.model.positional_embedding": np.zeros(4, np.float32)}, str(ckpt))
-    assert_clear_error(run_cli("export", ckpt, "--config", pipeline_copy, "-o", tmp_path / "out"), "SDXL")
+    assert_clear_error(run_cli("export", ckpt, "--config", pipeline_copy, "-o", tmp_path / "out"), "export", "SDXL")
 
 
 def test_engine_dir_holding_other_files_is_left_alone(pipeline_copy, tmp_path):
@@ -118,23 +104,23 @@ def test_engine_dir_holding_other_files_is_left_alone(pipeline_copy, tmp_path):
     (out / "thesis.tex").write_text("precious")
     for extra in ([], ["--force"]):
         proc = run_cli("export", pipeline_copy, "-o", out, *extra)
-        assert_clear_error(proc, "not an svdedit engine dir", "will not overwrite")
+        assert_clear_error(proc, "export", "not an svdedit engine dir", "will not overwrite")
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
     (tmp_path / "file").write_text("x")
-    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "file"), "is a file")
+    assert_clear_error(run_cli("export", pipeline_copy, "-o", tmp_path / "file"), "export", "is a file")
 
 
 def test_engine_dir_from_other_options_needs_force(engine_dirs, tiny_pipelines, tmp_path):
     out = Path(shutil.copytree(engine_dirs["sd1"], tmp_path / "out"))
     before = (out / "manifest.json").read_text()
     proc = run_cli("export", tiny_pipelines["sd1"], "-o", out, "--precision", "fp16")
-    assert_clear_error(proc, "other options", "--force")
+    assert_clear_error(proc, "export", "other options", "--force")
     assert (out / "manifest.json").read_text() == before
 
 
 def test_bad_option_values(pipeline_copy, tmp_path):
     proc = run_cli("export", pipeline_copy, "-o", tmp_path / "out", "--opset", "7")
-    assert_clear_error(proc, "--opset 7", "18 to 23")
+    assert_clear_error(proc, "export", "--opset 7", "18 to 23")
     proc = run_cli("export", pipeline_copy, "-o", tmp_path / "out", "--precision", "int4")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr  # argparse's own message
 

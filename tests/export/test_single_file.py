@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import requires_torch
 
 pytestmark = requires_torch
@@ -37,8 +36,7 @@ def test_single_file_loads_the_same_weights_as_the_folder(tiny_pipelines, ldm_ch
 
 def test_export_single_file_through_the_cli(tiny_pipelines, ldm_checkpoint, tmp_path):
     out = tmp_path / "eng"
-    proc = subprocess.run([sys.executable, "-m", "svdedit.cli", "export", str(ldm_checkpoint), "--config",
-                           str(tiny_pipelines["sd1"]), "-o", str(out)], capture_output=True, text=True, timeout=600)
+    proc = run_cli("export", ldm_checkpoint, "--config", tiny_pipelines["sd1"], "-o", out)
     assert proc.returncode == 0, proc.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["source"]["kind"] == "single_file" and m["family"] == "sd1"

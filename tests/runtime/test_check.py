@@ -2,20 +2,14 @@
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli import assert_clear_error, run_cli
 from tests.conftest import requires_torch
 
 pytestmark = requires_torch
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "svdedit.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.mark.parametrize("flavour", ["sd1", "sd2-v-fp16"])
@@ -35,9 +29,7 @@ def test_check_names_a_file_that_does_not_match_the_manifest(engine_dirs, tmp_pa
     d = _damaged(engine_dirs, tmp_path)
     with open(d / "vae_decoder.onnx", "ab") as f:
         f.write(b"\0")
-    proc = run_cli("check", d)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "vae_decoder.onnx does not match the manifest" in proc.stderr and "--force" in proc.stderr
+    assert_clear_error(run_cli("check", d), "check", "vae_decoder.onnx does not match the manifest", "--force")
 
 
 @pytest.mark.parametrize("damage, phrase", [
@@ -53,14 +45,12 @@ def test_check_names_a_file_that_does_not_match_the_manifest(engine_dirs, tmp_pa
 def test_check_refuses_damaged_engine_dirs(engine_dirs, tmp_path, damage, phrase):
     d = _damaged(engine_dirs, tmp_path)
     damage(d)
-    proc = run_cli("check", d)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert phrase in proc.stderr
+    assert_clear_error(run_cli("check", d), "check", phrase)
 
 
 def test_unknown_provider_is_a_clear_error(engine_dirs):
-    proc = run_cli("check", engine_dirs["sd1"], "--provider", "rocm")
-    assert proc.returncode == 2 and "--provider 'rocm' is not available" in proc.stderr
+    assert_clear_error(run_cli("check", engine_dirs["sd1"], "--provider", "rocm"), "check",
+                       "--provider 'rocm' is not available")
 
 
 def test_every_command_explains_itself():

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.cli import assert_clear_error, run_cli
 from tests.conftest import requires_torch
 
 pytestmark = requires_torch
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "svdedit.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
-
-
-def assert_clear_error(proc, command, *phrases):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stderr.startswith(f"svdedit {command}: error: "), proc.stderr
-    for phrase in phrases:
-        assert phrase in proc.stderr, proc.stderr
 
 
 def test_generate_writes_the_image_the_api_makes(engine_dirs, tmp_path):
