@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The demo, on the embedded model (models/shapes): export it, check the engine dir, generate an image
-# and reconstruct a rendered one through the torch-free runtime. Editing joins it when it is built.
+# The demo, on the embedded model (models/shapes): export it, check the engine dir, generate an image,
+# reconstruct a rendered one, learn red -> blue from one prompt pair, edit 16 held-out images (grid + metrics).
 PROMPT ?= a large red circle on the left
 demo: $(STAMP)
 	$(VENV)/bin/svdedit export models/shapes -o $(DEMO)/engine
@@ -30,6 +30,10 @@ demo: $(STAMP)
 	$(VENV)/bin/svdedit generate --engine $(DEMO)/engine --prompt "$(PROMPT)" --seed 0 --steps 50 --guidance 3 -o $(DEMO)/generated.png
 	$(PY) -m models.shapes_data "a small blue square in the middle" $(DEMO)/input.png --seed 1
 	$(VENV)/bin/svdedit reconstruct --engine $(DEMO)/engine --image $(DEMO)/input.png --prompt "a small blue square in the middle" --steps 50 -o $(DEMO)/reconstructed.png
+	$(VENV)/bin/svdedit learn --engine $(DEMO)/engine --source "a large red circle in the middle" --target "a large blue circle in the middle" -o $(DEMO)/red2blue.safetensors
+	$(VENV)/bin/svdedit edit --engine $(DEMO)/engine --attr $(DEMO)/red2blue.safetensors --prompt "a small red square on the left" --seeds 0-3 -o $(DEMO)/edits
+	$(PY) -m models.demo_edit --engine $(DEMO)/engine --attr $(DEMO)/red2blue.safetensors --attribute colour --to blue -o $(DEMO)/edit
+	@echo "demo: images in $(DEMO)/, the edit grid in $(DEMO)/edit/grid.png, its metrics in $(DEMO)/edit/metrics.json"
 
 clean:
 	rm -rf $(DEMO) build *.egg-info .pytest_cache

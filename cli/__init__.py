@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 def build_parser() -> argparse.ArgumentParser:
     from svdedit.export import cli as export_cli
     from svdedit.runtime import cli as runtime_cli
+    from svdedit.runtime import edit_cli
 
     parser = argparse.ArgumentParser(
         prog="svdedit",
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     export_cli.register(sub)
     runtime_cli.register(sub)
+    edit_cli.register(sub)
     return parser
 
 

@@ -5,6 +5,7 @@ NumPy arrays run on the CPU (LAPACK), CuPy arrays on the GPU (cuSOLVER); see ker
 
 from svdedit.kernels.svd import (
     LatentShapeError,
+    array_module,
     channel_svd,
     energy_fraction,
     rank_of,
@@ -13,4 +14,4 @@ from svdedit.kernels.svd import (
     truncate,
 )
 
-__all__ = ["LatentShapeError", "channel_svd", "energy_fraction", "rank_of", "reconstruct", "subspace_distance", "truncate"]
+__all__ = ["LatentShapeError", "array_module", "channel_svd", "energy_fraction", "rank_of", "reconstruct", "subspace_distance", "truncate"]

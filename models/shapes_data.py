@@ -175,6 +175,35 @@ def read_attributes(img: np.ndarray) -> dict:
     return {"shape": shape, "colour": colour, "size": size, "position": position, "area": area}
 
 
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Grow a boolean mask by `pixels` (4-neighbourhood steps)."""
+    out = mask.copy()
+    for _ in range(pixels):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def score_edit(source: np.ndarray, edited: np.ndarray, attribute: str, target: str, margin: int = 3) -> dict:
+    """How an edit of `attribute` to `target` went, read off two uint8 images.
+
+    success: the edited image shows `target`; identity: every other attribute reads as on the source;
+    psnr_outside: PSNR over the pixels outside both images' shapes, grown by `margin` pixels (the VAE
+    smears a shape's colour a pixel or two into its surroundings).
+    """
+    a, b = read_attributes(source), read_attributes(edited)
+    others = [k for k in ATTRIBUTES if k != attribute]
+    keep = ~dilate(object_mask(source) | object_mask(edited), margin)
+    diff = source.astype(np.float64)[keep] - edited.astype(np.float64)[keep]
+    mse = float((diff**2).mean()) if diff.size else 0.0
+    return {"success": b[attribute] == target, "identity": all(a[k] == b[k] for k in others),
+            "psnr_outside": 10 * np.log10(255.0**2 / max(mse, 1e-10)), "source_read": a, "edited_read": b}
+
+
 def main(argv: list[str] | None = None) -> int:
     """python -m models.shapes_data "a small blue square in the middle" OUT.png [--seed N]"""
     import argparse

@@ -56,7 +56,10 @@ def _remove_stale_siblings(final: Path) -> None:
     for p in final.parent.glob(f".{final.name}.*-*-*"):
         parts = p.name[len(final.name) + 2 :].split("-")
         if len(parts) == 3 and parts[0] in ("tmp", "old") and parts[1].isdigit() and not _pid_alive(int(parts[1])):
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -127,3 +130,24 @@ def check_safetensors(path: str | os.PathLike) -> dict:
             f"{path} is truncated: its tensors need {end} bytes of data but only {data_len} are there. {hint}"
         )
     return header
+
+
+def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> Path:
+    """Write a file through a temporary sibling and a rename: readers never see half a file."""
+    final = Path(final)
+    if final.is_dir():
+        raise SvdeditError(f"{final} is a folder; give a file name for the output.")
+    if not final.parent.is_dir():
+        raise SvdeditError(f"the folder {final.parent} does not exist; create it first.")
+    _remove_stale_siblings(final)
+    tmp = _temp_sibling(final, "tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return final

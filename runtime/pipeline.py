@@ -70,17 +70,20 @@ class Pipeline:
 
     def eps_fn(self, prompts: list[str], guidance: float) -> ddim.EpsFn:
         """The model as the sampler sees it. With guidance != 1, uncond and cond go in one UNet call."""
+        return self.eps_fn_from_embeddings(self.encode_prompt(prompts), guidance)
+
+    def eps_fn_from_embeddings(self, cond: np.ndarray, guidance: float) -> ddim.EpsFn:
+        """eps_fn for text embeddings (B, L, D) given directly (e.g. a blend of two prompts' embeddings)."""
         unet = self.engines["unet"]
-        cond = self.encode_prompt(prompts)
         if guidance == 1.0:
             def eps(x, t):
                 ts = np.full((x.shape[0],), t, np.float32)
                 return unet(sample=x, timestep=ts, encoder_hidden_states=cond)["model_output"]
             return eps
-        uncond = self.encode_prompt([""] * len(prompts))
-        both = np.concatenate([uncond, cond])
+        n = len(cond)
+        uncond = np.broadcast_to(self.encode_prompt([""]), cond.shape)
+        both = np.ascontiguousarray(np.concatenate([uncond, cond]), dtype=np.float32)
         g = np.float32(guidance)
-        n = len(prompts)
 
         def eps_guided(x, t):
             x2 = np.concatenate([x, x])

@@ -54,3 +54,13 @@ def engine_dirs(tiny_pipelines, tmp_path_factory) -> dict[str, Path]:
         out[key] = root / key
         export_model(tiny_pipelines[flavour], out[key], ExportOptions(precision=precision), log=lambda m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def shapes_engine(tmp_path_factory) -> Path:
+    """The embedded model, models/shapes, exported once (fp32)."""
+    from svdedit.export.exporter import export_model
+
+    out = tmp_path_factory.mktemp("shapes") / "engine"
+    export_model(Path(__file__).resolve().parents[1] / "models" / "shapes", out, log=lambda m: None)
+    return out

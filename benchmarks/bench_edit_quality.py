@@ -1,0 +1,223 @@
+"""Does the edit work? AVI on the embedded model, scored by the exact attribute reader.
+
+    python -m benchmarks.bench_edit_quality [--engine DIR] [--seeds 100] [--renders 20]
+
+For each of four attribute pairs (colour red -> blue, size small -> large, shape circle -> square,
+position left -> right) one attribute is learned from ONE prompt pair at seed 0, then applied to
+--seeds held-out seeds (noise seeds 10000..., prompts with random other attributes) and to --renders
+real renders of the shapes world (DDIM-inverted first). Every method below runs on the same seeds,
+in the same run:
+
+- AVI (our defaults, runtime/avi.py Knobs) at strength 1, and at 0.25 / 0.5 / 0.75 / 1.5;
+- AVI with each of its four losses switched off in turn (the paper's ablation);
+- AVI as the paper reads literally: continuing with the *source* prompt after T_x;
+- (a) regenerating with the target prompt from the same noise;
+- (b) DDIM-inverting the source image (guidance 1) and sampling the target prompt (guidance as AVI).
+
+Scores (models/shapes_data.score_edit): success = the target attribute is read on the edited image;
+identity = the three other attributes read as on the source image; PSNR outside both shapes (grown by
+3 px). Writes benchmarks/results/edit_quality.{json,md} and edit_quality_examples.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench_runtime import ensure_engine
+from benchmarks.machine import describe
+from models.shapes_data import Attributes, render, sample_attributes, score_edit
+
+RESULTS = Path(__file__).parent / "results"
+MODEL = Path(__file__).parent.parent / "models" / "shapes"
+SEED0 = 10_000
+RENDER_SEED = 30_000
+
+
+@dataclasses.dataclass(frozen=True)
+class EditPair:
+    attribute: str
+    source: str
+    target: str
+    learn_prompt: str  # the one source prompt the attribute is learned from (seed 0)
+
+
+PAIRS = (
+    EditPair("colour", "red", "blue", "a large red circle in the middle"),
+    EditPair("size", "small", "large", "a small green square in the middle"),
+    EditPair("shape", "circle", "square", "a large yellow circle on the left"),
+    EditPair("position", "left", "right", "a small purple triangle on the left"),
+)
+STRENGTHS = (0.25, 0.5, 0.75, 1.5)
+ABLATIONS = {"no target loss": "w_target", "no source loss": "w_source",
+             "no target-sv loss": "w_target_sv", "no source-sv loss": "w_source_sv"}
+
+
+def prompts_for(pair: EditPair, n: int, seed: int) -> tuple[list[str], list[Attributes]]:
+    rng = np.random.default_rng(seed)
+    attrs = [sample_attributes(rng).replace(**{pair.attribute: pair.source}) for _ in range(n)]
+    return [a.caption() for a in attrs], attrs
+
+
+def summarise(scores: list[dict]) -> dict:
+    return {"n": len(scores),
+            "success": float(np.mean([s["success"] for s in scores])),
+            "identity": float(np.mean([s["identity"] for s in scores])),
+            "success_and_identity": float(np.mean([s["success"] and s["identity"] for s in scores])),
+            "psnr_outside_median_db": float(np.median([s["psnr_outside"] for s in scores]))}
+
+
+def run_pair(editor, pair: EditPair, n_seeds: int, n_renders: int, batch: int, log) -> tuple[dict, dict]:
+    from svdedit.runtime import ddim
+    from svdedit.runtime.avi import Knobs
+    from svdedit.runtime.edit import edit_step
+    from svdedit.runtime.images import to_uint8
+
+    pipe = editor.pipe
+    knobs = Knobs()
+    learn_target = pair.learn_prompt.replace(pair.source, pair.target)
+    t0 = time.perf_counter()
+    attr = editor.learn(pair.learn_prompt, learn_target, seed=0, knobs=knobs)
+    learn_s = time.perf_counter() - t0
+    ablated = {name: editor.learn(pair.learn_prompt, learn_target, seed=0, knobs=knobs.replace(**{w: 0.0}))
+               for name, w in ABLATIONS.items()}
+    literal = dataclasses.replace(attr, knobs=knobs.replace(continuation="source"))
+
+    prompts, _ = prompts_for(pair, n_seeds, seed=100 + PAIRS.index(pair))
+    seeds = list(range(SEED0, SEED0 + n_seeds))
+    methods: dict[str, list] = {}
+    examples = []
+    i_x, i_z = edit_step(pipe, knobs)
+    for b0 in range(0, n_seeds, batch):
+        sp, sd = prompts[b0:b0 + batch], seeds[b0:b0 + batch]
+        tp = editor.targets([attr], sp)
+        n = len(sp)
+        x_T = np.concatenate([pipe.noise(s) for s in sd])
+        e = pipe.encode_prompt(sp + tp)
+        e_src, e_tgt = e[:n], e[n:]
+        x, z = editor._pair(x_T, e_src, e_tgt, knobs)
+        out = {}
+        out["AVI (strength 1)"], x_end = editor._edit_from([attr], x, z, e_src, e_tgt, 1.0, knobs, source_cont=x)
+        for a in STRENGTHS:
+            out[f"AVI strength {a}"], _ = editor._edit_from([attr], x, z, e_src, e_tgt, a, knobs)
+        for name, ab in ablated.items():
+            out[f"AVI, {name}"], _ = editor._edit_from([ab], x, z, e_src, e_tgt, 1.0, ab.knobs)
+        out["AVI, source continuation (paper, literal)"], _ = editor._edit_from([literal], x, z, e_src, e_tgt, 1.0,
+                                                                                literal.knobs)
+        out["(a) regenerate with target prompt"], _ = editor._sample(z, e_tgt, knobs, i_z, knobs.steps)
+        src_img = pipe.decode(x_end)
+        traj = ddim.invert(pipe.eps_fn_from_embeddings(e_src, 1.0), pipe.encode(src_img), pipe.schedule, knobs.steps)
+        out["(b) invert, sample target prompt"], _ = editor._sample(traj[-1], e_tgt, knobs, 0, knobs.steps)
+        src_u8 = to_uint8(src_img)
+        for name, lat in out.items():
+            imgs = to_uint8(pipe.decode(lat))
+            methods.setdefault(name, []).extend(score_edit(s, e_, pair.attribute, pair.target)
+                                                for s, e_ in zip(src_u8, imgs))
+            if b0 == 0 and name in ("AVI (strength 1)", "(a) regenerate with target prompt",
+                                    "(b) invert, sample target prompt"):
+                examples.append((name, imgs[:6]))
+        if b0 == 0:
+            examples.insert(0, ("source", src_u8[:6]))
+        log(f"  {pair.attribute}: {min(b0 + batch, n_seeds)}/{n_seeds} seeds")
+    result = {name: summarise(s) for name, s in methods.items()}
+    result["source image shows the source attribute"] = float(np.mean(
+        [s["source_read"][pair.attribute] == pair.source for s in methods["AVI (strength 1)"]]))
+
+    # real renders, inverted first
+    rng = np.random.default_rng(RENDER_SEED + len(pair.attribute))
+    attrs = [sample_attributes(rng).replace(**{pair.attribute: pair.source}) for _ in range(n_renders)]
+    renders = np.stack([render(a, rng) for a in attrs])
+    images = (renders.astype(np.float32) / 127.5 - 1).transpose(0, 3, 1, 2)
+    rp = [a.caption() for a in attrs]
+    r = editor.edit_images([attr], images, rp, strength=1.0, batch=batch)
+    real = {"AVI (strength 1)": [score_edit(s, e_, pair.attribute, pair.target) for s, e_ in zip(renders, r.edited)]}
+    e = pipe.encode_prompt(rp + r.target_prompts)
+    traj = ddim.invert(pipe.eps_fn_from_embeddings(e[:n_renders], 1.0), pipe.encode(images), pipe.schedule, knobs.steps)
+    b_img = to_uint8(pipe.decode(editor._sample(traj[-1], e[n_renders:], knobs, 0, knobs.steps)[0]))
+    real["(b) invert, sample target prompt"] = [score_edit(s, e_, pair.attribute, pair.target)
+                                                for s, e_ in zip(renders, b_img)]
+    real_result = {name: summarise(s) for name, s in real.items()}
+    return {"learn_prompt": pair.learn_prompt, "learn_target": learn_target, "learn_seconds": learn_s,
+            "losses": attr.losses, "generated": result, "real_renders": real_result}, {"examples": examples,
+                                                                                      "real": (renders[:6], r.edited[:6])}
+
+
+def grid_png(pictures: dict, path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    rows = []
+    for attr, pics in pictures.items():
+        for name, imgs in pics["examples"]:
+            rows.append((f"{attr}: {name}", imgs))
+    cell, label_w = 64, 230
+    canvas = Image.new("RGB", (label_w + 6 * cell, len(rows) * cell), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, imgs) in enumerate(rows):
+        draw.text((4, r * cell + 26), label, fill="black")
+        for c, img in enumerate(imgs):
+            canvas.paste(Image.fromarray(img), (label_w + c * cell, r * cell))
+    canvas.save(path)
+
+
+def markdown(res: dict) -> str:
+    lines = ["# Edit quality on the embedded model", "",
+             f"{res['seeds']} held-out seeds per pair, {res['renders']} real renders per pair, {res['knobs']['steps']} "
+             f"DDIM steps, guidance {res['knobs']['guidance']}, T_x = {res['knobs']['t_edit']} T. Machine: "
+             f"{res['machine'].get('cpu', '')}. Produced by `python -m benchmarks.bench_edit_quality`.", "",
+             "success = target attribute read on the edit; identity = the other three attributes unchanged; "
+             "both = success and identity; PSNR outside both shapes (grown 3 px), median.", ""]
+    for attr, r in res["pairs"].items():
+        lines += [f"## {attr}: {r['learn_prompt']!r} -> {r['learn_target']!r} (learned in {r['learn_seconds']:.2f} s)", "",
+                  f"Source images showing the source attribute: {r['generated']['source image shows the source attribute']:.0%}", "",
+                  "| generated images | success | identity | both | PSNR outside (dB) |", "|---|---|---|---|---|"]
+        for name, s in r["generated"].items():
+            if isinstance(s, dict):
+                lines.append(f"| {name} | {s['success']:.0%} | {s['identity']:.0%} | {s['success_and_identity']:.0%} | "
+                             f"{s['psnr_outside_median_db']:.1f} |")
+        lines += ["", "| real renders (inverted) | success | identity | both | PSNR outside (dB) |", "|---|---|---|---|---|"]
+        for name, s in r["real_renders"].items():
+            lines.append(f"| {name} | {s['success']:.0%} | {s['identity']:.0%} | {s['success_and_identity']:.0%} | "
+                         f"{s['psnr_outside_median_db']:.1f} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dataclasses import asdict
+
+    from svdedit.runtime.avi import Knobs
+    from svdedit.runtime.edit import Editor
+    from svdedit.runtime.pipeline import Pipeline
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", type=Path, help="engine dir of models/shapes (default: export to a temp dir)")
+    ap.add_argument("--seeds", type=int, default=100)
+    ap.add_argument("--renders", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=25)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    engine = ensure_engine(MODEL, args.engine)
+    t0 = time.perf_counter()
+    res = {"machine": describe(), "seeds": args.seeds, "renders": args.renders, "knobs": asdict(Knobs()), "pairs": {}}
+    pictures = {}
+    with Pipeline(engine) as pipe:
+        editor = Editor(pipe)
+        for pair in PAIRS:
+            res["pairs"][pair.attribute], pictures[pair.attribute] = run_pair(
+                editor, pair, args.seeds, args.renders, args.batch, log=lambda m: print(m, flush=True))
+    res["wall_seconds"] = time.perf_counter() - t0
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "edit_quality.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / "edit_quality.md").write_text(markdown(res))
+    grid_png(pictures, args.out / "edit_quality_examples.png")
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

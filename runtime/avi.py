@@ -1,0 +1,277 @@
+"""AVI, attribute vector integration (arXiv:2502.02225): learn an attribute's singular values from one pair.
+
+Torch-free: NumPy (or CuPy) arrays, analytic gradients, Adam. The story, per latent channel c (an
+h x w matrix), following ../shared/design/method.md ("our reading"):
+
+    x = U_x S_x V_x^T       the source latent at T_x (the original prompt's trajectory)
+    z = U_z S_z V_z^T       the target latent at T_x + dtau (the attribute prompt, same noise)
+    U* = [U_x[:, :k] | U_z[:, :k]],  V* = [V_x[:, :k] | V_z[:, :k]]    (pairs (u_i, v_i) kept together)
+    S  = f * exp(MLP(log f))          f = [S_x[:k], S_z[:k]]: the MLP predicts a log-multiplier per value
+    y  = U* diag(S) V*^T  (+ the source tail x - U_x[:, :k] S_x[:k] V_x[:, :k]^T when `tail`)
+
+Losses (each normalised by its reference's energy, so the weights are scale-free):
+
+    L1 = |y - z|^2 / |z|^2               target: without it no edit happens
+    L2 = |y - x|^2 / |x|^2               source: without it identity is lost
+    L3 = |S[k:] - S_z[:k]|^2 / |S_z|^2   target singular values: without it colours saturate
+    L4 = |S[:k] - S_x[:k]|^2 / |S_x|^2   source singular values: without it quality drops
+    L  = l1 L1 + l2 L2 + l3 L3 + l4 L4
+
+Only the MLP learns; x, z, U*, V* are constants, so dL/dS_i = u_i^T (dL/dy) v_i and the rest is the
+chain rule through the MLP (written out in `loss_and_grads`, checked against finite differences in
+tests/runtime/test_avi.py). The MLP sees all channels of a latent at once: input and output are
+(C * 2k) vectors. Its last layer starts at zero, so training starts from S = f.
+
+Strength alpha blends latents: y(alpha) = x + alpha (y - x). With the tail on this is exactly the
+same as blending the singular values ((1 - alpha) [S_x, 0] + alpha S), since y is linear in S and
+the tail is x's; alpha = 0 is x itself, alpha > 1 extrapolates.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from svdedit.kernels import array_module, channel_svd
+from svdedit.runtime.errors import SvdeditError
+
+FORMAT_VERSION = 1
+LOSS_NAMES = ("target", "source", "target_sv", "source_sv")
+
+
+class AttributeFileError(SvdeditError):
+    pass
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Every choice of the method; the defaults were chosen on benchmarks/bench_edit_quality.py."""
+
+    steps: int = 50                 # DDIM steps of every trajectory
+    guidance: float = 3.0           # classifier-free guidance of sampling (source, target, continuation)
+    t_edit: float = 0.4             # T_x as a fraction of the training timesteps (0 = clean, 1 = noise)
+    dtau: int = 0                   # z is taken this many DDIM steps earlier (>0, noisier) than x
+    k: int = 4                      # singular triplets taken from each of x and z, per channel
+    tail: bool = True               # keep x's residual beyond its top k
+    continuation: str = "target"    # prompt after T_x: "target" (blended with strength) or "source" (the paper)
+    window: int = 1                 # inject y at this many consecutive steps from T_x (1 = once)
+    hidden: int = 64                # MLP width (one hidden tanh layer)
+    w_target: float = 1.0           # l1
+    w_source: float = 0.1           # l2
+    w_target_sv: float = 0.05       # l3
+    w_source_sv: float = 0.05       # l4
+    iters: int = 300                # Adam steps
+    lr: float = 1e-2
+    inversion_guidance: float = 1.0  # for real images
+
+    def check(self) -> "Knobs":
+        def bad(name, why):
+            raise SvdeditError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {why}")
+        if not 0.0 < self.t_edit < 1.0:
+            bad("t_edit", "must be a fraction of the schedule strictly between 0 and 1 (e.g. 0.5).")
+        if self.k < 1:
+            bad("k", "must be at least 1.")
+        if self.continuation not in ("target", "source"):
+            bad("continuation", "must be 'target' or 'source'.")
+        if self.window < 1:
+            bad("window", "must be at least 1.")
+        if self.hidden < 1 or self.iters < 0 or self.lr <= 0:
+            bad("hidden" if self.hidden < 1 else "iters" if self.iters < 0 else "lr", "must be positive.")
+        for name in ("w_target", "w_source", "w_target_sv", "w_source_sv"):
+            if getattr(self, name) < 0:
+                bad(name, "a loss weight cannot be negative (0 switches the loss off).")
+        if self.w_target + self.w_source == 0:
+            raise SvdeditError("--w-target and --w-source are both 0: nothing ties the edit to either image.")
+        return self
+
+    def replace(self, **changes) -> "Knobs":
+        return Knobs(**{**asdict(self), **changes}).check()
+
+
+# ---------------------------------------------------------------------------------------------
+# The spectral parts shared by learning and applying
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Pair:
+    """x and z of a batch (B, C, h, w), decomposed: the constants of the loss."""
+
+    x: object
+    z: object
+    U: object      # (B, C, h, 2k)
+    Vh: object     # (B, C, 2k, w)
+    f: object      # (B, C, 2k): [S_x[:k], S_z[:k]]
+    base: object   # x's tail (B, C, h, w), or zeros
+
+
+def decompose(x, z, k: int, tail: bool = True) -> Pair:
+    if x.shape != z.shape:
+        raise SvdeditError(f"source and target latents differ in shape: {tuple(x.shape)} vs {tuple(z.shape)}.")
+    xp = array_module(x)
+    k = min(k, min(x.shape[-2:]))
+    Ux, Sx, Vx = channel_svd(x)
+    Uz, Sz, Vz = channel_svd(z)
+    U = xp.concatenate([Ux[..., :k], Uz[..., :k]], axis=-1)
+    Vh = xp.concatenate([Vx[..., :k, :], Vz[..., :k, :]], axis=-2)
+    f = xp.concatenate([Sx[..., :k], Sz[..., :k]], axis=-1)
+    base = x - (Ux[..., :k] * Sx[..., None, :k]) @ Vx[..., :k, :] if tail else xp.zeros_like(x)
+    return Pair(x.astype(xp.float32), z.astype(xp.float32), U, Vh, f, base)
+
+
+def compose(pair: Pair, S):
+    """y = U* diag(S) V*^T + tail."""
+    return (pair.U * S[..., None, :]) @ pair.Vh + pair.base
+
+
+# ---------------------------------------------------------------------------------------------
+# The MLP and its analytic gradients
+# ---------------------------------------------------------------------------------------------
+def init_params(n_in: int, hidden: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "W1": (rng.standard_normal((n_in, hidden)) / np.sqrt(n_in)).astype(np.float32),
+        "b1": np.zeros(hidden, np.float32),
+        "W2": np.zeros((hidden, n_in), np.float32),  # starts at S = f
+        "b2": np.zeros(n_in, np.float32),
+    }
+
+
+def _features(f):
+    """log singular values, centred per latent: scale-free input to the MLP. (B, C*2k)."""
+    xp = array_module(f)
+    g = xp.log(xp.maximum(f, 1e-6)).reshape(f.shape[0], -1)
+    return g - g.mean(axis=1, keepdims=True)
+
+
+def predict(params, f):
+    """S = f * exp(MLP(log f)); returns S (B, C, 2k) and the cache the backward pass needs."""
+    xp = array_module(f)
+    p = {n: xp.asarray(v) for n, v in params.items()}
+    g = _features(f)
+    a = xp.tanh(g @ p["W1"] + p["b1"])
+    h = (a @ p["W2"] + p["b2"]).reshape(f.shape)
+    S = f * xp.exp(h)
+    return S, (g, a, p)
+
+
+def loss_and_grads(params, pair: Pair, knobs: Knobs):
+    """The four losses, their weighted sum and d(sum)/d(params), analytically."""
+    xp = array_module(pair.f)
+    S, (g, a, p) = predict(params, pair.f)
+    y = compose(pair, S)
+    k = pair.f.shape[-1] // 2
+    Sx, Sz = pair.f[..., :k], pair.f[..., k:]
+    nz, nx = float((pair.z**2).sum()), float((pair.x**2).sum())
+    nsz, nsx = float((Sz**2).sum()), float((Sx**2).sum())
+    dz, dx = y - pair.z, y - pair.x
+    rz, rx = S[..., k:] - Sz, S[..., :k] - Sx
+    losses = {
+        "target": float((dz**2).sum()) / max(nz, 1e-12),
+        "source": float((dx**2).sum()) / max(nx, 1e-12),
+        "target_sv": float((rz**2).sum()) / max(nsz, 1e-12),
+        "source_sv": float((rx**2).sum()) / max(nsx, 1e-12),
+    }
+    w = (knobs.w_target, knobs.w_source, knobs.w_target_sv, knobs.w_source_sv)
+    total = sum(wi * losses[n] for wi, n in zip(w, LOSS_NAMES))
+    # dL/dy, then dL/dS_i = u_i^T (dL/dy) v_i per channel
+    G = (2 * w[0] / max(nz, 1e-12)) * dz + (2 * w[1] / max(nx, 1e-12)) * dx
+    dS = ((xp.swapaxes(pair.U, -1, -2) @ G) * pair.Vh).sum(-1)
+    dS[..., k:] += (2 * w[2] / max(nsz, 1e-12)) * rz
+    dS[..., :k] += (2 * w[3] / max(nsx, 1e-12)) * rx
+    dh = (dS * S).reshape(g.shape[0], -1)          # S = f exp(h)
+    da = (dh @ p["W2"].T) * (1 - a**2)              # tanh'
+    grads = {"W2": a.T @ dh, "b2": dh.sum(0), "W1": g.T @ da, "b1": da.sum(0)}
+    return total, losses, grads
+
+
+def train(pair: Pair, knobs: Knobs, seed: int = 0,
+          progress: Callable[[int, int, dict], None] | None = None) -> tuple[dict, dict]:
+    """Adam on the MLP (Kingma & Ba 2015); returns (params, final losses)."""
+    xp = array_module(pair.f)
+    n_in = int(np.prod(pair.f.shape[1:]))
+    params = {n: xp.asarray(v) for n, v in init_params(n_in, knobs.hidden, seed).items()}
+    m = {n: xp.zeros_like(v) for n, v in params.items()}
+    v = {n: xp.zeros_like(v) for n, v in params.items()}
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    total, losses, grads = loss_and_grads(params, pair, knobs)
+    for it in range(1, knobs.iters + 1):
+        for n in params:
+            m[n] = b1 * m[n] + (1 - b1) * grads[n]
+            v[n] = b2 * v[n] + (1 - b2) * grads[n] ** 2
+            params[n] = params[n] - knobs.lr * (m[n] / (1 - b1**it)) / (xp.sqrt(v[n] / (1 - b2**it)) + eps)
+        total, losses, grads = loss_and_grads(params, pair, knobs)
+        if progress is not None:
+            progress(it, knobs.iters, {**losses, "total": total})
+    return params, {**losses, "total": total}
+
+
+def apply(params, pair: Pair, strength: float = 1.0):
+    """The edited latent y(strength) = x + strength (y_pred - x)."""
+    xp = array_module(pair.f)
+    n_in = int(np.prod(pair.f.shape[1:]))
+    if params["W1"].shape[0] != n_in:
+        raise AttributeFileError(f"this attribute was learned for {params['W1'].shape[0]} singular values per latent, "
+                                 f"but the latents give {n_in} (another model, latent size or k).")
+    S, _ = predict(params, pair.f)
+    y = compose(pair, S)
+    return pair.x + xp.float32(strength) * (y - pair.x)
+
+
+# ---------------------------------------------------------------------------------------------
+# The attribute file: one .safetensors, weights as tensors, everything else as JSON in its header
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Attribute:
+    params: dict[str, np.ndarray]
+    source: str
+    target: str
+    knobs: Knobs
+    engine: str          # the engine's manifest sha256
+    latent_shape: tuple  # (C, h, w) it was learned on
+    seed: int
+    losses: dict
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.numpy import save
+
+        from svdedit.runtime.files import atomic_write_bytes
+
+        meta = {"format_version": FORMAT_VERSION, "source": self.source, "target": self.target,
+                "knobs": asdict(self.knobs), "engine_manifest_sha256": self.engine,
+                "latent_shape": list(self.latent_shape), "seed": self.seed, "losses": self.losses}
+        blob = save({n: np.ascontiguousarray(np.asarray(v, np.float32)) for n, v in self.params.items()},
+                    metadata={"svdedit": json.dumps(meta)})
+        return atomic_write_bytes(Path(path), blob)
+
+    @classmethod
+    def load(cls, path: str | Path, engine: str | None = None) -> "Attribute":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        path = Path(path)
+        if not path.is_file():
+            raise AttributeFileError(f"attribute file {path} does not exist; write one with `svdedit learn`.")
+        try:
+            blob = path.read_bytes()
+            params = load(blob)
+            header_len = int.from_bytes(blob[:8], "little")
+            meta = json.loads(json.loads(blob[8:8 + header_len])["__metadata__"]["svdedit"])
+        except (SafetensorError, ValueError, KeyError, TypeError, OSError) as exc:
+            raise AttributeFileError(f"{path} is not a readable svdedit attribute file ({type(exc).__name__}: {exc}); "
+                                     f"learn it again with `svdedit learn`.") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise AttributeFileError(f"{path} has attribute format version {meta.get('format_version')!r}; this svdedit "
+                                     f"reads version {FORMAT_VERSION}. Learn it again with this version.")
+        if set(params) != {"W1", "b1", "W2", "b2"}:
+            raise AttributeFileError(f"{path} lacks MLP weights (has {sorted(params)}); learn it again.")
+        if engine is not None and meta["engine_manifest_sha256"] != engine:
+            raise AttributeFileError(f"{path} was learned on another model (engine manifest "
+                                     f"{meta['engine_manifest_sha256'][:12]}, this engine is {engine[:12]}); attributes "
+                                     f"do not transfer between models. Learn it again on this engine.")
+        known = {f.name for f in fields(Knobs)}
+        knobs = Knobs(**{n: v for n, v in meta["knobs"].items() if n in known})
+        return cls(params, meta["source"], meta["target"], knobs, meta["engine_manifest_sha256"],
+                   tuple(meta["latent_shape"]), int(meta["seed"]), meta["losses"])

@@ -1,0 +1,133 @@
+"""Editing end to end on the embedded model (models/shapes), read by the exact attribute reader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.shapes_data import Attributes, read_attributes, render, score_edit
+from svdedit.runtime.avi import Attribute
+from tests.cli import assert_clear_error, run_cli
+from tests.conftest import requires_torch
+
+pytestmark = requires_torch  # the engine fixture exports models/shapes once
+
+SOURCE, TARGET = "a large red circle in the middle", "a large blue circle in the middle"
+HELD_OUT = ["a small red square on the left", "a large red triangle on the right", "a small red circle in the middle",
+            "a large red square on the left", "a small red triangle in the middle", "a large red circle on the right"]
+
+
+@pytest.fixture(scope="module")
+def learned(shapes_engine, tmp_path_factory):
+    path = tmp_path_factory.mktemp("attr") / "red2blue.safetensors"
+    proc = run_cli("learn", "--engine", shapes_engine, "--source", SOURCE, "--target", TARGET, "-o", path)
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+def test_edit_changes_the_colour_and_keeps_the_rest(shapes_engine, learned):
+    from svdedit.runtime.edit import Editor
+    from svdedit.runtime.pipeline import Pipeline
+
+    with Pipeline(shapes_engine) as pipe:
+        editor = Editor(pipe)
+        attr = Attribute.load(learned, engine=editor.engine_hash)
+        seeds = list(range(500, 500 + len(HELD_OUT)))
+        r = editor.edit_seeds([attr], HELD_OUT, seeds)
+        again = editor.edit_seeds([attr], HELD_OUT[:2], seeds[:2])
+        unchanged = editor.edit_seeds([attr], HELD_OUT[:2], seeds[:2], strength=0.0)
+    scores = [score_edit(s, e, "colour", "blue") for s, e in zip(r.source, r.edited)]
+    assert all(read_attributes(s)["colour"] == "red" for s in r.source)
+    assert sum(s["success"] for s in scores) >= len(scores) - 1, scores
+    assert sum(s["identity"] for s in scores) >= len(scores) - 1, scores
+    assert r.target_prompts[0] == "a small blue square on the left"
+    assert np.array_equal(again.edited, r.edited[:2])        # same seed, same bytes
+    assert np.array_equal(unchanged.edited, unchanged.source)  # strength 0 = unchanged
+
+
+def test_edit_a_real_image(shapes_engine, learned):
+    from svdedit.runtime.edit import Editor
+    from svdedit.runtime.pipeline import Pipeline
+
+    rng = np.random.default_rng(77)
+    attrs = [Attributes("square", "red", "large", "left"), Attributes("circle", "red", "small", "right")]
+    renders = np.stack([render(a, rng) for a in attrs])
+    with Pipeline(shapes_engine) as pipe:
+        editor = Editor(pipe)
+        r = editor.edit_images([Attribute.load(learned)], (renders / 127.5 - 1).astype(np.float32).transpose(0, 3, 1, 2),
+                               [a.caption() for a in attrs])
+    for s, e in zip(renders, r.edited):
+        got = score_edit(s, e, "colour", "blue")
+        assert got["success"] and got["identity"], got
+
+
+def test_cli_edit_seeds_images_and_strips(shapes_engine, learned, tmp_path):
+    out = tmp_path / "edits"
+    proc = run_cli("edit", "--engine", shapes_engine, "--attr", learned, "--prompt", HELD_OUT[0], "--seeds", "3-4",
+                   "--strength", "1", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["seed3.png", "seed3_strip.png", "seed4.png", "seed4_strip.png"]
+    from PIL import Image
+
+    strip = np.asarray(Image.open(out / "seed3_strip.png"))
+    assert strip.shape == (256, (64 * 2 + 2) * 4, 3)
+    # a folder of real images
+    from svdedit.runtime.images import save_png
+
+    imgs = tmp_path / "imgs"
+    save_png(render(Attributes("circle", "red", "large", "middle"), np.random.default_rng(1)), imgs / "a.png")
+    proc = run_cli("edit", "--engine", shapes_engine, "--attr", learned, "--prompt", "a large red circle in the middle",
+                   "--image", imgs, "-o", tmp_path / "real")
+    assert proc.returncode == 0, proc.stderr
+    assert read_attributes(np.asarray(Image.open(tmp_path / "real" / "a.png")))["colour"] == "blue"
+
+
+def test_cli_edit_refusals(shapes_engine, engine_dirs, learned, tmp_path):
+    base = ["edit", "--engine", shapes_engine, "--prompt", HELD_OUT[0], "--seed", "1", "-o", tmp_path / "x.png"]
+    proc = run_cli(*base, "--attr", learned, "--strength", "strong")  # argparse's own error: usage, then the message
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "svdedit edit: error: argument --strength: 'strong' is not a number" in proc.stderr
+    assert_clear_error(run_cli(*base, "--attr", tmp_path / "none.safetensors"), "edit", "does not exist")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    assert_clear_error(run_cli(*base, "--attr", tmp_path / "junk.safetensors"), "edit", "not a readable")
+    other = tmp_path / "other.safetensors"  # learned on the tiny sd1 fixture: another model
+    proc = run_cli("learn", "--engine", engine_dirs["sd1"], "--source", "a red cat", "--target", "a blue cat",
+                   "--iters", "5", "--steps", "10", "-o", other)
+    assert proc.returncode == 0, proc.stderr
+    assert_clear_error(run_cli(*base, "--attr", other), "edit", "another model")
+    img_base = ["edit", "--engine", shapes_engine, "--attr", learned, "--prompt", HELD_OUT[0], "-o", tmp_path / "y.png"]
+    assert_clear_error(run_cli(*img_base, "--image", tmp_path / "missing.png"), "edit", "does not exist")
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()
+
+
+def test_cli_learn_refusals(shapes_engine, tmp_path):
+    base = ["learn", "--engine", shapes_engine, "--source", SOURCE, "--target", TARGET]
+    assert_clear_error(run_cli(*base, "--t-edit", "1.5", "-o", tmp_path / "a.safetensors"), "learn", "--t-edit")
+    assert_clear_error(run_cli(*base, "-o", tmp_path), "learn", "is a folder")
+    assert not list(tmp_path.iterdir())
+
+
+def test_learning_ablation_from_the_command_line(shapes_engine, tmp_path):
+    proc = run_cli("learn", "--engine", shapes_engine, "--source", SOURCE, "--target", TARGET, "--w-target", "0",
+                   "--iters", "30", "-o", tmp_path / "no_target.safetensors")
+    assert proc.returncode == 0, proc.stderr
+    assert Attribute.load(tmp_path / "no_target.safetensors").knobs.w_target == 0.0
+
+
+@pytest.mark.parametrize("probe, extra", [("sweep", ["--index", "0,1", "--factors", "0,1,2", "--steps", "10"]),
+                                          ("subspace", ["--steps", "10"]),
+                                          ("rank", ["--target-prompt", TARGET, "--steps", "10"])])
+def test_probes_write_a_png_and_json(shapes_engine, tmp_path, probe, extra):
+    import json
+
+    out = tmp_path / f"{probe}.png"
+    proc = run_cli("probe", probe, "--engine", shapes_engine, "--prompt", SOURCE, "-o", out, *extra)
+    assert proc.returncode == 0, proc.stderr
+    from PIL import Image
+
+    assert Image.open(out).size[0] > 100
+    info = json.loads(out.with_suffix(".json").read_text())
+    if probe == "subspace":
+        d = np.array(info["distance"])
+        assert d.shape == (10, 10) and np.allclose(np.diag(d), 0, atol=1e-3) and np.allclose(d, d.T, atol=1e-3)
+        assert 0 < info["adjacent_mean"] < info["max_possible"]
