@@ -102,7 +102,7 @@ def run_pair(editor, pair: EditPair, n_seeds: int, n_renders: int, batch: int, l
         e_src, e_tgt = e[:n], e[n:]
         x, z = editor._pair(x_T, e_src, e_tgt, knobs)
         out = {}
-        out["AVI (strength 1)"], x_end = editor._edit_from([attr], x, z, e_src, e_tgt, 1.0, knobs, source_cont=x)
+        out["AVI (strength 1)"], x_end = editor._edit_from([attr], x, z, e_src, e_tgt, 1.0, knobs, finish_source=True)
         for a in STRENGTHS:
             out[f"AVI strength {a}"], _ = editor._edit_from([attr], x, z, e_src, e_tgt, a, knobs)
         for name, ab in ablated.items():

@@ -73,6 +73,11 @@ def timesteps(schedule: Schedule, num_steps: int) -> np.ndarray:
     return ts
 
 
+def step_nearest(schedule: Schedule, num_steps: int, fraction: float) -> int:
+    """Index of the sampling step whose timestep is nearest `fraction` of the training timesteps."""
+    return int(np.argmin(np.abs(timesteps(schedule, num_steps) - fraction * schedule.num_train_timesteps)))
+
+
 def _alpha(schedule: Schedule, t: int) -> float:
     return float(schedule.alphas_cumprod[t]) if t >= 0 else schedule.alpha_at_zero
 

@@ -69,8 +69,7 @@ def _find(words: list[str], seq: list[str]) -> int | None:
 
 def edit_step(pipe: Pipeline, knobs: Knobs) -> tuple[int, int]:
     """Indices into the sampling timesteps of x (T_x) and z (T_x + dtau)."""
-    ts = ddim.timesteps(pipe.schedule, knobs.steps)
-    i_x = int(np.argmin(np.abs(ts - knobs.t_edit * pipe.schedule.num_train_timesteps)))
+    i_x = ddim.step_nearest(pipe.schedule, knobs.steps, knobs.t_edit)
     i_z = i_x - knobs.dtau
     if not 0 <= i_z < knobs.steps:
         raise SvdeditError(f"--dtau {knobs.dtau} puts z outside the {knobs.steps} steps (T_x is step {i_x}).")
@@ -93,10 +92,10 @@ class Editor:
         self.engine_hash = sha256_file(pipe.engine_dir / "manifest.json")
 
     # ---- trajectories ----
-    def _sample(self, x, cond, knobs: Knobs, start: int, stop: int, keep=(), guidance: float | None = None):
+    def _sample(self, x, cond, knobs: Knobs, start: int, stop: int, keep=()):
         """DDIM from step index `start` to `stop`; returns the latent at `stop` and those at the `keep` indices."""
         kept = {i: x for i in keep if i == start}
-        eps = self.pipe.eps_fn_from_embeddings(cond, knobs.guidance if guidance is None else guidance)
+        eps = self.pipe.eps_fn_from_embeddings(cond, knobs.guidance)
         watch = self.pipe._watch(stop - start, None, offset=start)
 
         def callback(i, t, xi):
@@ -151,9 +150,9 @@ class Editor:
             out.append(p)
         return out
 
-    def _edit_from(self, attrs, x, z, e_src, e_tgt, strength, knobs, source_cont=None):
-        """y(alpha) from (x, z) at T_x, continued to the end. Returns the edited latents and, given
-        `source_cont` (= x), the source trajectory finished alongside (else None)."""
+    def _edit_from(self, attrs, x, z, e_src, e_tgt, strength, knobs, finish_source: bool = False):
+        """y(alpha) from (x, z) at T_x, continued to the end. Returns the edited latents and, with
+        `finish_source`, the source trajectory x finished alongside in the same batch (else None)."""
         i_x, _ = edit_step(self.pipe, knobs)
         alpha = np.float32(strength)
         e_cont = e_src + alpha * (e_tgt - e_src) if knobs.continuation == "target" else e_src
@@ -176,14 +175,10 @@ class Editor:
                                    knobs, i, i + 1)
             xs, zs, y, i = both[:n], both[n:2 * n], both[2 * n:], i + 1
             y = inject(xs, zs) if strength != 0 else y
-        if source_cont is not None and i == i_x:  # finish the source trajectory in the same batch
-            both, _ = self._sample(np.concatenate([source_cont, y]), np.concatenate([e_src, e_cont]), knobs,
-                                   i_x, knobs.steps)
-            return both[n:], both[:n]
-        out, _ = self._sample(y, e_cont, knobs, i, knobs.steps)
-        if source_cont is not None:
-            source_cont, _ = self._sample(source_cont, e_src, knobs, i_x, knobs.steps)
-        return out, source_cont
+        if not finish_source:
+            return self._sample(y, e_cont, knobs, i, knobs.steps)[0], None
+        both, _ = self._sample(np.concatenate([xs, y]), np.concatenate([e_src, e_cont]), knobs, i, knobs.steps)
+        return both[n:], both[:n]
 
     def edit_seeds(self, attrs: Sequence[Attribute], prompts: Sequence[str], seeds: Sequence[int],
                    strength: float = 1.0, target_prompts: Sequence[str] | None = None,
@@ -201,7 +196,7 @@ class Editor:
             e = self.pipe.encode_prompt(prompts[sl] + tgts[sl])
             e_src, e_tgt = e[:len(x_T)], e[len(x_T):]
             x, z = self._pair(x_T, e_src, e_tgt, knobs)
-            y, x0 = self._edit_from(attrs, x, z, e_src, e_tgt, strength, knobs, source_cont=x)
+            y, x0 = self._edit_from(attrs, x, z, e_src, e_tgt, strength, knobs, finish_source=True)
             imgs = self.pipe.decode(np.concatenate([x0, y]))
             src_imgs.append(imgs[:len(x_T)])
             edit_imgs.append(imgs[len(x_T):])

@@ -34,8 +34,7 @@ def _trajectory(pipe, prompt: str, seed: int, steps: int, guidance: float, stop:
 def _step(pipe, frac: float, steps: int) -> int:
     if not 0 < frac < 1:
         raise SvdeditError(f"the step fraction {frac} must be strictly between 0 and 1.")
-    ts = ddim.timesteps(pipe.schedule, steps)
-    return int(np.argmin(np.abs(ts - frac * pipe.schedule.num_train_timesteps)))
+    return ddim.step_nearest(pipe.schedule, steps, frac)
 
 
 def _write_json(path: Path, obj) -> Path:
