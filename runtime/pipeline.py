@@ -13,6 +13,7 @@ call on [uncond, cond]) -> DDIM (runtime/ddim.py) -> vae_decoder.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -68,6 +69,11 @@ class Pipeline:
         ids = self.tokenizer(prompts)
         return self.engines["text_encoder"](input_ids=ids)["last_hidden_state"]
 
+    @functools.cached_property
+    def unconditional_embedding(self) -> np.ndarray:
+        """The empty prompt's embedding (1, L, D): encoded once, reused by every guided eps_fn."""
+        return self.encode_prompt([""])
+
     def eps_fn(self, prompts: list[str], guidance: float) -> ddim.EpsFn:
         """The model as the sampler sees it. With guidance != 1, uncond and cond go in one UNet call."""
         return self.eps_fn_from_embeddings(self.encode_prompt(prompts), guidance)
@@ -81,7 +87,7 @@ class Pipeline:
                 return unet(sample=x, timestep=ts, encoder_hidden_states=cond)["model_output"]
             return eps
         n = len(cond)
-        uncond = np.broadcast_to(self.encode_prompt([""]), cond.shape)
+        uncond = np.broadcast_to(self.unconditional_embedding, cond.shape)
         both = np.ascontiguousarray(np.concatenate([uncond, cond]), dtype=np.float32)
         g = np.float32(guidance)
 
