@@ -249,17 +249,18 @@ class Attribute:
     @classmethod
     def load(cls, path: str | Path, engine: str | None = None) -> "Attribute":
         from safetensors import SafetensorError
-        from safetensors.numpy import load
+        from safetensors.numpy import load_file
+
+        from svdedit.runtime.files import check_safetensors
 
         path = Path(path)
         if not path.is_file():
             raise AttributeFileError(f"attribute file {path} does not exist; write one with `svdedit learn`.")
         try:
-            blob = path.read_bytes()
-            params = load(blob)
-            header_len = int.from_bytes(blob[:8], "little")
-            meta = json.loads(json.loads(blob[8:8 + header_len])["__metadata__"]["svdedit"])
-        except (SafetensorError, ValueError, KeyError, TypeError, OSError) as exc:
+            header = check_safetensors(path)
+            meta = json.loads(header["__metadata__"]["svdedit"])
+            params = load_file(path)
+        except (SvdeditError, SafetensorError, ValueError, KeyError, TypeError, OSError) as exc:
             raise AttributeFileError(f"{path} is not a readable svdedit attribute file ({type(exc).__name__}: {exc}); "
                                      f"learn it again with `svdedit learn`.") from None
         if meta.get("format_version") != FORMAT_VERSION:
