@@ -20,10 +20,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def engine_args(p: argparse.ArgumentParser) -> None:
+    """--engine and --provider, as every command that runs an engine dir takes them."""
     p.add_argument("--engine", required=True, metavar="DIR", help="an engine dir written by `svdedit export`")
     p.add_argument("--provider", default="auto",
                    help="onnxruntime provider: auto (TensorRT, then CUDA, then CPU), cpu, cuda or tensorrt")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    engine_args(p)
     p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="where to write the PNG")
     p.add_argument("--init-noise", metavar="FILE.npy",
@@ -76,10 +81,11 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(desc: str):
+def progress_bar(desc: str, unit: str = "step"):
+    """A tqdm bar on stderr (off when it is not a terminal) and its update(done, total) callback."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit="step", file=sys.stderr, leave=False, disable=not sys.stderr.isatty())
+    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False, disable=not sys.stderr.isatty())
 
     def update(done: int, total: int) -> None:
         bar.total = total
@@ -106,7 +112,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     noise = _load_noise(args.init_noise)
     with Pipeline(args.engine, args.provider) as pipe:
-        bar, update = _progress("generate")
+        bar, update = progress_bar("generate")
         latent = pipe.generate(args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
                                init_noise=noise, progress=update)
         bar.close()
@@ -129,11 +135,11 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         target = to_uint8(x)[0]
         z0 = pipe.encode(x)
         vae_only = to_uint8(pipe.decode(z0))[0]
-        bar, update = _progress("invert")
+        bar, update = progress_bar("invert")
         z_t = pipe.invert(z0, args.prompt, steps=args.steps, progress=update)[-1] if noise is None \
             else pipe.check_latent(noise, 1)
         bar.close()
-        bar, update = _progress("resample")
+        bar, update = progress_bar("resample")
         z = pipe.sample(z_t, args.prompt, steps=args.steps, guidance=args.guidance, progress=update)
         bar.close()
         out = to_uint8(pipe.decode(z))[0]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 
 from svdedit.runtime.avi import Knobs
+from svdedit.runtime.cli import engine_args, progress_bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -87,8 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "values (four losses, Adam, NumPy; runtime/avi.py). Writes one .safetensors file: the MLP's "
                     "weights, and the prompts, knobs, format version and the engine's manifest hash as JSON metadata.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--engine", required=True, metavar="DIR", help="an engine dir written by `svdedit export`")
-    p.add_argument("--provider", default="auto", help="onnxruntime provider: auto, cpu, cuda or tensorrt")
+    engine_args(p)
     p.add_argument("--source", required=True, help='the source prompt, e.g. "a large red circle in the middle"')
     p.add_argument("--target", required=True, help='the attribute prompt, e.g. "a large blue circle in the middle"')
     p.add_argument("--seed", type=int, default=0, help="seed of the one noise both prompts are sampled from")
@@ -103,8 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "them (they are DDIM-inverted first). The target prompt of each image is its prompt with the "
                     "attribute's word change applied (red -> blue), unless --target-prompt gives it. Writes the "
                     "edited image and a 'source | edited' strip per image, and prints one JSON line per image.")
-    p.add_argument("--engine", required=True, metavar="DIR", help="an engine dir written by `svdedit export`")
-    p.add_argument("--provider", default="auto", help="onnxruntime provider: auto, cpu, cuda or tensorrt")
+    engine_args(p)
     p.add_argument("--attr", required=True, action="append", metavar="ATTR", help="an attribute file (repeatable)")
     p.add_argument("--prompt", required=True, help="the prompt of the source image(s)")
     what = p.add_mutually_exclusive_group(required=True)
@@ -126,8 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            ("subspace", "Grassmann distance between top-k singular subspaces across steps (plot + JSON)"),
                            ("rank", "rank of the source->target direction among the singular vectors, per step")):
         q = psub.add_parser(name, help=helptext, description=helptext)
-        q.add_argument("--engine", required=True, metavar="DIR")
-        q.add_argument("--provider", default="auto")
+        engine_args(q)
         q.add_argument("--prompt", required=True)
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--steps", type=int, default=50)
@@ -146,12 +143,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.set_defaults(run=run_probe)
 
 
-def _progress(desc: str):
-    from tqdm import tqdm
-
-    return tqdm(desc=desc, file=sys.stderr, leave=False, disable=not sys.stderr.isatty())
-
-
 def run_learn(args: argparse.Namespace) -> int:
     from svdedit.runtime.edit import Editor
     from svdedit.runtime.pipeline import Pipeline
@@ -162,12 +153,11 @@ def run_learn(args: argparse.Namespace) -> int:
         from svdedit.runtime.errors import SvdeditError
         raise SvdeditError(f"-o {out} is a folder; give a file name such as {out / 'attr.safetensors'}.")
     with Pipeline(args.engine, args.provider) as pipe:
-        bar = _progress("learn")
+        bar, update = progress_bar("learn", unit="iter")
 
         def progress(it, total, losses):
-            bar.total = total
-            bar.n = it
-            bar.set_postfix({n[:9]: f"{v:.4f}" for n, v in losses.items()}, refresh=True)
+            bar.set_postfix({n[:9]: f"{v:.4f}" for n, v in losses.items()}, refresh=False)
+            update(it, total)
         attr = Editor(pipe).learn(args.source, args.target, seed=args.seed, knobs=knobs, progress=progress)
         bar.close()
     attr.save(out)
@@ -194,9 +184,7 @@ def _image_list(path: str) -> list[Path]:
         if not files:
             raise SvdeditError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
         return files
-    if not p.exists():
-        raise SvdeditError(f"image {p} does not exist.")
-    return [p]
+    return [p]  # load_image says it if it does not exist
 
 
 def run_edit(args: argparse.Namespace) -> int:
@@ -209,6 +197,7 @@ def run_edit(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise SvdeditError("--batch must be at least 1.")
     files = _image_list(args.image) if args.image else None
+    loaded = [load_image(f) for f in files] if files else None  # a bad image fails before the engines load
     count = len(files) if files else len(args.seeds)
     out = Path(args.output)
     single = count == 1 and out.suffix.lower() == ".png"
@@ -216,17 +205,11 @@ def run_edit(args: argparse.Namespace) -> int:
         raise SvdeditError(f"{count} images to write, but -o {out} names one PNG; give a folder instead.")
     with Pipeline(args.engine, args.provider) as pipe:
         editor = Editor(pipe)
-        from svdedit.runtime.files import sha256_file
-        attrs = [Attribute.load(a, engine=sha256_file(pipe.engine_dir / "manifest.json")) for a in args.attr]
+        attrs = [Attribute.load(a, engine=editor.engine_hash) for a in args.attr]
         targets = [args.target_prompt] * count if args.target_prompt else None
-        bar = _progress("edit")
-
-        def progress(done, total):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
+        bar, progress = progress_bar("edit", unit="image")
         if files:
-            images = np.stack([fit(load_image(f), pipe.size) for f in files])
+            images = np.stack([fit(img, pipe.size) for img in loaded])
             result = editor.edit_images(attrs, images, [args.prompt] * count, strength=args.strength,
                                         target_prompts=targets, batch=args.batch, progress=progress)
             names = [f.stem for f in files]
