@@ -29,8 +29,9 @@ import numpy as np
 from svdedit.runtime import avi, ddim
 from svdedit.runtime.avi import Attribute, Knobs
 from svdedit.runtime.errors import SvdeditError
-from svdedit.runtime.files import sha256_file
+from svdedit.runtime.contract import engine_identity
 from svdedit.runtime.pipeline import Pipeline, _non_finite_is_our_error
+from svdedit.runtime.timing import NO_STAGES
 
 Progress = Callable[[int, int], None]
 
@@ -85,11 +86,16 @@ class EditResult:
 
 
 class Editor:
-    """Learning and applying attributes through one open Pipeline."""
+    """Learning and applying attributes through one open Pipeline.
 
-    def __init__(self, pipe: Pipeline):
+    `stages`: a runtime.timing.Stages to collect the wall time of each stage of an edit (text,
+    vae_encode, invert, sample_to_edit, svd_avi, sample_rest, vae_decode); by default nothing is timed.
+    """
+
+    def __init__(self, pipe: Pipeline, stages=NO_STAGES):
         self.pipe = pipe
-        self.engine_hash = sha256_file(pipe.engine_dir / "manifest.json")
+        self.stages = stages
+        self.engine_hash = engine_identity(pipe.manifest)
 
     # ---- trajectories ----
     def _sample(self, x, cond, knobs: Knobs, start: int, stop: int, keep=()):
@@ -164,7 +170,8 @@ class Editor:
                 y = y + (avi.apply(a.params, pair, strength) - x)
             return y
 
-        y = inject(x, z)
+        with self.stages("svd_avi"):
+            y = inject(x, z)
         n = len(x)
         # the window: keep x and z going alongside y, re-inject at each of its steps
         xs, zs, i = x, z, i_x
@@ -175,9 +182,10 @@ class Editor:
                                    knobs, i, i + 1)
             xs, zs, y, i = both[:n], both[n:2 * n], both[2 * n:], i + 1
             y = inject(xs, zs) if strength != 0 else y
-        if not finish_source:
-            return self._sample(y, e_cont, knobs, i, knobs.steps)[0], None
-        both, _ = self._sample(np.concatenate([xs, y]), np.concatenate([e_src, e_cont]), knobs, i, knobs.steps)
+        with self.stages("sample_rest"):
+            if not finish_source:
+                return self._sample(y, e_cont, knobs, i, knobs.steps)[0], None
+            both, _ = self._sample(np.concatenate([xs, y]), np.concatenate([e_src, e_cont]), knobs, i, knobs.steps)
         return both[n:], both[:n]
 
     def edit_seeds(self, attrs: Sequence[Attribute], prompts: Sequence[str], seeds: Sequence[int],
@@ -193,11 +201,14 @@ class Editor:
         for b0 in range(0, len(seeds), batch):
             sl = slice(b0, b0 + batch)
             x_T = np.concatenate([self.pipe.noise(int(s)) for s in seeds[sl]])
-            e = self.pipe.encode_prompt(prompts[sl] + tgts[sl])
+            with self.stages("text"):
+                e = self.pipe.encode_prompt(prompts[sl] + tgts[sl])
             e_src, e_tgt = e[:len(x_T)], e[len(x_T):]
-            x, z = self._pair(x_T, e_src, e_tgt, knobs)
+            with self.stages("sample_to_edit"):
+                x, z = self._pair(x_T, e_src, e_tgt, knobs)
             y, x0 = self._edit_from(attrs, x, z, e_src, e_tgt, strength, knobs, finish_source=True)
-            imgs = self.pipe.decode(np.concatenate([x0, y]))
+            with self.stages("vae_decode"):
+                imgs = self.pipe.decode(np.concatenate([x0, y]))
             src_imgs.append(imgs[:len(x_T)])
             edit_imgs.append(imgs[len(x_T):])
             if progress is not None:
@@ -217,16 +228,21 @@ class Editor:
         out = []
         for b0 in range(0, len(images), batch):
             sl = slice(b0, b0 + batch)
-            e = self.pipe.encode_prompt(prompts[sl] + tgts[sl])
+            with self.stages("text"):
+                e = self.pipe.encode_prompt(prompts[sl] + tgts[sl])
             n = len(images[sl])
             e_src, e_tgt = e[:n], e[n:]
-            latent0 = self.pipe.encode(images[sl])
-            traj = ddim.invert(self.pipe.eps_fn_from_embeddings(e_src, knobs.inversion_guidance), latent0,
-                               self.pipe.schedule, knobs.steps)
+            with self.stages("vae_encode"):
+                latent0 = self.pipe.encode(images[sl])
+            with self.stages("invert"), _non_finite_is_our_error():
+                traj = ddim.invert(self.pipe.eps_fn_from_embeddings(e_src, knobs.inversion_guidance), latent0,
+                                   self.pipe.schedule, knobs.steps)
             x = traj[knobs.steps - i_x]  # trajectory[k] sits at sampling step steps - k
-            _, kept = self._sample(traj[-1], e_tgt, knobs, 0, i_z, keep=(i_z,))
+            with self.stages("sample_to_edit"):
+                _, kept = self._sample(traj[-1], e_tgt, knobs, 0, i_z, keep=(i_z,))
             y, _ = self._edit_from(attrs, x, kept[i_z], e_src, e_tgt, strength, knobs)
-            out.append(self.pipe.decode(y))
+            with self.stages("vae_decode"):
+                out.append(self.pipe.decode(y))
             if progress is not None:
                 progress(min(b0 + batch, len(images)), len(images))
         from svdedit.runtime.images import to_uint8

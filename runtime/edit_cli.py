@@ -113,6 +113,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=_number, default=1.0,
                    help="0 = unchanged, 1 = the learned edit, >1 extrapolates (default 1)")
     p.add_argument("--batch", type=int, default=16, help="images per UNet call (default 16)")
+    p.add_argument("--timings", action="store_true",
+                   help="print one more JSON line: seconds spent in each stage (text, vae_encode, invert, "
+                        "sample_to_edit, svd_avi, sample_rest, vae_decode) over all images")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="OUT.png for one image, else a folder (created) for <name>.png and <name>_strip.png")
     p.set_defaults(run=run_edit)
@@ -193,6 +196,7 @@ def run_edit(args: argparse.Namespace) -> int:
     from svdedit.runtime.errors import SvdeditError
     from svdedit.runtime.images import fit, load_image, save_png
     from svdedit.runtime.pipeline import Pipeline
+    from svdedit.runtime.timing import NO_STAGES, Stages
 
     if args.batch < 1:
         raise SvdeditError("--batch must be at least 1.")
@@ -203,8 +207,9 @@ def run_edit(args: argparse.Namespace) -> int:
     single = count == 1 and out.suffix.lower() == ".png"
     if not single and out.suffix.lower() == ".png":
         raise SvdeditError(f"{count} images to write, but -o {out} names one PNG; give a folder instead.")
+    stages = Stages() if args.timings else NO_STAGES
     with Pipeline(args.engine, args.provider) as pipe:
-        editor = Editor(pipe)
+        editor = Editor(pipe, stages=stages)
         attrs = [Attribute.load(a, engine=editor.engine_hash) for a in args.attr]
         targets = [args.target_prompt] * count if args.target_prompt else None
         bar, progress = progress_bar("edit", unit="image")
@@ -225,6 +230,9 @@ def run_edit(args: argparse.Namespace) -> int:
         save_png(_strip(result.source[i], result.edited[i]), strip)
         print(json.dumps({"output": str(path), "strip": str(strip), "source_prompt": result.source_prompts[i],
                           "target_prompt": result.target_prompts[i], "strength": args.strength}))
+    if args.timings:
+        print(json.dumps({"seconds_per_stage": {k: round(v, 4) for k, v in stages.seconds.items()},
+                          "images": count, "providers": pipe.providers}))
     return 0
 
 

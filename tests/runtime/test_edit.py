@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -77,9 +79,12 @@ def test_cli_edit_seeds_images_and_strips(shapes_engine, learned, tmp_path):
     imgs = tmp_path / "imgs"
     save_png(render(Attributes("circle", "red", "large", "middle"), np.random.default_rng(1)), imgs / "a.png")
     proc = run_cli("edit", "--engine", shapes_engine, "--attr", learned, "--prompt", "a large red circle in the middle",
-                   "--image", imgs, "-o", tmp_path / "real")
+                   "--image", imgs, "-o", tmp_path / "real", "--timings")
     assert proc.returncode == 0, proc.stderr
     assert read_attributes(np.asarray(Image.open(tmp_path / "real" / "a.png")))["colour"] == "blue"
+    timings = json.loads(proc.stdout.strip().splitlines()[-1])["seconds_per_stage"]
+    assert set(timings) == {"text", "vae_encode", "invert", "sample_to_edit", "svd_avi", "sample_rest", "vae_decode"}
+    assert all(v > 0 for v in timings.values())
 
 
 def test_cli_edit_refusals(shapes_engine, engine_dirs, learned, tmp_path):
@@ -118,7 +123,6 @@ def test_learning_ablation_from_the_command_line(shapes_engine, tmp_path):
                                           ("subspace", ["--steps", "10"]),
                                           ("rank", ["--target-prompt", TARGET, "--steps", "10"])])
 def test_probes_write_a_png_and_json(shapes_engine, tmp_path, probe, extra):
-    import json
 
     out = tmp_path / f"{probe}.png"
     proc = run_cli("probe", probe, "--engine", shapes_engine, "--prompt", SOURCE, "-o", out, *extra)
