@@ -60,6 +60,7 @@ class ExportOptions:
     precision: str = "fp32"
     opset: int | None = None  # None: the exporter's default
     force: bool = False
+    fuse: bool = True  # attention -> onnxruntime's MultiHeadAttention (export/fusion.py); False for TensorRT
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,6 +294,12 @@ def _export_network(name: str, module, geo: Geometry, workdir: Path, options: Ex
     _export_onnx(spec, module, trace_feeds, path, options.opset)
     t_export = time.perf_counter() - t0
     onnx.checker.check_model(str(path))
+    fused = 0
+    if options.fuse:
+        from svdedit.export.fusion import fuse_attention
+
+        fused = fuse_attention(path, check_feeds)
+        log(f"  {name}: {fused} attention(s) fused into MultiHeadAttention")
     parity = _parity(spec, module, path, check_feeds, "fp32")
     log(
         f"  {name}: exported in {t_export:.1f} s, onnx.checker ok, parity max|ort - torch| = "
@@ -311,6 +318,8 @@ def _export_network(name: str, module, geo: Geometry, workdir: Path, options: Ex
         "parity": parity,
         "export_seconds": round(t_export, 2),
     }
+    if fused:
+        entry["fused"] = {"MultiHeadAttention": fused}
     if options.precision == "fp16" and name in FP16_NETWORKS:
         _convert_fp16(path)
         onnx.checker.check_model(str(path))
@@ -453,7 +462,7 @@ def export_model(
     source_sha = src.sha256()
     cache_key = sha256_json(
         {"format": FORMAT_VERSION, "svdedit": SVDEDIT_VERSION, "source": source_sha, "precision": options.precision,
-         "opset": options.opset}
+         "opset": options.opset, "fuse": options.fuse}
     )
     if _check_output(out_dir, cache_key, options.force):
         log(f"{out_dir} is up to date (same model, same options); nothing to do. Pass --force to export again.")
@@ -504,7 +513,7 @@ def export_model(
                 "networks": networks,
                 "fp16": {"networks": list(FP16_NETWORKS), "kept_fp32_ops": FP16_KEEP_FP32_OPS}
                 if options.precision == "fp16" else None,
-                "options": {"precision": options.precision, "opset": options.opset},
+                "options": {"precision": options.precision, "opset": options.opset, "fuse": options.fuse},
                 "versions": _versions(),
                 "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
                 "export_seconds": round(time.perf_counter() - t_start, 1),
