@@ -229,7 +229,7 @@ class Attribute:
     source: str
     target: str
     knobs: Knobs
-    engine: str          # the engine's manifest sha256
+    engine: str          # contract.engine_identity of the engine dir it was learned on
     latent_shape: tuple  # (C, h, w) it was learned on
     seed: int
     losses: dict

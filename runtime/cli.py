@@ -1,4 +1,4 @@
-"""The runtime's subcommands (torch-free): check, generate, reconstruct."""
+"""The runtime's subcommands (torch-free): check, build, generate, reconstruct."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ def engine_args(p: argparse.ArgumentParser) -> None:
     """--engine and --provider, as every command that runs an engine dir takes them."""
     p.add_argument("--engine", required=True, metavar="DIR", help="an engine dir written by `svdedit export`")
     p.add_argument("--provider", default="auto",
-                   help="onnxruntime provider: auto (TensorRT, then CUDA, then CPU), cpu, cuda or tensorrt")
+                   help="what runs the networks: auto (TensorRT plans from `svdedit build` when this GPU has them, "
+                        "else onnxruntime's TensorRT, CUDA, then CPU provider), tensorrt (the plans), "
+                        "ort-tensorrt, cuda or cpu")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -46,6 +48,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="a folder written by `svdedit export`")
     p.add_argument("--provider", default="auto", help="onnxruntime execution provider (default: auto)")
     p.set_defaults(run=run_check)
+
+    p = sub.add_parser(
+        "build", help="build TensorRT plans from an engine dir's ONNX graphs (NVIDIA GPU + TensorRT)",
+        description="Build one TensorRT plan per network from the ONNX graphs of ENGINE_DIR, for this GPU and this "
+                    "TensorRT version, and record them in its manifest. Optimisation profiles cover batch 1 to "
+                    "--max-batch images (the UNet: an inversion profile and a guided-sampling profile of up to 4x "
+                    "that many latents) and the --shapes given; with fp16 the VAE stays fp32. A timing cache in "
+                    "ENGINE_DIR/tensorrt/ makes rebuilds fast. Plans are written under a temporary name and renamed.",
+        epilog="example: svdedit export sd15/ -o engines/sd15 --precision fp16 --no-fuse && "
+               "svdedit build engines/sd15 --shapes 512x512 --max-batch 4",
+    )
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="a folder written by `svdedit export`")
+    p.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default=None,
+                   help="default: the engine dir's (`svdedit export --precision`); TensorRT 11 builds only that one")
+    p.add_argument("--shapes", default=None, metavar="HxW,...",
+                   help="image sizes the plans must accept, e.g. 512x512,768x768 (default: the model's size); "
+                        "the first is the one TensorRT optimises for")
+    p.add_argument("--max-batch", type=_positive_int, default=4, help="most images edited at once (default 4)")
+    p.add_argument("--static", action="store_true",
+                   help="fixed shapes (one --shapes entry, batch exactly --max-batch): faster, allows CUDA graphs")
+    p.set_defaults(run=run_build)
 
     p = sub.add_parser(
         "generate", help="text to image through the engine dir (DDIM, classifier-free guidance)",
@@ -78,6 +101,15 @@ def run_check(args: argparse.Namespace) -> int:
 
     for line in smoke_test(args.engine_dir, provider=args.provider):
         print(json.dumps(line))
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from svdedit.runtime.tensorrt import BuildOptions, build_plans, parse_shapes
+
+    options = BuildOptions(args.precision, parse_shapes(args.shapes) if args.shapes else (), args.max_batch, args.static)
+    manifest = build_plans(args.engine_dir, options, log_fn=lambda m: print(m, file=sys.stderr))
+    print(json.dumps({"engine_dir": args.engine_dir, "tensorrt": list(manifest["tensorrt"])}))
     return 0
 
 

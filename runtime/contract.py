@@ -133,6 +133,15 @@ def network_io(spec: NetworkSpec, dims: ModelDims) -> dict:
     }
 
 
+def engine_identity(manifest: dict) -> str:
+    """sha256 of what the engine dir computes: the manifest without the TensorRT plans built from it, so that
+    `svdedit build` on any GPU leaves the identity (and the attribute files learned on it) unchanged."""
+    import hashlib
+
+    core = {k: v for k, v in manifest.items() if k != "tensorrt"}
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+
 def read_manifest(engine_dir: str | Path, verify_hashes: bool = True) -> dict:
     """Open an engine dir's manifest and check that the dir holds what the manifest says.
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from svdedit.runtime import ddim
 from svdedit.runtime.contract import read_manifest
-from svdedit.runtime.engine import Engine
+from svdedit.runtime.engine import open_engines
 from svdedit.runtime.errors import SvdeditError
 from svdedit.runtime.text import Tokenizer
 
@@ -48,7 +48,7 @@ class Pipeline:
         self.vae_factor = int(m["latent"]["vae_scale_factor"])
         self.channels = int(m["latent"]["channels"])
         self.size = int(m["image_size"]["default"])
-        self.engines = {name: Engine(self.engine_dir, name, provider, m) for name in m["networks"]}
+        self.engines = open_engines(self.engine_dir, m, provider)
 
     def __enter__(self) -> "Pipeline":
         for e in self.engines.values():

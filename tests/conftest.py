@@ -64,3 +64,14 @@ def shapes_engine(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes") / "engine"
     export_model(Path(__file__).resolve().parents[1] / "models" / "shapes", out, log=lambda m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def shapes_engine_plain(tmp_path_factory) -> Path:
+    """The embedded model exported with --no-fuse (plain ONNX attention, as TensorRT needs)."""
+    from svdedit.export.exporter import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("shapes-plain") / "engine"
+    export_model(Path(__file__).resolve().parents[1] / "models" / "shapes", out, ExportOptions(fuse=False),
+                 log=lambda m: None)
+    return out
