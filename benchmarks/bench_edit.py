@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE, TARGET = "a large red circle in the middle", "a large blue circle in the middle"
 # prompts of the edited images (the attribute's word change, red -> blue, applies to each)
 PROMPTS = ["a small red square on the left", "a large red triangle on the right", "a small red circle in the middle",
-           "a large red square at the top", "a small red triangle at the bottom", "a large red circle on the left",
+           "a large red square in the middle", "a small red triangle on the right", "a large red circle on the left",
            "a small red square on the right", "a large red triangle in the middle"]
 #: one SD 1.5 UNet evaluation of one 64x64 latent (shared/design/anchors.md), and dense fp16 peaks
 SD15_UNET_FLOP = 0.80e12
@@ -152,7 +152,8 @@ class Diffusers:
         self.schedule_only = SimpleNamespace(schedule=ddim.Schedule.from_json(Path(spec["engine"]) / "schedule.json"))
         self.stages = Stages()
         self.size = json.loads((Path(spec["engine"]) / "manifest.json").read_text())["image_size"]["default"]
-        self.provider = f"torch {torch.__version__} {self.device} ({torch.get_num_threads()} threads)"
+        self.provider = getattr(self, "provider_label", None) or \
+            f"torch {torch.__version__} {self.device} ({torch.get_num_threads()} threads)"
 
     def load(self, spec: dict):
         from diffusers import StableDiffusionPipeline
@@ -227,7 +228,10 @@ class Optimum(Diffusers):
     def load(self, spec: dict):
         import optimum.onnxruntime as ortopt
 
+        from importlib.metadata import version
+
         provider = "CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"
+        self.provider_label = f"optimum-onnx {version('optimum-onnx')}, onnxruntime {version('onnxruntime')} {provider}"
         return ortopt.ORTStableDiffusionPipeline.from_pretrained(spec["optimum"], provider=provider)
 
 

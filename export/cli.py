@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset to export (18-23). Default: the exporter's own")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="keep attention as plain ONNX operators. By default each attention is fused into onnxruntime's "
-                        "MultiHeadAttention (measured on SD 1.5 shape, CPU: UNet 1.6x faster, peak memory -5 GB; "
-                        "benchmarks/results/). TensorRT cannot read fused graphs: export with --no-fuse for `svdedit build`")
+                        "MultiHeadAttention (SD 1.5 shape, CPU: UNet calls 1.25-1.7x faster, 1.9-5.2 GiB less peak "
+                        "memory; benchmarks/results/session_memory_sd15_cpu.md). TensorRT cannot read fused graphs: export with --no-fuse for `svdedit build`")
     p.add_argument("--force", action="store_true", help="export again even if ENGINE_DIR is up to date, and replace "
                                                          "an engine dir made from another model or with other options")
     p.set_defaults(run=run)

@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the first is the one TensorRT optimises for")
     p.add_argument("--max-batch", type=_positive_int, default=4, help="most images edited at once (default 4)")
     p.add_argument("--static", action="store_true",
-                   help="fixed shapes (one --shapes entry, batch exactly --max-batch): faster, allows CUDA graphs")
+                   help="one fixed image size (give one --shapes entry): faster plans, and the runner captures a "
+                        "CUDA graph per input shape")
     p.set_defaults(run=run_build)
 
     p = sub.add_parser(

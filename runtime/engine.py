@@ -69,9 +69,10 @@ def session_options():
     """onnxruntime's session options for every network.
 
     No CPU memory arena: each session's arena keeps its largest activations for good, and four sessions
-    add up (SD 1.5 shape, one edit: peak RSS 9.9 GiB with arenas, 5.7 without, at the same speed within
-    noise; one arena shared by the sessions: 7.4). Measured by benchmarks/session_memory.py, results in
-    benchmarks/results/session_memory_sd15_cpu.json. Graph optimisation stays at onnxruntime's default
+    add up (SD 1.5 shape, fused attention, the edit's calls: peak RSS 9.87 GiB with an arena per session,
+    7.43 with one shared arena, 5.47 without, and no slower: UNet 2.40 s / 4.76 s at batch 1 / 2 against
+    2.71 / 5.82 with arenas). Measured by benchmarks/session_memory.py, results in
+    benchmarks/results/session_memory_sd15_cpu.md. Graph optimisation stays at onnxruntime's default
     (all), threads at its default (one per physical core).
     """
     import onnxruntime as ort

@@ -17,8 +17,9 @@ flag (see `typing`). Optimisation profiles come from the build options, checked 
 size range: the UNet
 gets two (inversion: batch 1..N, optimised for N; guided sampling: batch 2..4N, optimised for 2N; the
 Editor runs two trajectories per image, each guided, so 4N latents per call at most), the other
-networks one (text encoder: prompts for N images, their targets and the empty prompt). `static` makes
-min = opt = max. fp16 and bf16 apply to the text encoder and the UNet; the VAE stays fp32 under fp16
+networks one (text encoder: prompts for N images, their targets and the empty prompt). `static` fixes
+the image size (min = opt = max; dynamic sizes cost ~13% on TensorRT, anchors.md); the batch stays a
+range, since the last batch of a run and the empty prompt's encoding are smaller. fp16 and bf16 apply to the text encoder and the UNet; the VAE stays fp32 under fp16
 (SD's VAE overflows fp16) and follows bf16 (whose range is fp32's).
 
 Everything that needs neither TensorRT nor a GPU (profiles, keys, the manifest record, refusals) is
@@ -147,7 +148,7 @@ def batch_ranges(network: str, options: BuildOptions) -> list[tuple[int, int, in
         ranges = [(1, n, 2 * n)]                         # edit_seeds decodes sources and edits together
     else:
         ranges = [(1, n, n)]
-    return [(o, o, o) for _, o, _ in ranges] if options.static else ranges
+    return ranges
 
 
 def profiles(manifest: dict, network: str, options: BuildOptions) -> list[dict[str, tuple[tuple[int, ...], ...]]]:
