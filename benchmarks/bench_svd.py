@@ -48,7 +48,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
-    peers: dict = {}
     try:
         import torch
     except ImportError:

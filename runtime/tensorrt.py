@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from svdedit.runtime.contract import DYNAMIC_AXES, NETWORKS, read_manifest
-from svdedit.runtime.errors import EngineDirError, SvdeditError
+from svdedit.runtime.errors import SvdeditError
 from svdedit.runtime.files import atomic_write_bytes, sha256_file
 
 log = logging.getLogger("svdedit.runtime")

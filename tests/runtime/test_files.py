@@ -1,6 +1,5 @@
 """runtime/files.py: atomic directory writes and safetensors header validation (no torch needed)."""
 
-import json
 import os
 import struct
 import subprocess
