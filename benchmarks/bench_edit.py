@@ -173,7 +173,7 @@ class Diffusers:
 
         torch, ref, st, knobs = self.torch, self.ref, self.stages, self.attr.knobs
         steps, n, sf = knobs.steps, len(imgs), ref.vae.config.scaling_factor
-        tgts = Editor.targets(None, [self.attr], ps)
+        tgts = Editor.targets([self.attr], ps)
         i_x, i_z = edit_step(self.schedule_only, knobs)
         g = knobs.guidance
         with torch.no_grad():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from svdedit.runtime.errors import EngineDirError
-from svdedit.runtime.files import sha256_file
+from svdedit.runtime.files import sha256_file, sha256_json
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -136,10 +136,7 @@ def network_io(spec: NetworkSpec, dims: ModelDims) -> dict:
 def engine_identity(manifest: dict) -> str:
     """sha256 of what the engine dir computes: the manifest without the TensorRT plans built from it, so that
     `svdedit build` on any GPU leaves the identity (and the attribute files learned on it) unchanged."""
-    import hashlib
-
-    core = {k: v for k, v in manifest.items() if k != "tensorrt"}
-    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+    return sha256_json({k: v for k, v in manifest.items() if k != "tensorrt"})
 
 
 def read_manifest(engine_dir: str | Path, verify_hashes: bool = True) -> dict:

@@ -148,7 +148,8 @@ class Editor:
                                    f"{a.source!r} -> {a.target!r} differs from the first one.")
         return first
 
-    def targets(self, attrs: Sequence[Attribute], prompts: Sequence[str]) -> list[str]:
+    @staticmethod
+    def targets(attrs: Sequence[Attribute], prompts: Sequence[str]) -> list[str]:
         out = []
         for p in prompts:
             for a in attrs:

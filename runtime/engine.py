@@ -45,10 +45,11 @@ def choose_providers(requested: str = "auto") -> list[str]:
 
 def provider_entry(name: str, engine_dir: Path, precision: str):
     """What onnxruntime is given for one provider: TensorRT's EP keeps its engine and timing caches in the
-    engine dir (tensorrt/ort-cache/), so that only the first session on a machine pays for the build."""
+    engine dir (tensorrt/ort-cache/, created here), so that only the first session on a machine pays for the build."""
     if name != "TensorrtExecutionProvider":
         return name
     cache = engine_dir / "tensorrt" / "ort-cache"
+    cache.mkdir(parents=True, exist_ok=True)
     return (name, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
                    "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
                    "trt_fp16_enable": str(precision == "fp16")})
@@ -102,8 +103,6 @@ class Engine:
         import onnxruntime as ort
 
         wanted = choose_providers(self.requested_provider)
-        if "TensorrtExecutionProvider" in wanted:
-            (self.engine_dir / "tensorrt" / "ort-cache").mkdir(parents=True, exist_ok=True)
         opts = session_options()
         path = self.engine_dir / self.entry["file"]
         try:

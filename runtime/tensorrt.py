@@ -141,14 +141,12 @@ def batch_ranges(network: str, options: BuildOptions) -> list[tuple[int, int, in
     """(min, opt, max) batch per optimisation profile of a network."""
     n = options.max_batch
     if network == "unet":
-        ranges = [(1, n, n), (2, 2 * n, 4 * n)]          # inversion; guided sampling (two trajectories)
-    elif network == "text_encoder":
-        ranges = [(1, 2 * n, 2 * n + 1)]                 # sources, targets (and the empty prompt)
-    elif network == "vae_decoder":
-        ranges = [(1, n, 2 * n)]                         # edit_seeds decodes sources and edits together
-    else:
-        ranges = [(1, n, n)]
-    return ranges
+        return [(1, n, n), (2, 2 * n, 4 * n)]          # inversion; guided sampling (two trajectories)
+    if network == "text_encoder":
+        return [(1, 2 * n, 2 * n + 1)]                 # sources, targets (and the empty prompt)
+    if network == "vae_decoder":
+        return [(1, n, 2 * n)]                         # edit_seeds decodes sources and edits together
+    return [(1, n, n)]
 
 
 def profiles(manifest: dict, network: str, options: BuildOptions) -> list[dict[str, tuple[tuple[int, ...], ...]]]:
@@ -172,10 +170,10 @@ def profiles(manifest: dict, network: str, options: BuildOptions) -> list[dict[s
     return out
 
 
-def device_key(gpu_name: str, compute_capability: str, trt_version: str) -> str:
-    """The manifest key of plans built on one kind of GPU with one TensorRT version."""
-    safe = "".join(c if c.isalnum() else "-" for c in gpu_name).strip("-").lower()
-    return f"{safe}_sm{compute_capability.replace('.', '')}_trt{trt_version}"
+def device_key(device: dict) -> str:
+    """The manifest key of plans built on one kind of GPU with one TensorRT version (`current_device()`'s dict)."""
+    safe = "".join(c if c.isalnum() else "-" for c in device["gpu"]).strip("-").lower()
+    return f"{safe}_sm{device['compute_capability'].replace('.', '')}_trt{device['tensorrt']}"
 
 
 def current_device() -> dict:
@@ -193,7 +191,7 @@ def current_device() -> dict:
 def find_plans(manifest: dict, device: dict, engine_dir: Path) -> dict:
     """The build record for this device, or a TensorrtError saying what exists and how to rebuild."""
     builds = manifest.get("tensorrt") or {}
-    key = device_key(device["gpu"], device["compute_capability"], device["tensorrt"])
+    key = device_key(device)
     if key in builds:
         return builds[key]
     if not builds:
@@ -214,12 +212,12 @@ def plans_for_this_device(manifest: dict) -> bool:
         device = current_device()
     except TensorrtError:
         return False
-    return device_key(device["gpu"], device["compute_capability"], device["tensorrt"]) in manifest["tensorrt"]
+    return device_key(device) in manifest["tensorrt"]
 
 
 def record_build(engine_dir: Path, manifest: dict, device: dict, options: BuildOptions, plans: dict) -> dict:
     """Add one build to the manifest (atomically) and return the new manifest."""
-    key = device_key(device["gpu"], device["compute_capability"], device["tensorrt"])
+    key = device_key(device)
     manifest = json.loads(json.dumps(manifest))
     manifest.setdefault("tensorrt", {})[key] = {
         **device, "directory": f"{PLAN_DIR}/{key}", "precision": options.precision, "shapes": list(options.shapes),
@@ -243,7 +241,7 @@ def build_plans(engine_dir: str | Path, options: BuildOptions, log_fn=print) -> 
     options = options.check(manifest)
     trt = import_tensorrt()
     device = current_device()
-    key = device_key(device["gpu"], device["compute_capability"], device["tensorrt"])
+    key = device_key(device)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     cache_path = engine_dir / PLAN_DIR / TIMING_CACHE
@@ -268,7 +266,8 @@ def build_plans(engine_dir: str | Path, options: BuildOptions, log_fn=print) -> 
                 config.set_flag(getattr(trt.BuilderFlag, flag))
             cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
             config.set_timing_cache(cache, ignore_mismatch=False)
-            for prof in profiles(manifest, name, options):
+            network_profiles = profiles(manifest, name, options)
+            for prof in network_profiles:
                 p = builder.create_optimization_profile()
                 for tensor, (lo, opt, hi) in prof.items():
                     p.set_shape(tensor, lo, opt, hi)
@@ -281,7 +280,7 @@ def build_plans(engine_dir: str | Path, options: BuildOptions, log_fn=print) -> 
             atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
             plans[name] = {"file": f"{PLAN_DIR}/{key}/{name}.plan", "sha256": sha256_file(plan),
                            "precision": precision, "profiles": [{k: [list(s) for s in v] for k, v in prof.items()}
-                                                                for prof in profiles(manifest, name, options)],
+                                                                for prof in network_profiles],
                            "build_seconds": round(time.perf_counter() - t0, 1)}
             log_fn(f"  {name}: {precision}, {len(plans[name]['profiles'])} profile(s), "
                    f"{plans[name]['build_seconds']} s")
@@ -382,11 +381,12 @@ class TensorrtEngine:
         else:
             outputs = self._run(i, feeds)
         self.stream.synchronize()
-        on_host = all(isinstance(a, np.ndarray) for a in feeds.values())
-        return {n: (a.get() if on_host else a.copy()) if self.cuda_graphs or on_host else a
-                for n, a in outputs.items()}
+        if all(isinstance(a, np.ndarray) for a in feeds.values()):
+            return {n: a.get() for n, a in outputs.items()}
+        # a graph's output buffers are overwritten by its next launch: hand out copies
+        return {n: a.copy() for n, a in outputs.items()} if self.cuda_graphs else outputs
 
-    def _bind(self, ctx, i: int, inputs: dict, memory) -> dict:
+    def _bind(self, ctx, inputs: dict, memory) -> dict:
         """Set the input shapes, allocate the outputs, bind every tensor by name; return the outputs."""
         import cupy
 
@@ -408,7 +408,7 @@ class TensorrtEngine:
         with self.stream:
             inputs = {n: cupy.ascontiguousarray(cupy.asarray(a)) for n, a in feeds.items()}
             memory = self.shared.get(self.engine.get_device_memory_size_for_profile_v2(i))
-            outputs = self._bind(self.contexts[i], i, inputs, memory)
+            outputs = self._bind(self.contexts[i], inputs, memory)
             self._execute(self.contexts[i], {n: a.shape for n, a in inputs.items()})
         return outputs
 
@@ -421,9 +421,7 @@ class TensorrtEngine:
             if key not in self._graphs:
                 inputs = {n: cupy.empty(s, dtype=feeds[n].dtype) for n, s in shapes.items()}
                 memory = cupy.empty(max(1, self.engine.get_device_memory_size_for_profile_v2(i)), cupy.uint8)
-                outputs = self._bind(self.contexts[i], i, inputs, memory)
-                for n, a in inputs.items():
-                    a[...] = cupy.asarray(feeds[n])
+                outputs = self._bind(self.contexts[i], inputs, memory)
                 self._execute(self.contexts[i], shapes)  # TensorRT's shape-dependent setup happens outside capture
                 self.stream.begin_capture()
                 self._execute(self.contexts[i], shapes)

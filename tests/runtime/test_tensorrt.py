@@ -91,8 +91,8 @@ def test_typing_follows_the_graph_and_the_tensorrt_version():
 
 
 def test_device_key_names_gpu_capability_and_version():
-    assert trt_mod.device_key(H100["gpu"], "9.0", "10.14.1") == "nvidia-h100-80gb-hbm3_sm90_trt10.14.1"
-    assert trt_mod.device_key(H100["gpu"], "9.0", "10.14.1") != trt_mod.device_key(H100["gpu"], "9.0", "10.13.0")
+    assert trt_mod.device_key(H100) == "nvidia-h100-80gb-hbm3_sm90_trt10.14.1"
+    assert trt_mod.device_key(H100) != trt_mod.device_key({**H100, "tensorrt": "10.13.0"})
 
 
 def test_record_build_is_atomic_and_keeps_the_engine_identity(shapes_engine_plain, tmp_path, manifest):
@@ -104,7 +104,7 @@ def test_record_build_is_atomic_and_keeps_the_engine_identity(shapes_engine_plai
     assert read_manifest(d, verify_hashes=True)["tensorrt"] == new["tensorrt"]
     assert engine_identity(read_manifest(d)) == before  # attribute files learned before the build still load
     assert not [p for p in d.iterdir() if p.name.startswith(".")]  # no temporary file left behind
-    key = trt_mod.device_key(H100["gpu"], "9.0", "10.14.1")
+    key = trt_mod.device_key(H100)
     assert trt_mod.find_plans(new, H100, d) is new["tensorrt"][key]
 
 
@@ -174,12 +174,13 @@ def test_plans_match_onnxruntime_per_network_and_end_to_end(shapes_engine_plain,
     m = trt_mod.build_plans(d, BuildOptions("fp32", (64,), max_batch=2), log_fn=lambda s: None)
     rng = np.random.default_rng(0)
     shared = trt_mod.SharedActivations()
+    sizes = {"batch": 2, "height": 64, "width": 64, "latent_height": 16, "latent_width": 16}
     for name, net in m["networks"].items():
-        feeds = {i["name"]: (np.full([2 if s == "batch" else 64 if s in ("height", "width") else 16 if "latent" in str(s)
-                                      else s for s in i["shape"]], 320, np.int64) if i["dtype"] == "int64" else
-                             rng.standard_normal([2 if s == "batch" else 64 if s in ("height", "width") else 16
-                                                  if "latent" in str(s) else s for s in i["shape"]]).astype(np.float32))
-                 for i in net["inputs"]}
+        feeds = {}
+        for i in net["inputs"]:
+            shape = [sizes.get(s, s) for s in i["shape"]]
+            feeds[i["name"]] = (np.full(shape, 320, np.int64) if i["dtype"] == "int64"
+                                else rng.standard_normal(shape).astype(np.float32))
         with Engine(d, name, "cpu", m) as ort_run, trt_mod.TensorrtEngine(d, name, m, shared) as trt_run:
             a, b = ort_run(**feeds), trt_run(**feeds)
         for k in a:
