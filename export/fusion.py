@@ -11,9 +11,9 @@ which makes onnxruntime materialise the (B, H, S, L) score matrix twice (1 GiB e
 this form (it matches the older TorchScript exporter's), so this module does the rewrite: every
 Softmax whose input is a MatMul of two head-split tensors and whose output feeds a MatMul with a
 head-split value becomes MultiHeadAttention(q_flat, k_flat, v_flat, num_heads=H, scale=s), which
-onnxruntime runs tiled on CPU and CUDA (measured on this project's 2-core CPU for one 4096-token
-attention at batch 2: 187 ms and 0.13 GiB against 590 ms and 1.07 GiB; for the whole SD 1.5 UNet see
-benchmarks/results/session_memory_sd15_cpu.md).
+onnxruntime runs tiled on CPU and CUDA (one 4096-token attention at batch 2 on this project's 2-core
+CPU: 196 ms and 0.15 GiB against 644 ms and 1.10 GiB, benchmarks/results/attention_cpu.json; the whole
+SD 1.5 UNet: benchmarks/results/session_memory_sd15_cpu.md).
 
 The head count of each attention is read from a probe run (the candidate tensors added as graph
 outputs, one onnxruntime call at batch 1), not guessed from the graph's shape arithmetic; every
