@@ -8,7 +8,7 @@ position left -> right) one attribute is learned from ONE prompt pair at seed 0,
 real renders of the shapes world (DDIM-inverted first). Every method below runs on the same seeds,
 in the same run:
 
-- AVI (our defaults, runtime/avi.py Knobs) at strength 1, and at 0.25 / 0.5 / 0.75 / 1.5;
+- AVI (our defaults, runtime/editing/knobs.py Knobs) at strength 1, and at 0.25 / 0.5 / 0.75 / 1.5;
 - AVI with each of its four losses switched off in turn (the paper's ablation);
 - AVI as the paper reads literally: continuing with the *source* prompt after T_x;
 - (a) regenerating with the target prompt from the same noise;
@@ -73,46 +73,52 @@ def summarise(scores: list[dict]) -> dict:
 
 
 def run_pair(editor, pair: EditPair, n_seeds: int, n_renders: int, batch: int, log) -> tuple[dict, dict]:
-    from svdedit.runtime import ddim
-    from svdedit.runtime.avi import Knobs
-    from svdedit.runtime.edit import edit_step
-    from svdedit.runtime.images import to_uint8
+    """Learn the pair's attribute (and its ablations), score every method on generated images and on renders."""
+    from svdedit.runtime.editing.knobs import Knobs
 
-    pipe = editor.pipe
     knobs = Knobs()
     learn_target = pair.learn_prompt.replace(pair.source, pair.target)
     t0 = time.perf_counter()
     attr = editor.learn(pair.learn_prompt, learn_target, seed=0, knobs=knobs)
     learn_s = time.perf_counter() - t0
-    ablated = {name: editor.learn(pair.learn_prompt, learn_target, seed=0, knobs=knobs.replace(**{w: 0.0}))
-               for name, w in ABLATIONS.items()}
-    literal = dataclasses.replace(attr, knobs=knobs.replace(continuation="source"))
+    variants = {"AVI, " + name: editor.learn(pair.learn_prompt, learn_target, seed=0, knobs=knobs.replace(**{w: 0.0}))
+                for name, w in ABLATIONS.items()}
+    variants["AVI, source continuation (paper, literal)"] = dataclasses.replace(
+        attr, knobs=knobs.replace(continuation="source"))
+    generated, examples = _on_generated(editor, pair, attr, variants, n_seeds, batch, log)
+    real, real_pictures = _on_renders(editor, pair, attr, n_renders, batch)
+    return {"learn_prompt": pair.learn_prompt, "learn_target": learn_target, "learn_seconds": learn_s,
+            "losses": attr.losses, "generated": generated, "real_renders": real}, {"examples": examples,
+                                                                                  "real": real_pictures}
 
+
+def _on_generated(editor, pair: EditPair, attr, variants: dict, n_seeds: int, batch: int, log) -> tuple[dict, list]:
+    """Every method on the same held-out seeds: one pair (x, z) per seed, shared by the AVI variants."""
+    from svdedit.runtime.editing.edit import edit_step
+    from svdedit.runtime.images import to_uint8
+
+    pipe, knobs = editor.pipe, attr.knobs
     prompts, _ = prompts_for(pair, n_seeds, seed=100 + PAIRS.index(pair))
     seeds = list(range(SEED0, SEED0 + n_seeds))
     methods: dict[str, list] = {}
     examples = []
-    i_x, i_z = edit_step(pipe, knobs)
+    _, i_z = edit_step(pipe.schedule, knobs)
     for b0 in range(0, n_seeds, batch):
         sp, sd = prompts[b0:b0 + batch], seeds[b0:b0 + batch]
-        tp = editor.targets([attr], sp)
         n = len(sp)
-        x_T = np.concatenate([pipe.noise(s) for s in sd])
-        e = pipe.encode_prompt(sp + tp)
+        e = pipe.encode_prompt(sp + editor.targets([attr], sp))
         e_src, e_tgt = e[:n], e[n:]
-        x, z = editor._pair(x_T, e_src, e_tgt, knobs)
+        x, z = editor.sample_pair(np.concatenate([pipe.noise(s) for s in sd]), e_src, e_tgt, knobs)
         out = {}
-        out["AVI (strength 1)"], x_end = editor._edit_from([attr], x, z, e_src, e_tgt, 1.0, knobs, finish_source=True)
+        out["AVI (strength 1)"], x_end = editor.edit_latents([attr], x, z, e_src, e_tgt, 1.0, knobs, with_source=True)
         for a in STRENGTHS:
-            out[f"AVI strength {a}"], _ = editor._edit_from([attr], x, z, e_src, e_tgt, a, knobs)
-        for name, ab in ablated.items():
-            out[f"AVI, {name}"], _ = editor._edit_from([ab], x, z, e_src, e_tgt, 1.0, ab.knobs)
-        out["AVI, source continuation (paper, literal)"], _ = editor._edit_from([literal], x, z, e_src, e_tgt, 1.0,
-                                                                                literal.knobs)
-        out["(a) regenerate with target prompt"], _ = editor._sample(z, e_tgt, knobs, i_z, knobs.steps)
+            out[f"AVI strength {a}"], _ = editor.edit_latents([attr], x, z, e_src, e_tgt, a, knobs)
+        for name, variant in variants.items():
+            out[name], _ = editor.edit_latents([variant], x, z, e_src, e_tgt, 1.0, variant.knobs)
+        out["(a) regenerate with target prompt"] = pipe.denoise(z, e_tgt, knobs.steps, knobs.guidance, start=i_z).latent
         src_img = pipe.decode(x_end)
-        traj = ddim.invert(pipe.eps_fn_from_embeddings(e_src, 1.0), pipe.encode(src_img), pipe.schedule, knobs.steps)
-        out["(b) invert, sample target prompt"], _ = editor._sample(traj[-1], e_tgt, knobs, 0, knobs.steps)
+        traj = pipe.invert_latents(pipe.encode(src_img), e_src, knobs.steps, 1.0)
+        out["(b) invert, sample target prompt"] = pipe.denoise(traj[-1], e_tgt, knobs.steps, knobs.guidance).latent
         src_u8 = to_uint8(src_img)
         for name, lat in out.items():
             imgs = to_uint8(pipe.decode(lat))
@@ -127,8 +133,14 @@ def run_pair(editor, pair: EditPair, n_seeds: int, n_renders: int, batch: int, l
     result = {name: summarise(s) for name, s in methods.items()}
     result["source image shows the source attribute"] = float(np.mean(
         [s["source_read"][pair.attribute] == pair.source for s in methods["AVI (strength 1)"]]))
+    return result, examples
 
-    # real renders, inverted first
+
+def _on_renders(editor, pair: EditPair, attr, n_renders: int, batch: int) -> tuple[dict, tuple]:
+    """AVI and (b) on real renders of the shapes world, DDIM-inverted first."""
+    from svdedit.runtime.images import to_uint8
+
+    pipe, knobs = editor.pipe, attr.knobs
     rng = np.random.default_rng(RENDER_SEED + len(pair.attribute))
     attrs = [sample_attributes(rng).replace(**{pair.attribute: pair.source}) for _ in range(n_renders)]
     renders = np.stack([render(a, rng) for a in attrs])
@@ -137,14 +149,11 @@ def run_pair(editor, pair: EditPair, n_seeds: int, n_renders: int, batch: int, l
     r = editor.edit_images([attr], images, rp, strength=1.0, batch=batch)
     real = {"AVI (strength 1)": [score_edit(s, e_, pair.attribute, pair.target) for s, e_ in zip(renders, r.edited)]}
     e = pipe.encode_prompt(rp + r.target_prompts)
-    traj = ddim.invert(pipe.eps_fn_from_embeddings(e[:n_renders], 1.0), pipe.encode(images), pipe.schedule, knobs.steps)
-    b_img = to_uint8(pipe.decode(editor._sample(traj[-1], e[n_renders:], knobs, 0, knobs.steps)[0]))
+    traj = pipe.invert_latents(pipe.encode(images), e[:n_renders], knobs.steps, 1.0)
+    b_img = to_uint8(pipe.decode(pipe.denoise(traj[-1], e[n_renders:], knobs.steps, knobs.guidance).latent))
     real["(b) invert, sample target prompt"] = [score_edit(s, e_, pair.attribute, pair.target)
                                                 for s, e_ in zip(renders, b_img)]
-    real_result = {name: summarise(s) for name, s in real.items()}
-    return {"learn_prompt": pair.learn_prompt, "learn_target": learn_target, "learn_seconds": learn_s,
-            "losses": attr.losses, "generated": result, "real_renders": real_result}, {"examples": examples,
-                                                                                      "real": (renders[:6], r.edited[:6])}
+    return {name: summarise(s) for name, s in real.items()}, (renders[:6], r.edited[:6])
 
 
 def grid_png(pictures: dict, path: Path) -> None:
@@ -190,8 +199,8 @@ def markdown(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     from dataclasses import asdict
 
-    from svdedit.runtime.avi import Knobs
-    from svdedit.runtime.edit import Editor
+    from svdedit.runtime.editing.edit import Editor
+    from svdedit.runtime.editing.knobs import Knobs
     from svdedit.runtime.pipeline import Pipeline
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

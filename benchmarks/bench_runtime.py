@@ -73,20 +73,17 @@ def overhead(pipe, steps: int, repeats: int) -> dict:
         spent[0] += time.perf_counter() - t0
         return out
 
-    from svdedit.runtime import ddim
-
-    # the step loop alone: text encoding happens once per call, before the loop, and is not per-step work
-    eps = pipe.eps_fn(["a large red circle on the left"], 5.0)
-    callback = pipe._watch(steps, None)
+    # the step loop alone: text encoding happens once, before the loop, and is not per-step work
+    cond = pipe.encode_prompt(["a large red circle on the left"])
     unet.session.run = timed_run
     try:
         x = pipe.noise(0)
-        ddim.sample(eps, x, pipe.schedule, steps, callback=callback)  # warm-up
+        pipe.denoise(x, cond, steps, 5.0)  # warm-up
         fractions, per_step = [], []
         for _ in range(repeats):
             spent[0] = 0.0
             t0 = time.perf_counter()
-            ddim.sample(eps, x, pipe.schedule, steps, callback=callback)
+            pipe.denoise(x, cond, steps, 5.0)
             total = time.perf_counter() - t0
             fractions.append((total - spent[0]) / total)
             per_step.append(total / steps)
@@ -156,7 +153,7 @@ def main() -> None:
         result = {
             "benchmark": "bench_runtime",
             "model": str(args.model),
-            "provider": pipe.engines["unet"].provider,
+            "provider": pipe.providers["unet"],
             "machine": describe(),
             "reconstruction": reconstruction(pipe, args.images, args.steps),
             "overhead": overhead(pipe, args.steps, args.repeats),

@@ -15,6 +15,7 @@ import argparse
 import json
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -67,7 +68,8 @@ def main() -> None:
         unet_parameters = build_sd15_shape(pipe)
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()
-        manifest = export_model(pipe, work / "engine", ExportOptions(precision=args.precision))
+        manifest = export_model(pipe, work / "engine", ExportOptions(precision=args.precision),
+                                log=lambda message: print(message, file=sys.stderr))
         t_export = time.perf_counter() - t0
         peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         files = {p.name: p.stat().st_size for p in sorted((work / "engine").iterdir())}
@@ -78,21 +80,21 @@ def main() -> None:
         "benchmark": "export_sd15_shape",
         "precision": args.precision,
         "machine": describe(),
-        "versions": manifest["versions"],
+        "versions": manifest.versions,
         "unet_parameters": unet_parameters,
         "build_random_pipeline_s": round(t_build, 1),
         "export_total_s": round(t_export, 1),
         "peak_rss_gib": round(peak_rss_gib, 2),
         "networks": {
             name: {
-                "export_s": net["export_seconds"],
-                "precision": net["precision"],
-                "parity_max_abs": net["parity"]["max_abs"],
-                "parity_tolerance": net["parity"]["tolerance"],
-                "parity_fp16": net.get("parity_fp16"),
-                "opset": net["opset"],
+                "export_s": net.export_seconds,
+                "precision": net.precision,
+                "parity_max_abs": net.parity["max_abs"],
+                "parity_tolerance": net.parity["tolerance"],
+                "parity_fp16": net.parity_fp16,
+                "opset": net.opset,
             }
-            for name, net in manifest["networks"].items()
+            for name, net in manifest.networks.items()
         },
         "file_bytes": files,
         "engine_dir_bytes": sum(files.values()),

@@ -9,7 +9,7 @@ median of the last two rounds per call, and the process's peak RSS. Policies:
 
     arena      onnxruntime's default: one CPU memory arena per session
     shared     one arena shared by all sessions (create_and_register_allocator + session.use_env_allocators)
-    noarena    no arena (plain malloc/free per tensor): what runtime/engine.py uses
+    noarena    no arena (plain malloc/free per tensor): what runtime/engines/onnxrt.py uses
 
 Writes benchmarks/results/session_memory_<label>.json and .md.
 """
@@ -33,6 +33,8 @@ def child(engine: str, policy: str) -> dict:
     import numpy as np
     import onnxruntime as ort
 
+    from svdedit.runtime.engines.manifest import read_manifest
+
     def peak():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -44,13 +46,13 @@ def child(engine: str, policy: str) -> dict:
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
         ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
         o.add_session_config_entry("session.use_env_allocators", "1")
-    manifest = json.loads((Path(engine) / "manifest.json").read_text())
-    s = {n: ort.InferenceSession(str(Path(engine) / net["file"]), o, providers=["CPUExecutionProvider"])
-         for n, net in manifest["networks"].items()}
+    manifest = read_manifest(engine, verify_hashes=False)
+    s = {n: ort.InferenceSession(str(Path(engine) / net.file), o, providers=["CPUExecutionProvider"])
+         for n, net in manifest.networks.items()}
     after_load = peak()
-    side = manifest["image_size"]["default"]
-    lat = side // manifest["latent"]["vae_scale_factor"]
-    hidden = manifest["text"]["hidden_size"]
+    side = manifest.image_size.default
+    lat = side // manifest.latent.vae_scale_factor
+    hidden = manifest.text.hidden_size
     r = np.random.default_rng(0)
 
     def unet(b):
@@ -68,7 +70,7 @@ def child(engine: str, policy: str) -> dict:
             t = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t)
-    return {"engine": engine, "fused": bool(manifest["options"].get("fuse")), "policy": policy,
+    return {"engine": engine, "fused": bool((manifest.options or {}).get("fuse")), "policy": policy,
             "peak_rss_after_load_gib": round(after_load, 2), "peak_rss_gib": round(peak(), 2),
             "seconds_median": {k: round(float(np.median(v[1:])), 3) for k, v in times.items()}}
 

@@ -20,8 +20,8 @@ SETTINGS = [(0.5, 0.25, 4), (0.5, 0.1, 4), (0.5, 0.0, 4), (0.6, 0.1, 4), (0.4, 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from svdedit.runtime.avi import Knobs
-    from svdedit.runtime.edit import Editor
+    from svdedit.runtime.editing.edit import Editor
+    from svdedit.runtime.editing.knobs import Knobs
     from svdedit.runtime.pipeline import Pipeline
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

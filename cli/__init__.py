@@ -1,22 +1,27 @@
-"""The ``svdedit`` command line: one console script, one subcommand per job.
+"""The ``svdedit`` command line: one console script, one module per group of subcommands.
 
-Each stage registers its own subcommands (``svdedit.export.cli``, ``svdedit.runtime.cli``); this
-module only dispatches, so that ``svdedit --help`` and the runtime commands never import torch.
-A ``SvdeditError`` (a user mistake) is printed as one clear message with exit status 2, no traceback.
+    export.py    svdedit export                       (needs torch; imported only when it runs)
+    engines.py   svdedit check, svdedit build         (an engine dir: verify it; TensorRT plans for it)
+    generate.py  svdedit generate, svdedit reconstruct
+    edit.py      svdedit learn, svdedit edit, svdedit probe
+    args.py      the argument types, option groups and progress bar they share
+
+Every argparse parser and progress bar lives here; the library below prints nothing and takes plain
+arguments. A user mistake (``runtime.errors.USER_ERRORS``) is printed as one clear message with exit
+status 2, no traceback; warnings the library logs (e.g. an onnxruntime provider that fell back to the
+CPU) are printed as "svdedit: ...".
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-
-__version__ = "0.1.0"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from svdedit.export import cli as export_cli
-    from svdedit.runtime import cli as runtime_cli
-    from svdedit.runtime import edit_cli
+    from svdedit.cli import edit, engines, export, generate
+    from svdedit.runtime import __version__
 
     parser = argparse.ArgumentParser(
         prog="svdedit",
@@ -29,21 +34,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"svdedit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    export_cli.register(sub)
-    runtime_cli.register(sub)
-    edit_cli.register(sub)
+    for group in (export, engines, generate, edit):
+        group.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from svdedit.runtime.errors import SvdeditError
+    from svdedit.runtime.errors import USER_ERRORS
 
     args = build_parser().parse_args(argv)
+    _print_library_warnings()
     try:
         return int(args.run(args) or 0)
-    except SvdeditError as exc:
+    except USER_ERRORS as exc:
         print(f"svdedit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"svdedit {args.command}: interrupted; nothing half-written was left behind.", file=sys.stderr)
         return 130
+
+
+def _print_library_warnings() -> None:
+    """The library's loggers ("svdedit.*") to stderr as "svdedit: message", warnings and above."""
+    log = logging.getLogger("svdedit")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("svdedit: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+        log.propagate = False

@@ -5,13 +5,17 @@ The story, top to bottom (``export_model``):
 1. inspect the source without torch (source.py) and check that the output path may be written;
 2. compute the cache key; an engine dir with the same key is already up to date (a no-op);
 3. load the four networks in fp32 and, for each: wrap it so that its ONNX inputs/outputs are exactly
-   those of runtime/contract.py, export it with torch's dynamo exporter (dynamic batch and spatial
+   those of the contract (runtime/engines/contract.py; networks.py), export it with torch's dynamo exporter (dynamic batch and spatial
    axes), run ``onnx.checker``, and compare onnxruntime (CPU provider) with torch on seeded random
    inputs of another batch and size than the trace used; a network over tolerance fails the export;
-4. with ``--precision fp16``, convert the text encoder and the UNet to fp16 (fp32 I/O; Softmax and
-   normalisation kept fp32, where SD overflows; the VAE stays fp32 for the same reason);
-5. write tokenizer.json, schedule.json and manifest.json, all inside a temporary folder that is
-   renamed into place only when everything passed (runtime/files.py: atomic_dir).
+   (with the attention fused into onnxruntime's MultiHeadAttention unless --no-fuse, fusion.py);
+4. with ``--precision fp16``, convert the networks the contract's precision policy names (the text
+   encoder and the UNet; fp32 I/O; Softmax and normalisation kept fp32, where SD overflows; the VAE
+   stays fp32 for the same reason; fp16.py);
+5. write tokenizer.json, schedule.json and manifest.json (checked as the runtime reads it), all inside
+   a temporary folder that is renamed into place only when everything passed (runtime/files.py: atomic_dir).
+
+`svdedit build` (build.py), the other compile step, turns an engine dir's graphs into TensorRT plans.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,30 +31,27 @@ from typing import Callable
 
 import numpy as np
 
+from svdedit.export.fp16 import EXTERNAL_DATA_BYTES, convert_fp16
+from svdedit.export.networks import Geometry, geometry, wrappers
 from svdedit.export.source import Components, Source, inspect_source, load_components
-from svdedit.runtime.contract import (
+from svdedit.runtime import __version__ as SVDEDIT_VERSION
+from svdedit.runtime.engines.contract import (
+    EXPORT_PRECISIONS,
     FAMILIES,
     FORMAT_VERSION,
+    FP16_KEEP_FP32_OPS,
     MANIFEST_FILE,
     NETWORKS,
     SCHEDULE_FILE,
     TOKENIZER_FILE,
-    ModelDims,
     NetworkSpec,
     network_io,
-    read_manifest,
+    network_precision,
 )
-from svdedit.runtime.errors import EngineDirError, ExportError, SvdeditError
+from svdedit.runtime.engines.manifest import Manifest, read_manifest, write_manifest
+from svdedit.runtime.errors import EngineDirError, ExportError, ManifestFieldError, SvdeditError
 from svdedit.runtime.files import atomic_dir, sha256_file, sha256_json, write_json
 
-SVDEDIT_VERSION = "0.1.0"
-PRECISIONS = ("fp32", "fp16")
-#: networks converted by --precision fp16; the VAE stays fp32 (SD's VAE overflows fp16)
-FP16_NETWORKS = ("text_encoder", "unet")
-#: ops kept in fp32 inside fp16 graphs: attention softmax and normalisation statistics overflow in SD
-FP16_KEEP_FP32_OPS = ["Softmax", "GroupNormalization", "InstanceNormalization", "LayerNormalization", "ReduceMean", "Pow"]
-#: above this many bytes of weights a graph keeps its tensors in one external .onnx.data file (protobuf caps at 2 GB)
-EXTERNAL_DATA_BYTES = 1_500_000_000
 PARITY_SEED = 1234
 
 
@@ -62,105 +62,17 @@ class ExportOptions:
     force: bool = False
     fuse: bool = True  # attention -> onnxruntime's MultiHeadAttention (export/fusion.py); False for TensorRT
 
-
-# --------------------------------------------------------------------------------------------------
-# 1. Wrappers: each network as a module whose forward() has exactly the contract's inputs and outputs.
-# --------------------------------------------------------------------------------------------------
-def _wrappers(c: Components) -> dict:
-    import torch
-
-    class TextEncoder(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids):
-            return self.m(input_ids=input_ids, return_dict=False)[0]  # last_hidden_state
-
-    class UNet(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, sample, timestep, encoder_hidden_states):
-            return self.m(sample, timestep, encoder_hidden_states, return_dict=False)[0]
-
-    class VaeEncoder(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, image):
-            # the posterior mean: inversion needs a deterministic encoding, never latent_dist.sample()
-            return self.m.encode(image, return_dict=False)[0].mean
-
-    class VaeDecoder(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, latent):
-            return self.m.decode(latent, return_dict=False)[0]
-
-    return {
-        "text_encoder": TextEncoder(c.text_encoder),
-        "unet": UNet(c.unet),
-        "vae_encoder": VaeEncoder(c.vae),
-        "vae_decoder": VaeDecoder(c.vae),
-    }
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Sizes of one model, read from its configs."""
-
-    dims: ModelDims
-    vae_scale_factor: int  # image pixels per latent pixel (8 for SD)
-    multiple_of: int  # image sides must be multiples of this (VAE factor x UNet downsampling)
-    default_size: int  # the image side the model was trained at
-    vocab_size: int
-
-    def feeds(self, spec: NetworkSpec, batch: int, image_side: int, rng: np.random.Generator) -> dict:
-        """Seeded random inputs for one network, shaped by the contract."""
-        sizes = {
-            "batch": batch,
-            "height": image_side,
-            "width": image_side,
-            "latent_height": image_side // self.vae_scale_factor,
-            "latent_width": image_side // self.vae_scale_factor,
-        }
-        feeds = {}
-        for t in spec.inputs:
-            shape = [sizes[d] if isinstance(d, str) else d for d in self.dims.resolve(t.dims)]
-            if t.name == "input_ids":
-                feeds[t.name] = rng.integers(0, self.vocab_size, size=shape, dtype=np.int64)
-            elif t.name == "timestep":
-                feeds[t.name] = rng.integers(0, 1000, size=shape).astype(np.float32)
-            elif t.name == "image":
-                feeds[t.name] = rng.uniform(-1, 1, size=shape).astype(np.float32)
-            else:
-                feeds[t.name] = rng.standard_normal(shape).astype(np.float32)
-        return feeds
-
-
-def _geometry(c: Components) -> Geometry:
-    vae_factor = 2 ** (len(c.vae.config.block_out_channels) - 1)
-    unet_factor = 2 ** (len(c.unet.config.down_block_types) - 1)
-    return Geometry(
-        dims=ModelDims(
-            sequence_length=int(c.tokenizer.model_max_length),
-            hidden_size=int(c.text_encoder.config.hidden_size),
-            latent_channels=int(c.vae.config.latent_channels),
-        ),
-        vae_scale_factor=vae_factor,
-        multiple_of=vae_factor * unet_factor,
-        default_size=int(c.unet.config.sample_size) * vae_factor,
-        vocab_size=int(c.text_encoder.config.vocab_size),
-    )
+    def check(self) -> "ExportOptions":
+        if self.precision not in EXPORT_PRECISIONS:
+            raise SvdeditError(f"--precision {self.precision!r} is not supported; choose one of "
+                               f"{', '.join(EXPORT_PRECISIONS)}.")
+        if self.opset is not None and not 18 <= self.opset <= 23:
+            raise SvdeditError(f"--opset {self.opset} is out of range; torch's ONNX exporter writes opsets 18 to 23.")
+        return self
 
 
 # --------------------------------------------------------------------------------------------------
-# 2. One network: export, check, parity.
+# 1. One network: export, check, parity.
 # --------------------------------------------------------------------------------------------------
 def _export_onnx(spec: NetworkSpec, module, feeds: dict, path: Path, opset: int | None) -> None:
     import torch
@@ -214,72 +126,6 @@ def _parity(spec: NetworkSpec, module, path: Path, feeds: dict, precision: str) 
     }
 
 
-def _drop_duplicate_nodes(graph) -> None:
-    """Remove exact repeats of a node (same name, op, inputs, outputs, attributes).
-
-    onnxruntime's fp16 converter inserts one Cast per *consumer* of a blocked op's fp16 input, all with
-    the same name and output; the dynamo exporter shares constants between many nodes, so one
-    constant gets dozens of identical Casts, which onnxruntime refuses ("two nodes with same node
-    name"). The converter also appends its Casts after their consumers, so the kept nodes are then
-    put back in topological order (onnx.checker requires it).
-    """
-    seen: set[bytes] = set()
-    kept = []
-    for node in graph.node:
-        key = node.SerializeToString(deterministic=True)
-        if key not in seen:
-            seen.add(key)
-            kept.append(node)
-    outputs = [o for n in kept for o in n.output if o]
-    if len(outputs) != len(set(outputs)):
-        dup = next(o for o in outputs if outputs.count(o) > 1)
-        raise ExportError(f"the fp16 conversion produced two nodes writing {dup!r}; export with --precision fp32.")
-    del graph.node[:]
-    graph.node.extend(_topological_order(kept))
-
-
-def _topological_order(nodes: list) -> list:
-    """Kahn's algorithm over tensor names (the converter appends its Casts after their consumers)."""
-    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    deps = [{producer[x] for x in n.input if x in producer} for n in nodes]
-    users: list[list[int]] = [[] for _ in nodes]
-    for i, d in enumerate(deps):
-        for j in d:
-            users[j].append(i)
-    waiting = [len(d) for d in deps]
-    ready = [i for i, w in enumerate(waiting) if w == 0]
-    order = []
-    while ready:
-        i = ready.pop()
-        order.append(i)
-        for u in users[i]:
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                ready.append(u)
-    if len(order) != len(nodes):
-        raise ExportError("the fp16 conversion produced a graph with a cycle; export with --precision fp32.")
-    return [nodes[i] for i in order]
-
-
-def _convert_fp16(path: Path) -> None:
-    import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    external = path.with_name(path.name + ".data")
-    model = onnx.load(str(path), load_external_data=True)
-    model16 = convert_float_to_float16(
-        model, keep_io_types=True, disable_shape_infer=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FP32_OPS
-    )
-    del model
-    _drop_duplicate_nodes(model16.graph)
-    if external.exists():
-        external.unlink()
-    if model16.ByteSize() > EXTERNAL_DATA_BYTES:
-        onnx.save_model(model16, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=external.name)
-    else:
-        onnx.save_model(model16, str(path))
-
-
 def _export_network(name: str, module, geo: Geometry, workdir: Path, options: ExportOptions, log) -> dict:
     import onnx
 
@@ -320,8 +166,8 @@ def _export_network(name: str, module, geo: Geometry, workdir: Path, options: Ex
     }
     if fused:
         entry["fused"] = {"MultiHeadAttention": fused}
-    if options.precision == "fp16" and name in FP16_NETWORKS:
-        _convert_fp16(path)
+    if network_precision(name, options.precision) == "fp16":
+        convert_fp16(path)
         onnx.checker.check_model(str(path))
         entry["precision"] = "fp16"
         entry["parity_fp16"] = _fp16_parity(spec, module, path, check_feeds, log)
@@ -346,7 +192,7 @@ def _fp16_parity(spec: NetworkSpec, module, path: Path, feeds: dict, log) -> dic
 
 
 # --------------------------------------------------------------------------------------------------
-# 3. The files beside the graphs.
+# 2. The files beside the graphs.
 # --------------------------------------------------------------------------------------------------
 def _schedule(c: Components, geo: Geometry, prediction_type: str) -> dict:
     """Everything the runtime's DDIM needs, with betas and alphas_cumprod as diffusers computes them."""
@@ -412,9 +258,49 @@ def _versions() -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# 4. The whole export.
+# 3. The whole export.
 # --------------------------------------------------------------------------------------------------
-def _check_output(out_dir: Path, cache_key: str, force: bool) -> bool:
+def export_model(
+    source: str | Path,
+    out_dir: str | Path,
+    options: ExportOptions = ExportOptions(),
+    config: str | Path | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> Manifest:
+    """Export SOURCE to the engine dir OUT_DIR; return its manifest. See the module docstring.
+    `log` receives one line per step (the command line prints them on stderr)."""
+    options.check()
+    out_dir = Path(out_dir)
+    t_start = time.perf_counter()
+    src = inspect_source(source, config)                                                          # 1.
+    source_sha = src.sha256()
+    cache_key = sha256_json({"format": FORMAT_VERSION, "svdedit": SVDEDIT_VERSION, "source": source_sha,
+                             "precision": options.precision, "opset": options.opset, "fuse": options.fuse})
+    if _up_to_date(out_dir, cache_key, options.force):                                            # 2.
+        log(f"{out_dir} is up to date (same model, same options); nothing to do. Pass --force to export again.")
+        return read_manifest(out_dir, verify_hashes=False)
+    _require_onnxruntime()
+    log(f"source: {src.path} ({FAMILIES[src.family]}, {src.prediction_type})")
+    components = load_components(src)
+    geo = geometry(components)
+    try:
+        with atomic_dir(out_dir, replace=True) as work:                                          # 5.
+            networks = {}
+            for i, (name, module) in enumerate(wrappers(components).items(), 1):                 # 3., 4.
+                log(f"[{i}/{len(NETWORKS)}] {name}")
+                networks[name] = _network_entry(name, _export_network(name, module, geo, work, options, log), geo, work)
+            manifest = _write_engine_files(work, src, source_sha, components, geo, networks, cache_key, options, t_start)
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        raise ExportError(
+            f"I/O error while writing the engine dir: {exc.strerror or exc}{where}. Nothing was written to {out_dir}; "
+            f"free some space or choose another -o, then run the export again."
+        ) from None
+    log(f"wrote {out_dir} in {manifest.raw['export_seconds']:.1f} s")
+    return manifest
+
+
+def _up_to_date(out_dir: Path, cache_key: str, force: bool) -> bool:
     """True when out_dir already holds this exact export. Raises if out_dir may not be written."""
     if not out_dir.exists():
         return False
@@ -433,10 +319,10 @@ def _check_output(out_dir: Path, cache_key: str, force: bool) -> bool:
         if force:
             return False
         raise SvdeditError(f"ENGINE_DIR {out_dir} holds a damaged engine dir ({exc}) Pass --force to replace it.") from None
-    if manifest.get("cache_key") == cache_key and not force:
+    if manifest.cache_key == cache_key and not force:
         return True
     if not force:
-        src = manifest.get("source", {}).get("path")
+        src = (manifest.source or {}).get("path")
         raise SvdeditError(
             f"ENGINE_DIR {out_dir} already holds an engine dir exported from {src} with other options or another "
             f"model version. Pass --force to replace it, or choose another -o."
@@ -444,29 +330,7 @@ def _check_output(out_dir: Path, cache_key: str, force: bool) -> bool:
     return False
 
 
-def export_model(
-    source: str | Path,
-    out_dir: str | Path,
-    options: ExportOptions = ExportOptions(),
-    config: str | Path | None = None,
-    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-) -> dict:
-    """Export SOURCE to the engine dir OUT_DIR; return its manifest. See the module docstring."""
-    if options.precision not in PRECISIONS:
-        raise SvdeditError(f"--precision {options.precision!r} is not supported; choose one of {', '.join(PRECISIONS)}.")
-    if options.opset is not None and not 18 <= options.opset <= 23:
-        raise SvdeditError(f"--opset {options.opset} is out of range; torch's ONNX exporter writes opsets 18 to 23.")
-    out_dir = Path(out_dir)
-    t_start = time.perf_counter()
-    src: Source = inspect_source(source, config)
-    source_sha = src.sha256()
-    cache_key = sha256_json(
-        {"format": FORMAT_VERSION, "svdedit": SVDEDIT_VERSION, "source": source_sha, "precision": options.precision,
-         "opset": options.opset, "fuse": options.fuse}
-    )
-    if _check_output(out_dir, cache_key, options.force):
-        log(f"{out_dir} is up to date (same model, same options); nothing to do. Pass --force to export again.")
-        return read_manifest(out_dir, verify_hashes=False)
+def _require_onnxruntime() -> None:
     try:
         import onnxruntime  # noqa: F401  (the parity check needs it)
     except ImportError:
@@ -475,55 +339,51 @@ def export_model(
             "(or `[export,gpu]` on an NVIDIA machine)."
         ) from None
 
-    log(f"source: {src.path} ({FAMILIES[src.family]}, {src.prediction_type})")
-    components = load_components(src)
-    geo = _geometry(components)
-    modules = _wrappers(components)
+
+def _network_entry(name: str, entry: dict, geo: Geometry, work: Path) -> dict:
+    """The manifest's record of one exported network: its files and their hashes, its I/O, how it was made."""
+    path = work / f"{name}.onnx"
+    data = path.with_name(path.name + ".data")
+    return {
+        "file": path.name,
+        "sha256": sha256_file(path),
+        **({"external_data": data.name, "external_data_sha256": sha256_file(data)} if data.exists() else {}),
+        **network_io(NETWORKS[name], geo.dims),
+        **entry,
+    }
+
+
+def _write_engine_files(work: Path, src: Source, source_sha: str, c: Components, geo: Geometry, networks: dict,
+                        cache_key: str, options: ExportOptions, t_start: float) -> Manifest:
+    """tokenizer.json, schedule.json and manifest.json beside the graphs; the manifest is checked before it is
+    written, so that the export never writes one the runtime would refuse."""
+    tokenizer = _write_tokenizer(c, work)
+    write_json(work / SCHEDULE_FILE, _schedule(c, geo, src.prediction_type))
+    raw = {
+        "format_version": FORMAT_VERSION,
+        "cache_key": cache_key,
+        "family": src.family,
+        "prediction_type": src.prediction_type,
+        "precision": options.precision,
+        "source": {"kind": src.kind, "path": str(src.path.resolve()), "config": str(src.config_dir.resolve()),
+                   "sha256": source_sha},
+        "latent": {"channels": geo.dims.latent_channels, "vae_scale_factor": geo.vae_scale_factor,
+                   "vae_scaling_factor": float(c.vae.config.scaling_factor)},
+        "text": {"sequence_length": geo.dims.sequence_length, "hidden_size": geo.dims.hidden_size, **tokenizer},
+        "image_size": {"default": geo.default_size, "multiple_of": geo.multiple_of, "min": geo.multiple_of,
+                       "max": 2 * geo.default_size},
+        "schedule": {"file": SCHEDULE_FILE, "sha256": sha256_file(work / SCHEDULE_FILE)},
+        "networks": networks,
+        "fp16": {"networks": [n for n in NETWORKS if network_precision(n, "fp16") == "fp16"],
+                 "kept_fp32_ops": FP16_KEEP_FP32_OPS} if options.precision == "fp16" else None,
+        "options": {"precision": options.precision, "opset": options.opset, "fuse": options.fuse},
+        "versions": _versions(),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "export_seconds": round(time.perf_counter() - t_start, 1),
+    }
     try:
-        with atomic_dir(out_dir, replace=True) as work:
-            networks = {}
-            for i, name in enumerate(NETWORKS, 1):
-                log(f"[{i}/{len(NETWORKS)}] {name}")
-                entry = _export_network(name, modules[name], geo, work, options, log)
-                path = work / f"{name}.onnx"
-                data = path.with_name(path.name + ".data")
-                networks[name] = {
-                    "file": path.name,
-                    "sha256": sha256_file(path),
-                    **({"external_data": data.name, "external_data_sha256": sha256_file(data)} if data.exists() else {}),
-                    **network_io(NETWORKS[name], geo.dims),
-                    **entry,
-                }
-            tokenizer = _write_tokenizer(components, work)
-            write_json(work / SCHEDULE_FILE, _schedule(components, geo, src.prediction_type))
-            manifest = {
-                "format_version": FORMAT_VERSION,
-                "cache_key": cache_key,
-                "family": src.family,
-                "prediction_type": src.prediction_type,
-                "precision": options.precision,
-                "source": {"kind": src.kind, "path": str(src.path.resolve()), "config": str(src.config_dir.resolve()),
-                           "sha256": source_sha},
-                "latent": {"channels": geo.dims.latent_channels, "vae_scale_factor": geo.vae_scale_factor,
-                           "vae_scaling_factor": float(components.vae.config.scaling_factor)},
-                "text": {"sequence_length": geo.dims.sequence_length, "hidden_size": geo.dims.hidden_size, **tokenizer},
-                "image_size": {"default": geo.default_size, "multiple_of": geo.multiple_of, "min": geo.multiple_of,
-                               "max": 2 * geo.default_size},
-                "schedule": {"file": SCHEDULE_FILE, "sha256": sha256_file(work / SCHEDULE_FILE)},
-                "networks": networks,
-                "fp16": {"networks": list(FP16_NETWORKS), "kept_fp32_ops": FP16_KEEP_FP32_OPS}
-                if options.precision == "fp16" else None,
-                "options": {"precision": options.precision, "opset": options.opset, "fuse": options.fuse},
-                "versions": _versions(),
-                "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-                "export_seconds": round(time.perf_counter() - t_start, 1),
-            }
-            write_json(work / MANIFEST_FILE, manifest)
-    except OSError as exc:
-        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        raise ExportError(
-            f"I/O error while writing the engine dir: {exc.strerror or exc}{where}. Nothing was written to {out_dir}; "
-            f"free some space or choose another -o, then run the export again."
-        ) from None
-    log(f"wrote {out_dir} in {manifest['export_seconds']:.1f} s")
+        manifest = Manifest.from_dict(raw)
+    except ManifestFieldError as exc:
+        raise ExportError(f"the export made a manifest this runtime cannot read ({exc}); this is a bug.") from None
+    write_manifest(work, manifest)
     return manifest

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from svdedit.export.graph import topological_order
 
 PASS_THROUGH = ("Reshape", "Transpose")
 
@@ -144,7 +145,7 @@ def fuse_attention(path: Path, feeds: dict) -> int:
     # drop what only fed the replaced subgraphs
     needed = {o.name for o in graph.output}
     live = []
-    for n in reversed(_order(kept)):
+    for n in reversed(topological_order(kept)):
         if set(n.output) & needed:
             live.append(n)
             needed.update(i for i in n.input if i)
@@ -154,9 +155,3 @@ def fuse_attention(path: Path, feeds: dict) -> int:
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save_model(model, str(path))
     return len(fused)
-
-
-def _order(nodes: list) -> list:
-    from svdedit.export.exporter import _topological_order
-
-    return _topological_order(nodes)

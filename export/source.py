@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from svdedit.runtime.contract import FAMILIES
+from svdedit.runtime.engines.contract import FAMILIES
 from svdedit.runtime.errors import SourceError
 from svdedit.runtime.files import check_safetensors, sha256_file, sha256_json
 
@@ -62,7 +62,29 @@ def _check_pipeline_configs(folder: Path, what: str) -> tuple[str, str, list[Pat
             f"Pass the folder that `StableDiffusionPipeline.save_pretrained` wrote (it holds model_index.json, "
             f"unet/, vae/, text_encoder/, tokenizer/, scheduler/)."
         )
-    index = _read_json(index_path, what)
+    _check_index(folder, _read_json(index_path, what), what)
+    configs = [index_path] + [folder / c / "config.json" for c in ("unet", "vae", "text_encoder")]
+    unet, vae, text = (_read_json(path, what) for path in configs[1:])
+    _check_architecture(folder, unet, vae, text, what)
+    sched_path = folder / "scheduler" / "scheduler_config.json"
+    prediction = _read_json(sched_path, what).get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction"):
+        raise SourceError(
+            f"{what} {folder}: scheduler prediction_type {prediction!r} is not supported; svdedit's DDIM handles "
+            f"'epsilon' and 'v_prediction'. Fix {sched_path} if it is wrong."
+        )
+    # CLIP ViT-L (SD 1.x) uses quick_gelu; OpenCLIP ViT-H (SD 2.x) uses gelu.
+    family = "sd1" if text.get("hidden_act", "quick_gelu") == "quick_gelu" else "sd2"
+    if family == "sd2" and prediction == "v_prediction":
+        family = "sd2-v"
+    tok = sorted(p for p in (folder / "tokenizer").glob("*") if p.is_file())
+    if not tok:
+        raise SourceError(f"{what} {folder}: tokenizer/ is empty or missing; the pipeline folder is incomplete.")
+    return family, prediction, configs + [sched_path] + tok
+
+
+def _check_index(folder: Path, index: dict, what: str) -> None:
+    """model_index.json: a Stable Diffusion text-to-image pipeline, not SDXL, with every component."""
     class_name = str(index.get("_class_name", ""))
     if "text_encoder_2" in index or "XL" in class_name:
         raise SourceError(
@@ -75,11 +97,11 @@ def _check_pipeline_configs(folder: Path, what: str) -> tuple[str, str, list[Pat
             f"{what} {folder} is a {class_name or 'diffusers'} pipeline without {', '.join(missing)}, so it is not "
             f"a Stable Diffusion text-to-image pipeline. Supported families: {SUPPORTED}."
         )
-    unet = _read_json(folder / "unet" / "config.json", what)
-    vae = _read_json(folder / "vae" / "config.json", what)
-    text = _read_json(folder / "text_encoder" / "config.json", what)
-    sched_path = folder / "scheduler" / "scheduler_config.json"
-    sched = _read_json(sched_path, what)
+
+
+def _check_architecture(folder: Path, unet: dict, vae: dict, text: dict, what: str) -> None:
+    """The UNet, VAE and text encoder configs: a plain text-to-image UNet over the VAE's latents, a CLIP text
+    encoder of the width the UNet attends to."""
     if unet.get("addition_embed_type") or unet.get("class_embed_type"):
         raise SourceError(
             f"{what} {folder}: its UNet takes extra conditioning (addition_embed_type="
@@ -102,22 +124,6 @@ def _check_pipeline_configs(folder: Path, what: str) -> tuple[str, str, list[Pat
             f"{what} {folder}: the UNet attends to {unet.get('cross_attention_dim')}-wide text embeddings but the "
             f"text encoder makes {text.get('hidden_size')}-wide ones; the folder mixes components of two models."
         )
-    prediction = sched.get("prediction_type", "epsilon")
-    if prediction not in ("epsilon", "v_prediction"):
-        raise SourceError(
-            f"{what} {folder}: scheduler prediction_type {prediction!r} is not supported; svdedit's DDIM handles "
-            f"'epsilon' and 'v_prediction'. Fix {sched_path} if it is wrong."
-        )
-    # CLIP ViT-L (SD 1.x) uses quick_gelu; OpenCLIP ViT-H (SD 2.x) uses gelu.
-    family = "sd1" if text.get("hidden_act", "quick_gelu") == "quick_gelu" else "sd2"
-    if family == "sd2" and prediction == "v_prediction":
-        family = "sd2-v"
-    configs = [index_path, folder / "unet" / "config.json", folder / "vae" / "config.json",
-               folder / "text_encoder" / "config.json", sched_path]
-    tok = sorted(p for p in (folder / "tokenizer").glob("*") if p.is_file())
-    if not tok:
-        raise SourceError(f"{what} {folder}: tokenizer/ is empty or missing; the pipeline folder is incomplete.")
-    return family, prediction, configs + tok
 
 
 def _component_weights(folder: Path, component: str) -> list[Path]:

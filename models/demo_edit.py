@@ -19,10 +19,10 @@ from models.shapes_data import sample_attributes, score_edit
 
 
 def main(argv: list[str] | None = None) -> int:
-    from PIL import Image
-
-    from svdedit.runtime.avi import Attribute
-    from svdedit.runtime.edit import Editor
+    from svdedit.runtime.editing.avi import Attribute
+    from svdedit.runtime.editing.edit import Editor
+    from svdedit.runtime.files import write_json
+    from svdedit.runtime.images import save_png
     from svdedit.runtime.pipeline import Pipeline
 
     ap = argparse.ArgumentParser(prog="python -m models.demo_edit", description=__doc__,
@@ -46,14 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     scores = [score_edit(s, e, args.attribute, args.to) for s, e in zip(r.source, r.edited)]
     top, bottom = np.concatenate(list(r.source), axis=1), np.concatenate(list(r.edited), axis=1)
     grid = np.concatenate([top, np.full((4, top.shape[1], 3), 255, np.uint8), bottom], axis=0).repeat(2, 0).repeat(2, 1)
-    args.output.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(args.output / "grid.png")
+    save_png(grid, args.output / "grid.png")
     metrics = {"attribute": f"{attr.source!r} -> {attr.target!r}", "images": args.n,
                "success": float(np.mean([s["success"] for s in scores])),
                "identity": float(np.mean([s["identity"] for s in scores])),
                "psnr_outside_median_db": float(np.median([s["psnr_outside"] for s in scores])),
                "prompts": prompts, "seeds": seeds}
-    (args.output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(args.output / "metrics.json", metrics)
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("prompts", "seeds")}))
     return 0
 

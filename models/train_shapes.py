@@ -77,37 +77,72 @@ def _lr(step: int, total: int, base: float, warmup: int) -> float:
 
 
 def train(cfg: TrainConfig, out_dir: Path, log=print) -> dict:
+    """The stages of the module docstring, in order (the order matters: they draw from the same seeded RNGs)."""
     import torch
-    import torch.nn.functional as F
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from svdedit.export.clip_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, build_clip_tokenizer
-    from svdedit.runtime.files import atomic_dir
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    history: dict = {"vae": [], "unet": []}
     t_start = time.perf_counter()
+    data = _data(cfg, log)                                                          # 1.
+    vae, vae_history, t_vae = _train_vae(cfg, data, rng, log)                       # 2.
+    lat_mean, lat_std, scaling = _latent_statistics(vae, data, log)                 # 3.
+    text_encoder, unet, unet_history, t_unet = _train_unet(cfg, data, lat_mean, lat_std, scaling, rng, log)
+    report = {                                                                      # 4.
+        "config": asdict(cfg),
+        "parameters": {"unet": _count(unet), "vae": _count(vae), "text_encoder": _count(text_encoder)},
+        "vae_scaling_factor": scaling,
+        "seconds": {"vae": round(t_vae, 1), "unet_and_text": round(t_unet, 1),
+                    "total": round(time.perf_counter() - t_start, 1)},
+        "final_losses": {"vae_reconstruction": vae_history[-1]["rec"], "unet_min_snr_loss": unet_history[-1]["loss"]},
+        "history": {"vae": vae_history, "unet": unet_history},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": cfg.threads},
+        "versions": {"torch": torch.__version__},
+    }
+    _save(out_dir, vae, text_encoder, unet, data.tokenizer, report)
+    log(f"saved {out_dir} after {report['seconds']['total'] / 60:.1f} min")
+    return report
 
-    # 1. data
+
+@dataclass
+class _Data:
+    x: object          # torch float (N, 3, 64, 64) in [-1, 1]
+    ids: object        # torch int64 (N, 77): the captions' token ids
+    empty_ids: object  # torch int64 (1, 77): the empty caption (classifier-free guidance dropout)
+    tokenizer: object
+
+
+def _data(cfg: TrainConfig, log) -> _Data:
+    """1. The pool of captioned images, rendered from the seed, and their token ids."""
+    import torch
+
+    from svdedit.export.clip_tokenizer import build_clip_tokenizer
+
+    t0 = time.perf_counter()
     images, attrs = dataset(cfg.pool_images, seed=cfg.seed)
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
     tokenizer = build_clip_tokenizer()
     captions = [a.caption() for a in attrs]
     ids_all = torch.tensor(tokenizer(captions, padding="max_length", max_length=77, truncation=True).input_ids)
     empty_ids = torch.tensor(tokenizer([""], padding="max_length", max_length=77).input_ids)
-    log(f"data: {len(images)} images rendered in {time.perf_counter() - t_start:.1f} s")
+    log(f"data: {len(images)} images rendered in {time.perf_counter() - t0:.1f} s")
+    return _Data(x_all, ids_all, empty_ids, tokenizer)
 
-    # 2. VAE
+
+def _train_vae(cfg: TrainConfig, data: _Data, rng: np.random.Generator, log):
+    """2. The AutoencoderKL: L1 + MSE reconstruction and a small KL term. Returns (vae, history, seconds)."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL
+
     vae = AutoencoderKL(**VAE_CONFIG)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    history = []
     t0 = time.perf_counter()
     for step in range(cfg.vae_steps):
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
-        x = x_all[rng.integers(0, len(x_all), cfg.vae_batch)]
+        x = data.x[rng.integers(0, len(data.x), cfg.vae_batch)]
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         rec_loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
@@ -117,25 +152,39 @@ def train(cfg: TrainConfig, out_dir: Path, log=print) -> dict:
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == cfg.vae_steps - 1:
-            history["vae"].append({"step": step, "rec": rec_loss.item(), "kl": kl.item()})
+            history.append({"step": step, "rec": rec_loss.item(), "kl": kl.item()})
             log(f"vae {step:5d}/{cfg.vae_steps}  rec {rec_loss.item():.4f}  kl {kl.item():.1f}  "
                 f"{time.perf_counter() - t0:.0f} s")
-    t_vae = time.perf_counter() - t0
     vae.eval().requires_grad_(False)
+    return vae, history, time.perf_counter() - t0
 
-    # 3. latents: posterior mean and std of the whole pool, and SD's scaling factor 1/std
+
+def _latent_statistics(vae, data: _Data, log):
+    """3. The posterior mean and std of the whole pool, and SD's scaling factor 1 / std (set in the VAE's config)."""
+    import torch
+
     with torch.no_grad():
         means, stds = [], []
-        for i in range(0, len(x_all), 256):
-            post = vae.encode(x_all[i : i + 256]).latent_dist
+        for i in range(0, len(data.x), 256):
+            post = vae.encode(data.x[i : i + 256]).latent_dist
             means.append(post.mean)
             stds.append(post.std)
         lat_mean, lat_std = torch.cat(means), torch.cat(stds)
     scaling = float(1.0 / lat_mean.std())
     vae.register_to_config(scaling_factor=scaling)
     log(f"vae scaling_factor {scaling:.4f}")
+    return lat_mean, lat_std, scaling
 
-    # 4. UNet + text encoder
+
+def _train_unet(cfg: TrainConfig, data: _Data, lat_mean, lat_std, scaling: float, rng: np.random.Generator, log):
+    """3. The UNet and the text encoder together, epsilon objective with min-SNR weighting, caption dropout, EMA.
+    Returns (text_encoder, unet) holding the EMA weights, the loss history and the seconds spent."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from svdedit.export.clip_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE
+
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=VOCAB_SIZE, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
                                                 pad_token_id=EOS_ID, **TEXT_CONFIG))
     unet = UNet2DConditionModel(**UNET_CONFIG)
@@ -145,16 +194,17 @@ def train(cfg: TrainConfig, out_dir: Path, log=print) -> dict:
     opt = torch.optim.AdamW(params, betas=(0.9, 0.99), weight_decay=1e-2)
     ema = [p.detach().clone() for p in list(unet.parameters()) + list(text_encoder.parameters())]
     live = list(unet.parameters()) + list(text_encoder.parameters())
+    history = []
     t0 = time.perf_counter()
     for step in range(cfg.unet_steps):
         for g, base in zip(opt.param_groups, (cfg.unet_lr, cfg.text_lr)):
             g["lr"] = _lr(step, cfg.unet_steps, base, cfg.warmup_steps)
-        idx = torch.from_numpy(rng.integers(0, len(x_all), cfg.unet_batch))
+        idx = torch.from_numpy(rng.integers(0, len(data.x), cfg.unet_batch))
         eps_latent = torch.from_numpy(rng.standard_normal((cfg.unet_batch, 4, 16, 16)).astype(np.float32))
         z0 = (lat_mean[idx] + lat_std[idx] * eps_latent) * scaling
-        ids = ids_all[idx].clone()
+        ids = data.ids[idx].clone()
         drop = torch.from_numpy(rng.random(cfg.unet_batch) < cfg.caption_dropout)
-        ids[drop] = empty_ids
+        ids[drop] = data.empty_ids
         t = torch.from_numpy(rng.integers(0, 1000, cfg.unet_batch))
         noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32))
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -172,36 +222,33 @@ def train(cfg: TrainConfig, out_dir: Path, log=print) -> dict:
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema, [p.detach() for p in live], 1 - decay)
         if step % 100 == 0 or step == cfg.unet_steps - 1:
-            history["unet"].append({"step": step, "loss": loss.item()})
+            history.append({"step": step, "loss": loss.item()})
             elapsed = time.perf_counter() - t0
             eta = elapsed / (step + 1) * (cfg.unet_steps - step - 1)
             log(f"unet {step:5d}/{cfg.unet_steps}  loss {loss.item():.4f}  {elapsed:.0f} s  (eta {eta / 60:.1f} min)")
-    t_unet = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     with torch.no_grad():
         for p, e in zip(live, ema):
             p.copy_(e)
+    return text_encoder, unet, history, seconds
 
-    # 5. save
+
+def _save(out_dir: Path, vae, text_encoder, unet, tokenizer, report: dict) -> None:
+    """4. An ordinary diffusers StableDiffusionPipeline folder (safetensors) and training_log.json, atomically."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from svdedit.runtime.files import atomic_dir
+
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
                                    scheduler=DDIMScheduler(**SCHEDULER_CONFIG), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    report = {
-        "config": asdict(cfg),
-        "parameters": {"unet": count(unet), "vae": count(vae), "text_encoder": count(text_encoder)},
-        "vae_scaling_factor": scaling,
-        "seconds": {"vae": round(t_vae, 1), "unet_and_text": round(t_unet, 1),
-                    "total": round(time.perf_counter() - t_start, 1)},
-        "final_losses": {"vae_reconstruction": history["vae"][-1]["rec"], "unet_min_snr_loss": history["unet"][-1]["loss"]},
-        "history": history,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": cfg.threads},
-        "versions": {"torch": torch.__version__},
-    }
     with atomic_dir(out_dir, replace=True) as work:
         pipe.save_pretrained(work, safe_serialization=True)
         (work / "training_log.json").write_text(json.dumps(report, indent=1) + "\n")
-    log(f"saved {out_dir} after {report['seconds']['total'] / 60:.1f} min")
-    return report
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def main() -> None:

@@ -1,10 +1,13 @@
-"""The one error type a user sees.
+"""Every error a user can meet, in one place.
 
-Every mistake a user can make (a wrong path, a corrupt file, an unsupported model) raises
-``SvdeditError`` with a message that names what was wrong and how to fix it. The command line prints
-that message without a traceback and exits with status 2; anything else is a bug and keeps its
-traceback.
+Every mistake a user can make (a wrong path, a corrupt file, an unsupported model, a bad option)
+raises a ``SvdeditError`` subclass whose message names what was wrong and how to fix it. The command
+line prints that message without a traceback and exits with status 2; anything else is a bug and keeps
+its traceback. The kernels (the layer below the runtime) raise their own ``LatentShapeError``, a
+``ValueError`` as NumPy's linalg errors are; ``USER_ERRORS`` lists both for the command line.
 """
+
+from svdedit.kernels import LatentShapeError
 
 
 class SvdeditError(Exception):
@@ -15,9 +18,38 @@ class SourceError(SvdeditError):
     """The model given to ``svdedit export`` cannot be used."""
 
 
-class EngineDirError(SvdeditError):
-    """An engine dir is missing, incomplete, corrupt, or of another format."""
-
-
 class ExportError(SvdeditError):
     """The export ran but its result failed a check (parity, ONNX checker, I/O)."""
+
+
+class EngineDirError(SvdeditError):
+    """An engine dir is missing, incomplete, corrupt, or of another format; or a call broke its contract."""
+
+
+class ManifestFieldError(ValueError):
+    """A field of a manifest is missing or of the wrong type. read_manifest turns it into an EngineDirError that
+    names the file; the exporter, which checks the manifest it makes, into an ExportError."""
+
+
+class TensorrtError(SvdeditError):
+    """TensorRT is missing, or its plans do not fit this machine or this call."""
+
+
+class RunnerError(SvdeditError):
+    """A runner was used outside its lifecycle (not activated, or activated twice)."""
+
+
+class NonFiniteLatentError(SvdeditError):
+    """NaN or inf appeared in the latents during sampling or inversion."""
+
+
+class AttributeFileError(SvdeditError):
+    """An attribute file is missing, corrupt, of another format version, or learned on another model."""
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt was longer than the text encoder reads; its tail was dropped."""
+
+
+#: what the command line reports as a clear message (exit status 2) instead of a traceback
+USER_ERRORS = (SvdeditError, LatentShapeError)

@@ -1,4 +1,9 @@
-"""Small file helpers shared by every stage: hashing, atomic writes, safetensors header checks."""
+"""Small file helpers shared by every stage: hashing, atomic writes, safetensors header checks.
+
+Every file svdedit writes goes through ``atomic_write_bytes`` (or ``write_json``, or
+``images.save_png``, built on it) and every folder through ``atomic_dir``: a temporary sibling,
+then a rename, so that an error, Ctrl-C or a full disk never leaves half a file behind.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +34,6 @@ def sha256_file(path: str | os.PathLike) -> str:
 def sha256_json(obj) -> str:
     """Hex sha256 of a JSON-serialisable object in canonical form (sorted keys)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
 
 
 def _temp_sibling(final: Path, tag: str) -> Path:
@@ -151,3 +150,8 @@ def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> Path:
         if tmp.exists():
             tmp.unlink()
     return final
+
+
+def write_json(path: str | os.PathLike, obj, indent: int = 2) -> Path:
+    """Write ``obj`` as indented JSON (keys in their order, one final newline), atomically."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode("utf-8"))

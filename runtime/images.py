@@ -5,7 +5,7 @@ RGB (transparent pixels over white); images above 64 megapixels are refused befo
 (decompression bombs). Resizing policy (``fit``): scale so that the image covers the model's size,
 keeping its aspect ratio (Lanczos), then centre-crop to exactly that size; the size is a multiple of
 the engine's ``multiple_of`` (64 for SD: the VAE's 8 times the UNet's 8). Arrays are float32 NCHW in
-[-1, 1], as the VAE encoder wants. Writing: PNG.
+[-1, 1], as the VAE encoder wants. Writing: PNG, atomically (files.atomic_write_bytes).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from svdedit.runtime.errors import SvdeditError
+from svdedit.runtime.files import atomic_write_bytes
 
 MAX_PIXELS = 64_000_000
 
@@ -63,15 +64,17 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.rint(x).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def save_png(image_hwc: np.ndarray, path: str | Path) -> Path:
+def save_png(image, path: str | Path) -> Path:
+    """Write a uint8 (H, W, 3) array or a PIL image as PNG, atomically; the folder is created if needed."""
+    import io
+
     from PIL import Image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image_hwc).save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

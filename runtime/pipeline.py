@@ -2,39 +2,39 @@
 
     with Pipeline("engines/shapes") as pipe:
         latent = pipe.generate("a large red circle on the left", seed=0, steps=50, guidance=5.0)
-        image = pipe.decode(latent)                              # uint8 (1, H, W, 3)
+        image = pipe.decode(latent)                              # float32 (1, 3, H, W) in about [-1, 1]
         trajectory = pipe.invert(pipe.encode(pixels), "a large red circle on the left", steps=50)
         again = pipe.sample(trajectory[-1], "a large red circle on the left", steps=50, guidance=1.0)
 
 Latents are in the UNet's space (the VAE mean times the scaling factor), float32 (B, 4, h, w).
 The story of one call, top to bottom: tokenize -> text_encoder -> (for guidance, one batched UNet
 call on [uncond, cond]) -> DDIM (runtime/ddim.py) -> vae_decoder.
+
+``denoise`` and ``invert_latents`` are the one DDIM driver of the runtime: generation, reconstruction,
+editing and the probes all sample and invert through them, on text embeddings, and they own the NaN
+guard (NaN or inf in the latents stops the run and names the step) and the progress reports.
 """
 
 from __future__ import annotations
 
 import functools
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from svdedit.runtime import ddim
-from svdedit.runtime.contract import read_manifest
-from svdedit.runtime.engine import open_engines
-from svdedit.runtime.errors import SvdeditError
+from svdedit.runtime.engines import open_engines, read_manifest
+from svdedit.runtime.errors import NonFiniteLatentError, SvdeditError
 from svdedit.runtime.text import Tokenizer
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
 
-class NonFiniteLatentError(SvdeditError):
-    pass
-
-
-# NumPy's own overflow warnings would precede NonFiniteLatentError, which already names the step.
-def _non_finite_is_our_error():
-    return np.errstate(over="ignore", invalid="ignore")
+class Denoised(NamedTuple):
+    latent: np.ndarray               # the latent where denoising stopped
+    kept: dict[int, np.ndarray]      # {step index: latent at that step's noise level} for the indices asked to keep
 
 
 class Pipeline:
@@ -42,27 +42,33 @@ class Pipeline:
         self.engine_dir = Path(engine_dir)
         self.manifest = read_manifest(self.engine_dir)
         m = self.manifest
-        self.schedule = ddim.Schedule.from_json(self.engine_dir / m["schedule"]["file"])
-        self.tokenizer = Tokenizer(self.engine_dir / m["text"]["file"], m["text"]["sequence_length"], m["text"]["pad_id"])
-        self.scaling = float(m["latent"]["vae_scaling_factor"])
-        self.vae_factor = int(m["latent"]["vae_scale_factor"])
-        self.channels = int(m["latent"]["channels"])
-        self.size = int(m["image_size"]["default"])
+        self.schedule = ddim.Schedule.from_json(self.engine_dir / m.schedule.file)
+        self.tokenizer = Tokenizer(self.engine_dir / m.text.file, m.text.sequence_length, m.text.pad_id)
+        self.scaling = m.latent.vae_scaling_factor
+        self.vae_factor = m.latent.vae_scale_factor
+        self.channels = m.latent.channels
+        self.size = m.image_size.default
         self.engines = open_engines(self.engine_dir, m, provider)
+        self._opened: ExitStack | None = None
 
     def __enter__(self) -> "Pipeline":
-        for e in self.engines.values():
-            e.__enter__()
+        """Activate every runner; if one fails, those already active are deactivated before the error propagates."""
+        with ExitStack() as stack:
+            for runner in self.engines.values():
+                stack.enter_context(runner)
+            self._opened = stack.pop_all()
         return self
 
     def __exit__(self, *exc) -> None:
-        for e in self.engines.values():
-            e.__exit__(*exc)
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
 
     @property
     def providers(self) -> dict[str, str]:
-        """The onnxruntime provider each network's session really got (after any silent fallback)."""
-        return {name: getattr(e, "provider", None) for name, e in self.engines.items()}
+        """What runs each network: the onnxruntime provider its session really got (after any silent fallback),
+        or "TensorRT"."""
+        return {name: runner.provider for name, runner in self.engines.items()}
 
     # ---- text ----
     def encode_prompt(self, prompts: list[str]) -> np.ndarray:
@@ -74,12 +80,9 @@ class Pipeline:
         """The empty prompt's embedding (1, L, D): encoded once, reused by every guided eps_fn."""
         return self.encode_prompt([""])
 
-    def eps_fn(self, prompts: list[str], guidance: float) -> ddim.EpsFn:
-        """The model as the sampler sees it. With guidance != 1, uncond and cond go in one UNet call."""
-        return self.eps_fn_from_embeddings(self.encode_prompt(prompts), guidance)
-
-    def eps_fn_from_embeddings(self, cond: np.ndarray, guidance: float) -> ddim.EpsFn:
-        """eps_fn for text embeddings (B, L, D) given directly (e.g. a blend of two prompts' embeddings)."""
+    def eps_fn(self, cond: np.ndarray, guidance: float) -> ddim.EpsFn:
+        """The model as the sampler sees it, for text embeddings (B, L, D) (those of prompts, or a blend of two).
+        With guidance != 1, uncond and cond go in one UNet call."""
         unet = self.engines["unet"]
         if guidance == 1.0:
             def eps(x, t):
@@ -104,7 +107,33 @@ class Pipeline:
         side = (size or self.size) // self.vae_factor
         return np.random.default_rng(seed).standard_normal((batch, self.channels, side, side)).astype(np.float32)
 
-    def _watch(self, steps: int, progress: Progress | None, offset: int = 0) -> ddim.Callback:
+    # ---- the DDIM driver ----
+    def denoise(self, x: np.ndarray, cond: np.ndarray, steps: int, guidance: float, start: int = 0,
+                stop: int | None = None, keep=(), progress: Progress | None = None) -> Denoised:
+        """DDIM with text embeddings `cond` from step index `start` (x sits at that step's noise level) to `stop`
+        (default: the end); also returns the latents at the step indices in `keep`."""
+        stop = steps if stop is None else stop
+        kept = {i: x for i in keep if i == start}
+        guard = self._guard(stop - start, progress, offset=start)
+
+        def callback(i, t, xi):
+            guard(i, t, xi)
+            if i + 1 in keep:
+                kept[i + 1] = xi
+        with _overflow_is_reported_by_the_guard():
+            x = ddim.sample(self.eps_fn(cond, guidance), x, self.schedule, steps, start=start, stop=stop,
+                            callback=callback)
+        return Denoised(x, kept)
+
+    def invert_latents(self, latent0: np.ndarray, cond: np.ndarray, steps: int, guidance: float = 1.0,
+                       progress: Progress | None = None) -> list[np.ndarray]:
+        """DDIM inversion with text embeddings `cond`: the trajectory [z_0, ..., z_T] (ddim.invert)."""
+        with _overflow_is_reported_by_the_guard():
+            return ddim.invert(self.eps_fn(cond, guidance), latent0, self.schedule, steps,
+                               callback=self._guard(steps, progress))
+
+    def _guard(self, steps: int, progress: Progress | None, offset: int = 0) -> ddim.Callback:
+        """The callback of every DDIM run: stop at the first NaN or inf, naming the step; report progress."""
         def callback(i, t, x):
             if isinstance(x, np.ndarray) and not np.all(np.isfinite(x)):
                 raise NonFiniteLatentError(
@@ -114,6 +143,7 @@ class Pipeline:
                 progress(i + 1 - offset, steps)
         return callback
 
+    # ---- prompts in, latents out ----
     def generate(self, prompt: str | list[str], seed: int = 0, steps: int = 50, guidance: float = 7.5,
                  init_noise: np.ndarray | None = None, progress: Progress | None = None) -> np.ndarray:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -124,23 +154,19 @@ class Pipeline:
                start: int = 0, progress: Progress | None = None) -> np.ndarray:
         """Continue denoising `latent`, which sits at the noise level of sampling step index `start`."""
         prompts = [prompt] * len(latent) if isinstance(prompt, str) else list(prompt)
-        with _non_finite_is_our_error():
-            return ddim.sample(self.eps_fn(prompts, guidance), latent, self.schedule, steps, start=start,
-                               callback=self._watch(steps - start, progress, offset=start))
+        return self.denoise(latent, self.encode_prompt(prompts), steps, guidance, start=start, progress=progress).latent
 
     def invert(self, latent0: np.ndarray, prompt: str | list[str], steps: int = 50, guidance: float = 1.0,
                progress: Progress | None = None) -> list[np.ndarray]:
         prompts = [prompt] * len(latent0) if isinstance(prompt, str) else list(prompt)
-        with _non_finite_is_our_error():
-            return ddim.invert(self.eps_fn(prompts, guidance), latent0, self.schedule, steps,
-                               callback=self._watch(steps, progress))
+        return self.invert_latents(latent0, self.encode_prompt(prompts), steps, guidance, progress)
 
     def check_latent(self, x: np.ndarray, batch: int) -> np.ndarray:
         """A user-supplied latent (e.g. --init-noise) as float32 (batch, C, h, w), or a clear error."""
         x = np.asarray(x)
         if x.ndim == 3:
             x = x[None]
-        step = self.manifest["image_size"]["multiple_of"] // self.vae_factor  # latent sides must be multiples
+        step = self.manifest.image_size.multiple_of // self.vae_factor  # latent sides must be multiples
         shape_ok = x.ndim == 4 and x.shape[0] in (1, batch) and x.shape[1] == self.channels
         if not shape_ok or x.shape[2] % step or x.shape[3] % step:
             side = self.size // self.vae_factor
@@ -158,3 +184,8 @@ class Pipeline:
     def decode(self, latent: np.ndarray) -> np.ndarray:
         """latents -> float32 images (B, 3, H, W), about [-1, 1]."""
         return self.engines["vae_decoder"](latent=np.ascontiguousarray(latent / np.float32(self.scaling)))["image"]
+
+
+def _overflow_is_reported_by_the_guard():
+    """NumPy's own overflow warnings would precede NonFiniteLatentError, which already names the step."""
+    return np.errstate(over="ignore", invalid="ignore")

@@ -12,11 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svdedit.runtime.errors import EngineDirError
-
-
-class PromptTruncatedWarning(UserWarning):
-    pass
+from svdedit.runtime.errors import EngineDirError, PromptTruncatedWarning
 
 
 class Tokenizer:

@@ -129,17 +129,19 @@ def test_bad_option_values(pipeline_copy, tmp_path):
 
 @pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device", "unet.onnx"), KeyboardInterrupt()])
 def test_failure_mid_export_leaves_nothing_behind(tiny_pipelines, tmp_path, monkeypatch, failure):
+    import onnx
+
     from svdedit.export import exporter
     from svdedit.runtime.errors import ExportError
 
-    real = exporter._export_onnx
+    real = onnx.checker.check_model
 
-    def export_then_fail(spec, module, feeds, path, opset):
-        real(spec, module, feeds, path, opset)
-        if spec.name == "vae_encoder":  # two networks are already on disk in the temporary dir
+    def check_then_fail(model, *args, **kwargs):
+        real(model, *args, **kwargs)
+        if str(model).endswith("vae_encoder.onnx"):  # two networks are already on disk in the temporary dir
             raise failure
 
-    monkeypatch.setattr(exporter, "_export_onnx", export_then_fail)
+    monkeypatch.setattr(onnx.checker, "check_model", check_then_fail)
     out = tmp_path / "out"
     expected = ExportError if isinstance(failure, OSError) else KeyboardInterrupt
     with pytest.raises(expected) as info:
@@ -152,14 +154,14 @@ def test_failure_mid_export_leaves_nothing_behind(tiny_pipelines, tmp_path, monk
 
 def test_failure_mid_force_export_keeps_the_old_engine_dir(engine_dirs, tiny_pipelines, tmp_path, monkeypatch):
     from svdedit.export import exporter
-    from svdedit.runtime.contract import read_manifest
+    from svdedit.runtime.engines.manifest import read_manifest
 
     out = Path(shutil.copytree(engine_dirs["sd1"], tmp_path / "out"))
 
     def fail(*a, **k):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(exporter, "_write_tokenizer", fail)
+    monkeypatch.setattr(exporter, "write_json", fail)  # the schedule, written after every network
     with pytest.raises(exporter.ExportError, match="Input/output error"):
         exporter.export_model(tiny_pipelines["sd1"], out, exporter.ExportOptions(force=True), log=lambda m: None)
     read_manifest(out)  # the old engine dir is intact, hashes and all
@@ -168,7 +170,7 @@ def test_failure_mid_force_export_keeps_the_old_engine_dir(engine_dirs, tiny_pip
 
 def test_parity_failure_fails_the_export_and_writes_nothing(tiny_pipelines, tmp_path, monkeypatch):
     from svdedit.export import exporter
-    from svdedit.runtime import contract
+    from svdedit.runtime.engines import contract
 
     strict = replace(contract.NETWORKS["text_encoder"], rtol={"fp32": 0.0, "fp16": 0.0})
     monkeypatch.setitem(exporter.NETWORKS, "text_encoder", strict)

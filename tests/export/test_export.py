@@ -37,27 +37,28 @@ def _ort(path):
 
 @pytest.mark.parametrize("flavour", ["sd1", "sd2-v"])
 def test_manifest_describes_the_engine_dir(engine_dirs, flavour):
-    from svdedit.runtime.contract import FORMAT_VERSION, NETWORKS, read_manifest
+    from svdedit.runtime.engines.contract import FORMAT_VERSION, NETWORKS
+    from svdedit.runtime.engines.manifest import read_manifest
     from svdedit.runtime.files import sha256_file
 
     d = engine_dirs[flavour]
     m = read_manifest(d)  # verifies every sha256
-    assert m["format_version"] == FORMAT_VERSION
-    assert m["family"] == flavour
-    assert m["prediction_type"] == ("v_prediction" if flavour == "sd2-v" else "epsilon")
-    assert m["latent"]["vae_scale_factor"] == (4 if flavour == "sd2-v" else 8)
-    assert m["image_size"]["default"] == 8 * m["latent"]["vae_scale_factor"]
-    assert set(m["networks"]) == set(NETWORKS)
-    for name, net in m["networks"].items():
-        assert net["sha256"] == sha256_file(d / net["file"])
-        assert net["parity"]["passed"] is True
-        assert 0 <= net["parity"]["max_abs"] <= net["parity"]["tolerance"] < 0.1
-        assert [i["name"] for i in net["inputs"]] == [t.name for t in NETWORKS[name].inputs]
-        assert net["inputs"][0]["shape"][0] == "batch"
-    assert m["networks"]["unet"]["inputs"][2]["shape"] == ["batch", 77, 32]
-    assert m["networks"]["unet"]["dynamic_axes"]["sample"] == {"0": "batch", "2": "latent_height", "3": "latent_width"}
+    assert m.format_version == FORMAT_VERSION
+    assert m.family == flavour
+    assert m.prediction_type == ("v_prediction" if flavour == "sd2-v" else "epsilon")
+    assert m.latent.vae_scale_factor == (4 if flavour == "sd2-v" else 8)
+    assert m.image_size.default == 8 * m.latent.vae_scale_factor
+    assert set(m.networks) == set(NETWORKS)
+    for name, net in m.networks.items():
+        assert net.sha256 == sha256_file(d / net.file)
+        assert net.parity["passed"] is True
+        assert 0 <= net.parity["max_abs"] <= net.parity["tolerance"] < 0.1
+        assert [i.name for i in net.inputs] == [t.name for t in NETWORKS[name].inputs]
+        assert net.inputs[0].shape[0] == "batch"
+    assert m.networks["unet"].inputs[2].shape == ("batch", 77, 32)
+    assert m.networks["unet"].dynamic_axes["sample"] == {"0": "batch", "2": "latent_height", "3": "latent_width"}
     for key in ("torch", "diffusers", "onnx", "onnxruntime"):
-        assert m["versions"][key]
+        assert m.versions[key]
 
 
 @pytest.mark.parametrize("flavour", ["sd1", "sd2-v"])

@@ -76,18 +76,11 @@ def test_runtime_bad_inputs_are_clear_errors(engine_dirs, tmp_path):
 
 
 def test_nan_in_the_latents_stops_and_names_the_step(engine_dirs):
-    from svdedit.runtime.pipeline import NonFiniteLatentError, Pipeline
+    from svdedit.runtime.errors import NonFiniteLatentError
+    from svdedit.runtime.pipeline import Pipeline
+    from tests.fixtures.faults import unet_returns_at_call
 
     with Pipeline(engine_dirs["sd1"]) as pipe:
-        unet = pipe.engines["unet"]
-        real = unet.session.run
-        calls = []
-
-        def overflow_on_third_call(names, feeds):
-            calls.append(1)
-            out = real(names, feeds)
-            return [np.full_like(out[0], np.inf)] if len(calls) == 3 else out
-
-        unet.session.run = overflow_on_third_call
+        unet_returns_at_call(pipe, 3, np.inf)
         with pytest.raises(NonFiniteLatentError, match=r"at step 3 \(timestep \d+\).*fp16"):
             pipe.generate("x", steps=10, guidance=1.0)

@@ -5,7 +5,8 @@ import warnings
 import numpy as np
 import pytest
 
-from svdedit.runtime.text import PromptTruncatedWarning, Tokenizer
+from svdedit.runtime.errors import PromptTruncatedWarning
+from svdedit.runtime.text import Tokenizer
 from tests.conftest import requires_torch
 
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from models.shapes_data import Attributes, read_attributes, render, score_edit
-from svdedit.runtime.avi import Attribute
+from svdedit.runtime.editing.avi import Attribute
 from tests.cli import assert_clear_error, run_cli
 from tests.conftest import requires_torch
+from tests.fixtures.faults import unet_returns_at_call
 
 pytestmark = requires_torch  # the engine fixture exports models/shapes once
 
@@ -28,7 +29,7 @@ def learned(shapes_engine, tmp_path_factory):
 
 
 def test_edit_changes_the_colour_and_keeps_the_rest(shapes_engine, learned):
-    from svdedit.runtime.edit import Editor
+    from svdedit.runtime.editing.edit import Editor
     from svdedit.runtime.pipeline import Pipeline
 
     with Pipeline(shapes_engine) as pipe:
@@ -48,7 +49,7 @@ def test_edit_changes_the_colour_and_keeps_the_rest(shapes_engine, learned):
 
 
 def test_edit_a_real_image(shapes_engine, learned):
-    from svdedit.runtime.edit import Editor
+    from svdedit.runtime.editing.edit import Editor
     from svdedit.runtime.pipeline import Pipeline
 
     rng = np.random.default_rng(77)
@@ -135,3 +136,33 @@ def test_probes_write_a_png_and_json(shapes_engine, tmp_path, probe, extra):
         d = np.array(info["distance"])
         assert d.shape == (10, 10) and np.allclose(np.diag(d), 0, atol=1e-3) and np.allclose(d, d.T, atol=1e-3)
         assert 0 < info["adjacent_mean"] < info["max_possible"]
+
+
+def test_nan_during_the_inversion_of_an_edit_stops_it_and_names_the_step(shapes_engine, learned):
+    from svdedit.runtime.editing.edit import Editor
+    from svdedit.runtime.errors import NonFiniteLatentError
+    from svdedit.runtime.pipeline import Pipeline
+
+    image = render(Attributes("square", "red", "large", "left"), np.random.default_rng(3))
+    with Pipeline(shapes_engine) as pipe:
+        editor = Editor(pipe)
+        unet_returns_at_call(pipe, 2)  # the second step of the DDIM inversion
+        with pytest.raises(NonFiniteLatentError, match=r"at step 2 \(timestep \d+\)"):
+            editor.edit_images([Attribute.load(learned)], (image[None] / 127.5 - 1).astype(np.float32).transpose(0, 3, 1, 2),
+                               ["a large red square on the left"])
+
+
+@pytest.mark.parametrize("probe", ["sweep", "subspace", "rank"])
+def test_nan_during_a_probe_stops_it_and_names_the_step(shapes_engine, tmp_path, probe):
+    from svdedit.runtime.editing import probe as probes
+    from svdedit.runtime.errors import NonFiniteLatentError
+    from svdedit.runtime.pipeline import Pipeline
+
+    run = {"sweep": lambda p: probes.sweep(p, SOURCE, tmp_path / "s.png", steps=10, index=[0], factors=[1.0]),
+           "subspace": lambda p: probes.subspace(p, SOURCE, tmp_path / "s.png", steps=10),
+           "rank": lambda p: probes.rank(p, SOURCE, TARGET, tmp_path / "s.png", steps=10)}[probe]
+    with Pipeline(shapes_engine) as pipe:
+        unet_returns_at_call(pipe, 3)
+        with pytest.raises(NonFiniteLatentError, match=r"at step 3 \(timestep \d+\)"):  # not the SVD's LatentShapeError
+            run(pipe)
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -1,9 +1,13 @@
-"""``svdedit export``: the command-line edge of the export stage. torch is imported only when it runs."""
+"""`svdedit export`: the command-line edge of the export stage. torch is imported only when it runs."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from svdedit.cli.args import command
+from svdedit.runtime.engines.contract import EXPORT_PRECISIONS
 
 HELP = """\
 Convert a Stable Diffusion model to an engine dir: four ONNX graphs (text_encoder, unet, vae_encoder,
@@ -24,8 +28,8 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export", help="convert an SD 1.x/2.x model to a validated ONNX engine dir (needs torch)",
+    p = command(
+        sub, "export", run, "convert an SD 1.x/2.x model to a validated ONNX engine dir (needs torch)",
         description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", metavar="SOURCE",
@@ -34,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="DIR",
                    help="for a single-file checkpoint: a local diffusers pipeline folder of the same architecture "
                         "(its configs and tokenizer are used, not its weights)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
                    help="fp16 converts the text encoder and UNet for GPU use (fp32 I/O, softmax and normalisation "
                         "kept fp32; the VAE stays fp32). Default: fp32")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset to export (18-23). Default: the exporter's own")
@@ -44,7 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "memory; benchmarks/results/session_memory_sd15_cpu.md). TensorRT cannot read fused graphs: export with --no-fuse for `svdedit build`")
     p.add_argument("--force", action="store_true", help="export again even if ENGINE_DIR is up to date, and replace "
                                                          "an engine dir made from another model or with other options")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,13 +55,13 @@ def run(args: argparse.Namespace) -> int:
 
     manifest = export_model(
         args.source, args.output, ExportOptions(precision=args.precision, opset=args.opset, force=args.force, fuse=args.fuse),
-        config=args.config,
+        config=args.config, log=lambda message: print(message, file=sys.stderr),
     )
     summary = {
         "engine_dir": args.output,
-        "family": manifest["family"],
-        "precision": manifest["precision"],
-        "parity_max_abs": {k: v["parity"]["max_abs"] for k, v in manifest["networks"].items()},
+        "family": manifest.family,
+        "precision": manifest.precision,
+        "parity_max_abs": {k: v.parity["max_abs"] for k, v in manifest.networks.items()},
     }
     print(json.dumps(summary))
     return 0

@@ -19,7 +19,7 @@ Losses (each normalised by its reference's energy, so the weights are scale-free
 
 Only the MLP learns; x, z, U*, V* are constants, so dL/dS_i = u_i^T (dL/dy) v_i and the rest is the
 chain rule through the MLP (written out in `loss_and_grads`, checked against finite differences in
-tests/runtime/test_avi.py). The MLP sees all channels of a latent at once: input and output are
+tests/runtime/editing/test_avi.py). The MLP sees all channels of a latent at once: input and output are
 (C * 2k) vectors. Its last layer starts at zero, so training starts from S = f.
 
 Strength alpha blends latents: y(alpha) = x + alpha (y - x). With the tail on this is exactly the
@@ -37,59 +37,12 @@ from typing import Callable
 import numpy as np
 
 from svdedit.kernels import array_module, channel_svd
-from svdedit.runtime.errors import SvdeditError
+from svdedit.runtime.editing.knobs import Knobs
+from svdedit.runtime.errors import AttributeFileError, SvdeditError
+from svdedit.runtime.files import atomic_write_bytes, check_safetensors
 
 FORMAT_VERSION = 1
 LOSS_NAMES = ("target", "source", "target_sv", "source_sv")
-
-
-class AttributeFileError(SvdeditError):
-    pass
-
-
-@dataclass(frozen=True)
-class Knobs:
-    """Every choice of the method; the defaults were chosen on benchmarks/bench_edit_quality.py."""
-
-    steps: int = 50                 # DDIM steps of every trajectory
-    guidance: float = 3.0           # classifier-free guidance of sampling (source, target, continuation)
-    t_edit: float = 0.4             # T_x as a fraction of the training timesteps (0 = clean, 1 = noise)
-    dtau: int = 0                   # z is taken this many DDIM steps earlier (>0, noisier) than x
-    k: int = 4                      # singular triplets taken from each of x and z, per channel
-    tail: bool = True               # keep x's residual beyond its top k
-    continuation: str = "target"    # prompt after T_x: "target" (blended with strength) or "source" (the paper)
-    window: int = 1                 # inject y at this many consecutive steps from T_x (1 = once)
-    hidden: int = 64                # MLP width (one hidden tanh layer)
-    w_target: float = 1.0           # l1
-    w_source: float = 0.1           # l2
-    w_target_sv: float = 0.05       # l3
-    w_source_sv: float = 0.05       # l4
-    iters: int = 300                # Adam steps
-    lr: float = 1e-2
-    inversion_guidance: float = 1.0  # for real images
-
-    def check(self) -> "Knobs":
-        def bad(name, why):
-            raise SvdeditError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {why}")
-        if not 0.0 < self.t_edit < 1.0:
-            bad("t_edit", "must be a fraction of the schedule strictly between 0 and 1 (e.g. 0.5).")
-        if self.k < 1:
-            bad("k", "must be at least 1.")
-        if self.continuation not in ("target", "source"):
-            bad("continuation", "must be 'target' or 'source'.")
-        if self.window < 1:
-            bad("window", "must be at least 1.")
-        if self.hidden < 1 or self.iters < 0 or self.lr <= 0:
-            bad("hidden" if self.hidden < 1 else "iters" if self.iters < 0 else "lr", "must be positive.")
-        for name in ("w_target", "w_source", "w_target_sv", "w_source_sv"):
-            if getattr(self, name) < 0:
-                bad(name, "a loss weight cannot be negative (0 switches the loss off).")
-        if self.w_target + self.w_source == 0:
-            raise SvdeditError("--w-target and --w-source are both 0: nothing ties the edit to either image.")
-        return self
-
-    def replace(self, **changes) -> "Knobs":
-        return Knobs(**{**asdict(self), **changes}).check()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,8 +190,6 @@ class Attribute:
     def save(self, path: str | Path) -> Path:
         from safetensors.numpy import save
 
-        from svdedit.runtime.files import atomic_write_bytes
-
         meta = {"format_version": FORMAT_VERSION, "source": self.source, "target": self.target,
                 "knobs": asdict(self.knobs), "engine_manifest_sha256": self.engine,
                 "latent_shape": list(self.latent_shape), "seed": self.seed, "losses": self.losses}
@@ -250,8 +201,6 @@ class Attribute:
     def load(cls, path: str | Path, engine: str | None = None) -> "Attribute":
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
-
-        from svdedit.runtime.files import check_safetensors
 
         path = Path(path)
         if not path.is_file():

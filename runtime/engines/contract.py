@@ -6,26 +6,31 @@ An engine dir is one folder per exported model::
     schedule.json     everything DDIM needs: betas, alphas_cumprod, spacing, prediction type, VAE scale
     tokenizer.json    the CLIP BPE tokenizer, loadable by `tokenizers` alone
     text_encoder.onnx unet.onnx vae_encoder.onnx vae_decoder.onnx   (+ one .onnx.data each above 2 GB)
+    tensorrt/         TensorRT plans, when `svdedit build` made some (export/build.py)
 
-Each network's inputs and outputs are declared once, here, as data (``NETWORKS``). The exporter names
-its ONNX inputs from it, the parity check builds its feeds from it, and the runtime validates every
-call against it. Dimensions are either fixed model constants (``sequence_length``, ``hidden_size``,
-``latent_channels``, resolved per model by ``ModelDims``) or dynamic axes (``batch``, ``height``, ...).
+This module holds, once each:
+
+1. each network's inputs and outputs, as data (``NETWORKS``): the exporter names its ONNX inputs from
+   it, the parity check builds its feeds from it, and every runner checks every call against it.
+   Dimensions are fixed model constants (``sequence_length``, ``hidden_size``, ``latent_channels``,
+   resolved per model by ``ModelDims``) or dynamic axes (``batch``, ``height``, ...), whose sizes for
+   one call come from ``axis_sizes``;
+2. the precision policy (``network_precision``), read by the export and the TensorRT build alike.
+
+What one engine dir holds is its manifest, typed and read in manifest.py.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
-
-from svdedit.runtime.errors import EngineDirError
-from svdedit.runtime.files import sha256_file, sha256_json
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 SCHEDULE_FILE = "schedule.json"
 TOKENIZER_FILE = "tokenizer.json"
+#: TensorRT's folder in an engine dir: plans of `svdedit build` under <device key>/, its timing cache, ORT-TRT's caches
+TENSORRT_DIR = "tensorrt"
+TIMING_CACHE = "timing.cache"
 
 #: Axes that vary from call to call. Everything else is a constant of the model.
 DYNAMIC_AXES = ("batch", "height", "width", "latent_height", "latent_width")
@@ -38,6 +43,9 @@ FAMILIES = {
 }
 
 
+# --------------------------------------------------------------------------------------------------
+# 1. Each network's inputs and outputs, declared once
+# --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -120,6 +128,18 @@ NETWORKS: dict[str, NetworkSpec] = {
 }
 
 
+def axis_sizes(batch: int, image_side: int, vae_scale_factor: int) -> dict[str, int]:
+    """The size of every dynamic axis for one call: `batch` images (or latents) of image_side pixels."""
+    latent_side = image_side // vae_scale_factor
+    return {"batch": batch, "height": image_side, "width": image_side,
+            "latent_height": latent_side, "latent_width": latent_side}
+
+
+def resolve_shape(shape, sizes: dict[str, int]) -> tuple[int, ...]:
+    """A declared shape (sizes and axis names) with every axis name replaced by its size in `sizes`."""
+    return tuple(sizes[d] if isinstance(d, str) else d for d in shape)
+
+
 def network_io(spec: NetworkSpec, dims: ModelDims) -> dict:
     """The manifest's description of one network's inputs and outputs."""
 
@@ -133,62 +153,19 @@ def network_io(spec: NetworkSpec, dims: ModelDims) -> dict:
     }
 
 
-def engine_identity(manifest: dict) -> str:
-    """sha256 of what the engine dir computes: the manifest without the TensorRT plans built from it, so that
-    `svdedit build` on any GPU leaves the identity (and the attribute files learned on it) unchanged."""
-    return sha256_json({k: v for k, v in manifest.items() if k != "tensorrt"})
+# --------------------------------------------------------------------------------------------------
+# 2. The precision policy
+# --------------------------------------------------------------------------------------------------
+#: what `svdedit export --precision` writes, and what `svdedit build --precision` builds
+EXPORT_PRECISIONS = ("fp32", "fp16")
+BUILD_PRECISIONS = ("fp16", "bf16", "fp32")
+#: ops kept in fp32 inside fp16 graphs: attention softmax and normalisation statistics overflow in SD
+FP16_KEEP_FP32_OPS = ["Softmax", "GroupNormalization", "InstanceNormalization", "LayerNormalization", "ReduceMean", "Pow"]
 
 
-def read_manifest(engine_dir: str | Path, verify_hashes: bool = True) -> dict:
-    """Open an engine dir's manifest and check that the dir holds what the manifest says.
+def network_precision(network: str, precision: str) -> str:
+    """The precision one network gets when the model is asked for `precision`.
 
-    Raises EngineDirError naming the missing or mismatching file and what to do about it.
-    With ``verify_hashes`` every network file's sha256 is recomputed (seconds for SD-size models).
-    """
-    engine_dir = Path(engine_dir)
-    redo = f"Re-create it with `svdedit export MODEL -o {engine_dir} --force`."
-    if not engine_dir.exists():
-        raise EngineDirError(f"Engine dir {engine_dir} does not exist. Create one with `svdedit export MODEL -o {engine_dir}`.")
-    if not engine_dir.is_dir():
-        raise EngineDirError(f"Engine dir {engine_dir} is a file, not a folder. Pass the folder `svdedit export` wrote.")
-    path = engine_dir / MANIFEST_FILE
-    if not path.is_file():
-        raise EngineDirError(f"{engine_dir} is not an engine dir: it has no {MANIFEST_FILE}. {redo}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        version = manifest["format_version"]
-        networks = manifest["networks"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise EngineDirError(f"{path} is corrupt ({type(exc).__name__}: {exc}). {redo}") from None
-    if not all(isinstance(manifest.get(k), dict) and "file" in manifest[k] for k in ("text", "schedule")):
-        raise EngineDirError(f"{path} is corrupt (no text/schedule entries). {redo}")
-    if version != FORMAT_VERSION:
-        raise EngineDirError(
-            f"{path} has format version {version!r}; this svdedit reads version {FORMAT_VERSION}. "
-            f"Re-export the model with this svdedit, or use the svdedit version that wrote it."
-        )
-    required = [manifest["schedule"]["file"], manifest["text"]["file"]]
-    for name in NETWORKS:
-        if name not in networks:
-            raise EngineDirError(f"{path} lists no {name!r} network; the engine dir is incomplete. {redo}")
-        required.append(networks[name]["file"])
-        if networks[name].get("external_data"):
-            required.append(networks[name]["external_data"])
-    for rel in required:
-        if not (engine_dir / rel).is_file():
-            raise EngineDirError(f"Engine dir {engine_dir} is incomplete: {rel} is missing. {redo}")
-    if verify_hashes:
-        recorded = [(manifest["text"]["file"], manifest["text"]["sha256"]),
-                    (manifest["schedule"]["file"], manifest["schedule"]["sha256"])]
-        for net in networks.values():
-            recorded.append((net["file"], net["sha256"]))
-            if net.get("external_data"):
-                recorded.append((net["external_data"], net["external_data_sha256"]))
-        for rel, expected in recorded:
-            actual = sha256_file(engine_dir / rel)
-            if actual != expected:
-                raise EngineDirError(
-                    f"{engine_dir / rel} does not match the manifest (sha256 {actual[:12]}..., manifest says "
-                    f"{expected[:12]}...): the file was changed or damaged after export. {redo}"
-                )
-    return manifest
+    The VAE stays fp32 under fp16 (SD's VAE overflows fp16) and follows bf16 (whose range is fp32's);
+    the text encoder and the UNet take the precision asked for."""
+    return "fp32" if precision == "fp16" and network.startswith("vae") else precision

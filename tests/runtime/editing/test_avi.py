@@ -1,4 +1,4 @@
-"""AVI's math (runtime/avi.py): analytic gradients, training, the attribute file, prompt retargeting."""
+"""AVI's math (runtime/editing/avi.py): analytic gradients, training, the attribute file, prompt retargeting."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from svdedit.runtime import avi
-from svdedit.runtime.avi import Attribute, AttributeFileError, Knobs
-from svdedit.runtime.edit import retarget
-from svdedit.runtime.errors import SvdeditError
+from svdedit.runtime.editing import avi
+from svdedit.runtime.editing.avi import Attribute
+from svdedit.runtime.editing.edit import retarget
+from svdedit.runtime.editing.knobs import Knobs
+from svdedit.runtime.errors import AttributeFileError, SvdeditError
 
 
 def _pair64(seed: int = 0, k: int = 3, tail: bool = True) -> avi.Pair:

@@ -1,0 +1,238 @@
+"""The implementations `benchmarks/bench_edit.py` measures, each run in its own child process: svdedit
+(Editor.edit_images, the product's path), diffusers (torch) and Optimum's onnxruntime pipeline doing the
+same edit, with the same inputs, per stage (runtime.timing.EDIT_STAGES)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from svdedit.runtime.timing import EDIT_STAGES
+
+# prompts of the edited images (the attribute's word change, red -> blue, applies to each)
+PROMPTS = ["a small red square on the left", "a large red triangle on the right", "a small red circle in the middle",
+           "a large red square in the middle", "a small red triangle on the right", "a large red circle on the left",
+           "a small red square on the right", "a large red triangle in the middle"]
+
+# ------------------------------------------------------------------------------------------------
+# inputs shared by both implementations
+# ------------------------------------------------------------------------------------------------
+def images(n: int, size: int) -> np.ndarray:
+    """n rendered shapes images (red, so that red -> blue applies), float32 (n, 3, size, size) in [-1, 1]."""
+    from PIL import Image
+
+    from models.shapes_data import parse_caption, render
+
+    rng = np.random.default_rng(7)
+    out = []
+    for p in PROMPTS[:n] if n <= len(PROMPTS) else (PROMPTS * (n // len(PROMPTS) + 1))[:n]:
+        img = Image.fromarray(render(parse_caption(p), rng)).resize((size, size), Image.LANCZOS)
+        out.append(np.asarray(img, np.float32).transpose(2, 0, 1) / 127.5 - 1)
+    return np.stack(out)
+
+
+def prompts(n: int) -> list[str]:
+    return (PROMPTS * (n // len(PROMPTS) + 1))[:n]
+
+
+class PeakDeviceMemory:
+    """Peak GPU memory of this process, polled from nvidia-smi every 20 ms (None without a GPU)."""
+
+    def __init__(self) -> None:
+        self.peak_mib: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        pid = str(os.getpid())
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5).stdout
+            except (OSError, subprocess.SubprocessError):
+                return
+            for line in out.splitlines():
+                p, _, mib = line.partition(",")
+                if p.strip() == pid:
+                    self.peak_mib = max(self.peak_mib or 0, int(mib))
+            self._stop.wait(0.02)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+# ------------------------------------------------------------------------------------------------
+# the implementations, each run in a child process
+# ------------------------------------------------------------------------------------------------
+class Svdedit:
+    name = "svdedit (onnxruntime)"
+
+    def __init__(self, spec: dict):
+        from svdedit.runtime.editing.avi import Attribute
+        from svdedit.runtime.editing.edit import Editor
+        from svdedit.runtime.pipeline import Pipeline
+        from svdedit.runtime.timing import Stages
+
+        self.pipe = Pipeline(spec["engine"], spec["provider"]).__enter__()
+        self.stages = Stages()
+        self.editor = Editor(self.pipe, stages=self.stages)
+        self.attr = Attribute.load(spec["attr"])
+        self.size = self.pipe.size
+        self.provider = self.pipe.providers["unet"]
+
+    def edit(self, imgs: np.ndarray, ps: list[str]) -> np.ndarray:
+        r = self.editor.edit_images([self.attr], imgs, ps, batch=len(imgs))
+        return r.edited
+
+
+class Diffusers:
+    name = "diffusers (torch)"
+
+    def __init__(self, spec: dict):
+        import torch
+        from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+        from svdedit.runtime import ddim
+        from svdedit.runtime.editing.avi import Attribute
+        from svdedit.runtime.engines.manifest import read_manifest
+        from svdedit.runtime.timing import Stages
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dtype = torch.float16 if spec["precision"] == "fp16" and self.device == "cuda" else torch.float32
+        self.ref = ref = self.load(spec)
+        self.sched = DDIMScheduler.from_config(ref.scheduler.config)
+        self.inverse = DDIMInverseScheduler.from_config(ref.scheduler.config)
+        self.attr = Attribute.load(spec["attr"])
+        manifest = read_manifest(spec["engine"], verify_hashes=False)
+        self.schedule = ddim.Schedule.from_json(Path(spec["engine"]) / manifest.schedule.file)
+        self.stages = Stages()
+        self.size = manifest.image_size.default
+        self.provider = getattr(self, "provider_label", None) or \
+            f"torch {torch.__version__} {self.device} ({torch.get_num_threads()} threads)"
+
+    def load(self, spec: dict):
+        from diffusers import StableDiffusionPipeline
+
+        ref = StableDiffusionPipeline.from_pretrained(spec["pipeline"], torch_dtype=self.dtype, safety_checker=None,
+                                                      requires_safety_checker=False, local_files_only=True)
+        return ref.to(self.device)
+
+    def _sync(self):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def edit(self, imgs: np.ndarray, ps: list[str]) -> np.ndarray:
+        from svdedit.runtime.editing import avi
+        from svdedit.runtime.editing.edit import Editor, edit_step
+        from svdedit.runtime.images import to_uint8
+
+        torch, ref, st, knobs = self.torch, self.ref, self.stages, self.attr.knobs
+        steps, n, sf = knobs.steps, len(imgs), ref.vae.config.scaling_factor
+        tgts = Editor.targets([self.attr], ps)
+        i_x, i_z = edit_step(self.schedule, knobs)
+        g = knobs.guidance
+        with torch.no_grad():
+            with st("text"):
+                e_src = ref.encode_prompt(ps, self.device, 1, False)[0]
+                e_tgt = ref.encode_prompt(tgts, self.device, 1, False)[0]
+                unc = ref.encode_prompt([""] * n, self.device, 1, False)[0]
+                self._sync()
+            with st("vae_encode"):
+                x0 = torch.from_numpy(imgs).to(self.device, self.dtype)
+                z = ref.vae.encode(x0).latent_dist.mean * sf
+                self._sync()
+            with st("invert"):
+                self.inverse.set_timesteps(steps)
+                traj = [z]
+                for t in self.inverse.timesteps:
+                    z = self.inverse.step(ref.unet(z, t, e_src).sample, t, z).prev_sample
+                    traj.append(z)
+                self._sync()
+            x = traj[steps - i_x]
+
+            def guided(z, cond, start, stop):
+                self.sched.set_timesteps(steps)
+                both = torch.cat([unc, cond])
+                for t in self.sched.timesteps[start:stop]:
+                    out = ref.unet(torch.cat([z, z]), t, both).sample
+                    u, c = out.chunk(2)
+                    z = self.sched.step(u + g * (c - u), t, z).prev_sample
+                return z
+
+            with st("sample_to_edit"):
+                zz = guided(traj[-1], e_tgt, 0, i_z)
+                self._sync()
+            with st("svd_avi"):
+                xn, zn = (a.float().cpu().numpy() for a in (x, zz))
+                pair = avi.decompose(xn, zn, knobs.k, knobs.tail)
+                y = torch.from_numpy(avi.apply(self.attr.params, pair, 1.0)).to(self.device, self.dtype)
+            with st("sample_rest"):
+                y = guided(y, e_tgt, i_x, steps)  # strength 1: the continuation is the target's embedding
+                self._sync()
+            with st("vae_decode"):
+                out = ref.vae.decode(y / sf).sample.float().cpu().numpy()
+        return to_uint8(out)
+
+
+class Optimum(Diffusers):
+    """Optimum's onnxruntime pipeline (ORTStableDiffusionPipeline, its own export, its own venv: facts.md),
+    driven by the same loop as the diffusers peer (its components take and return torch tensors)."""
+
+    name = "optimum (onnxruntime)"
+
+    def load(self, spec: dict):
+        import optimum.onnxruntime as ortopt
+
+        from importlib.metadata import version
+
+        provider = "CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"
+        self.provider_label = f"optimum-onnx {version('optimum-onnx')}, onnxruntime {version('onnxruntime')} {provider}"
+        return ortopt.ORTStableDiffusionPipeline.from_pretrained(spec["optimum"], provider=provider)
+
+
+IMPLEMENTATIONS = {"svdedit": Svdedit, "diffusers": Diffusers, "optimum": Optimum}
+
+
+def child(impl: str, spec: dict) -> dict:
+    """Load one implementation, warm it up, time it; print one JSON line."""
+    t0 = time.perf_counter()
+    with PeakDeviceMemory() as vram:
+        runner = IMPLEMENTATIONS[impl](spec)
+        load_s = time.perf_counter() - t0
+        rows, first = [], None
+        for b in spec["batches"]:
+            imgs, ps = images(b, runner.size), prompts(b)
+            out = runner.edit(imgs, ps)  # warm-up at this batch size
+            if first is None:
+                first = out
+            runs = []
+            for _ in range(spec["repeats"]):
+                runner.stages.reset()
+                t = time.perf_counter()
+                runner.edit(imgs, ps)
+                runs.append((time.perf_counter() - t, dict(runner.stages.seconds)))
+            total = statistics.median(r[0] for r in runs)
+            rows.append({
+                "batch": b, "seconds_median": total, "seconds_runs": [round(r[0], 4) for r in runs],
+                "edits_per_second": b / total, "seconds_per_edit": total / b,
+                "stages_median_s": {s: statistics.median(r[1].get(s, 0.0) for r in runs) for s in EDIT_STAGES},
+            })
+    np.save(spec["out"] + f".{impl}.npy", first)
+    return {"impl": runner.name, "provider": runner.provider, "load_s": load_s, "batches": rows,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_device_mib": vram.peak_mib}
+
+

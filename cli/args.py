@@ -1,0 +1,123 @@
+"""What every subcommand shares: argument types whose errors say what is allowed, --engine/--provider,
+the method's knobs as options, and the progress bar (the library reports progress; the CLI draws it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+import numpy as np
+
+from svdedit.runtime.editing.knobs import Knobs
+
+
+# ---- argument types ----
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.5, 1, 1.5)") from None
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
+    return value
+
+
+def seeds(text: str) -> list[int]:
+    """'7', '0-99' or '1,5,9' (or a mix: '0-3,10')."""
+    out = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed list; write e.g. 7, 0-99 or 1,5,9") from None
+    if not out:
+        raise argparse.ArgumentTypeError(f"{text!r} names no seeds (is the range backwards?)")
+    return out
+
+
+def numbers(text: str) -> list[float]:
+    return [number(t) for t in text.split(",") if t.strip()]
+
+
+def whole_numbers(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers (e.g. 0,1,2)") from None
+
+
+# ---- subcommands and groups of options ----
+def command(sub: argparse._SubParsersAction, name: str, run, summary: str, description: str | None = None,
+            **kwargs) -> argparse.ArgumentParser:
+    """One subcommand: its line in `svdedit --help`, the description of its own --help, the function it runs."""
+    p = sub.add_parser(name, help=summary, description=description or summary, **kwargs)
+    p.set_defaults(run=run)
+    return p
+
+
+
+def engine_args(p: argparse.ArgumentParser) -> None:
+    """--engine and --provider, as every command that runs an engine dir takes them."""
+    p.add_argument("--engine", required=True, metavar="DIR", help="an engine dir written by `svdedit export`")
+    p.add_argument("--provider", default="auto",
+                   help="what runs the networks: auto (TensorRT plans from `svdedit build` when this GPU has them, "
+                        "else onnxruntime's TensorRT, CUDA, then CPU provider), tensorrt (the plans), "
+                        "ort-tensorrt, cuda or cpu")
+
+
+KNOB_HELP = {
+    "steps": "DDIM steps of every trajectory", "guidance": "classifier-free guidance of sampling",
+    "t_edit": "T_x as a fraction of the schedule (0 = clean image, 1 = pure noise)",
+    "dtau": "take z this many DDIM steps earlier (noisier, >0) or later (<0) than x",
+    "k": "singular triplets per channel taken from each of x and z",
+    "tail": "keep x's residual beyond its top k (1) or drop it (0)",
+    "continuation": "prompt after T_x: target (blended with --strength at edit time) or source (the paper, literally)",
+    "window": "inject y at this many consecutive steps from T_x",
+    "hidden": "MLP width", "w_target": "weight of the target loss L1 (0 = off)",
+    "w_source": "weight of the source loss L2 (0 = off)", "w_target_sv": "weight of the target singular-value loss L3",
+    "w_source_sv": "weight of the source singular-value loss L4", "iters": "Adam steps", "lr": "Adam learning rate",
+    "inversion_guidance": "guidance of the DDIM inversion of real images",
+}
+
+
+def knob_args(p: argparse.ArgumentParser) -> None:
+    """One option per field of Knobs (--t-edit, --w-source, ...), with its default."""
+    d = Knobs()
+    g = p.add_argument_group("method knobs (defaults measured in benchmarks/results/edit_quality.md)")
+    for f in fields(Knobs):
+        default = getattr(d, f.name)
+        kind = {bool: lambda s: s.lower() in ("1", "true", "yes", "on"), int: int, float: number, str: str}[type(default)]
+        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
+                       choices=("target", "source") if f.name == "continuation" else None,
+                       help=f"{KNOB_HELP[f.name]} (default {default})")
+
+
+def knobs_from(args: argparse.Namespace) -> Knobs:
+    return Knobs(**{f.name: getattr(args, f.name) for f in fields(Knobs)}).check()
+
+
+# ---- progress ----
+def progress_bar(desc: str, unit: str = "step"):
+    """A tqdm bar on stderr (off when it is not a terminal) and its update(done, total) callback."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False, disable=not sys.stderr.isatty())
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update

@@ -1,0 +1,64 @@
+"""`svdedit check` (verify an engine dir, run each network once) and `svdedit build` (TensorRT plans for it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from svdedit.cli.args import command, positive_int
+from svdedit.runtime.engines.contract import BUILD_PRECISIONS
+
+CHECK_DESCRIPTION = """\
+Verify an engine dir: the manifest's format version, every file's sha256, then one onnxruntime call
+per network at the model's default size, checked against the manifest's declared outputs. Prints one
+JSON line per network.
+"""
+
+BUILD_DESCRIPTION = """\
+Build one TensorRT plan per network from the ONNX graphs of ENGINE_DIR, for this GPU and this
+TensorRT version, and record them in its manifest. Optimisation profiles cover batch 1 to
+--max-batch images (the UNet: an inversion profile and a guided-sampling profile of up to 4x that
+many latents) and the --shapes given; with fp16 the VAE stays fp32. A timing cache in
+ENGINE_DIR/tensorrt/ makes rebuilds fast. Plans are written under a temporary name and renamed.
+"""
+
+BUILD_EXAMPLE = ("example: svdedit export sd15/ -o engines/sd15 --precision fp16 --no-fuse && "
+                 "svdedit build engines/sd15 --shapes 512x512 --max-batch 4")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "check", run_check, "verify an engine dir and run each of its networks once",
+                description=CHECK_DESCRIPTION)
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="a folder written by `svdedit export`")
+    p.add_argument("--provider", default="auto", help="onnxruntime execution provider (default: auto)")
+
+    p = command(sub, "build", run_build, "build TensorRT plans from an engine dir's ONNX graphs (NVIDIA GPU + TensorRT)",
+                description=BUILD_DESCRIPTION, epilog=BUILD_EXAMPLE)
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="a folder written by `svdedit export`")
+    p.add_argument("--precision", choices=BUILD_PRECISIONS, default=None,
+                   help="default: the engine dir's (`svdedit export --precision`); TensorRT 11 builds only that one")
+    p.add_argument("--shapes", default=None, metavar="HxW,...",
+                   help="image sizes the plans must accept, e.g. 512x512,768x768 (default: the model's size); "
+                        "the first is the one TensorRT optimises for")
+    p.add_argument("--max-batch", type=positive_int, default=4, help="most images edited at once (default 4)")
+    p.add_argument("--static", action="store_true",
+                   help="one fixed image size (give one --shapes entry): faster plans, and the runner captures a "
+                        "CUDA graph per input shape")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from svdedit.runtime.engines.check import check_engine_dir
+
+    for line in check_engine_dir(args.engine_dir, provider=args.provider):
+        print(json.dumps(line))
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from svdedit.export.build import BuildOptions, build_plans, parse_shapes
+
+    options = BuildOptions(args.precision, parse_shapes(args.shapes) if args.shapes else (), args.max_batch, args.static)
+    manifest = build_plans(args.engine_dir, options, log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps({"engine_dir": args.engine_dir, "tensorrt": list(manifest.builds)}))
+    return 0

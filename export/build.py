@@ -1,0 +1,213 @@
+"""`svdedit build`: TensorRT plans from an engine dir's ONNX graphs, for the GPU it runs on. No torch.
+
+    build_plans(engine_dir, BuildOptions(precision="fp16", shapes=(512,), max_batch=4))
+
+Like the export, an offline compile step that runs once per machine and writes into the engine dir;
+the plans are run by runtime/engines/tensorrt.py (TensorrtRunner). Layout inside the engine dir (the
+manifest records each build under its device key: GPU, compute capability, TensorRT version):
+
+    tensorrt/timing.cache                         shared by every build on this machine
+    tensorrt/<key>/{text_encoder,unet,vae_encoder,vae_decoder}.plan
+
+Precision: the ONNX graphs carry it (`svdedit export --precision fp16`), and the plans are built strongly
+typed from them, the only way TensorRT 11 builds; TensorRT 10 can also lower fp32 graphs with a builder
+flag (see `typing`). Which network gets which precision is the contract's policy
+(contract.network_precision: the VAE stays fp32 under fp16).
+
+Optimisation profiles come from the build options, checked against the manifest's size range: the UNet
+gets two (inversion: batch 1..N, optimised for N; guided sampling: batch 2..4N, optimised for 2N; the
+Editor runs two trajectories per image, each guided, so 4N latents per call at most), the other
+networks one (text encoder: prompts for N images, their targets and the empty prompt). `static` fixes
+the image size (min = opt = max; dynamic sizes cost ~13% on TensorRT, anchors.md); the batch stays a
+range, since the last batch of a run and the empty prompt's encoding are smaller.
+
+Everything that needs neither TensorRT nor a GPU (options, profiles, the manifest record, refusals) is
+plain Python and tested on CPU; `import tensorrt` happens only when a plan is built. The plans are
+written to a temporary folder and renamed, and the manifest is rewritten atomically. Nothing here has
+run against a real TensorRT yet.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from svdedit.runtime.engines.contract import BUILD_PRECISIONS, NETWORKS, TENSORRT_DIR, TIMING_CACHE, network_precision, resolve_shape
+from svdedit.runtime.engines.manifest import Manifest, read_manifest, write_manifest
+from svdedit.runtime.engines.tensorrt import current_device, device_key, import_tensorrt
+from svdedit.runtime.errors import SvdeditError, TensorrtError
+from svdedit.runtime.files import atomic_write_bytes, sha256_file
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. What to build: options, profiles (plain Python)
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str | None = None      # None: the engine dir's own (what `svdedit export --precision` made)
+    shapes: tuple[int, ...] = ()      # image sides (square); () = the manifest's default size
+    max_batch: int = 4                # images edited at once (the Editor's --batch)
+    static: bool = False
+    workspace_gib: float = 8.0
+
+    def check(self, manifest: Manifest) -> "BuildOptions":
+        precision = self.precision or manifest.precision
+        if precision not in BUILD_PRECISIONS:
+            raise SvdeditError(f"--precision {precision!r} is not supported; choose one of {', '.join(BUILD_PRECISIONS)}.")
+        if not 1 <= self.max_batch <= 64:
+            raise SvdeditError(f"--max-batch {self.max_batch} is out of range; give 1 to 64.")
+        size = manifest.image_size
+        shapes = self.shapes or (size.default,)
+        for s in shapes:
+            if not size.min <= s <= size.max or s % size.multiple_of:
+                raise SvdeditError(f"--shapes {s}x{s} is outside this model's sizes: {size.min} to {size.max} "
+                                   f"pixels, a multiple of {size.multiple_of}.")
+        if self.static and len(shapes) != 1:
+            raise SvdeditError(f"--static builds one shape; give exactly one in --shapes (got {len(shapes)}).")
+        if any(n.fused for n in manifest.networks.values()):
+            raise SvdeditError("this engine dir's attention is fused into onnxruntime's MultiHeadAttention, which "
+                               "TensorRT cannot parse; export the model again with `svdedit export ... --no-fuse` "
+                               "to build TensorRT plans.")
+        return BuildOptions(precision, tuple(shapes[:1]) + tuple(sorted(set(shapes[1:]) - {shapes[0]})),
+                            self.max_batch, self.static, self.workspace_gib)
+
+
+def parse_shapes(text: str) -> tuple[int, ...]:
+    """'512x512,768x768' -> (512, 768). Square sizes only (the runtime's images are square)."""
+    out = []
+    for part in text.split(","):
+        h, sep, w = part.strip().lower().partition("x")
+        if not (sep and h.isdigit() and w.isdigit()):
+            raise SvdeditError(f"--shapes {text!r}: write sizes as HxW, comma-separated, e.g. 512x512,768x768.")
+        if h != w:
+            raise SvdeditError(f"--shapes {part.strip()}: only square sizes are supported (the runtime fits images to a square).")
+        out.append(int(h))
+    return tuple(out)
+
+
+def typing(network: str, graph_precision: str, requested: str, trt_version: str) -> tuple[bool, str | None]:
+    """How to build one network: (strongly typed?, the builder flag to set or None).
+
+    The ONNX graph already carries a precision (`svdedit export --precision fp16` converts the text encoder
+    and UNet and keeps fp32 where SD overflows). When it is the one wanted, the network is built strongly
+    typed: TensorRT runs it as typed. TensorRT 11 only builds that way (it removed BuilderFlag.FP16/BF16);
+    TensorRT 10 can still lower an fp32 graph with a precision flag (weak typing)."""
+    want = network_precision(network, requested)
+    if want == graph_precision:
+        return True, None
+    if int(trt_version.split(".")[0]) >= 11:
+        raise TensorrtError(
+            f"TensorRT {trt_version} builds a network in the precision of its ONNX graph (strong typing); {network} "
+            f"is {graph_precision} in this engine dir and {want} was asked. Export the model with `svdedit export "
+            f"... --precision {want} --no-fuse`, or build with --precision {graph_precision}.")
+    if want == "fp32":
+        raise TensorrtError(f"{network} is {graph_precision} in this engine dir; an fp32 plan needs an fp32 export.")
+    return False, want.upper()
+
+
+def batch_ranges(network: str, options: BuildOptions) -> list[tuple[int, int, int]]:
+    """(min, opt, max) batch per optimisation profile of a network."""
+    n = options.max_batch
+    if network == "unet":
+        return [(1, n, n), (2, 2 * n, 4 * n)]          # inversion; guided sampling (two trajectories)
+    if network == "text_encoder":
+        return [(1, 2 * n, 2 * n + 1)]                 # sources, targets (and the empty prompt)
+    if network == "vae_decoder":
+        return [(1, n, 2 * n)]                         # edit_seeds decodes sources and edits together
+    return [(1, n, n)]
+
+
+def profiles(manifest: Manifest, network: str, options: BuildOptions) -> list[dict[str, tuple[tuple[int, ...], ...]]]:
+    """For each optimisation profile, {input name: (min shape, opt shape, max shape)} from the manifest."""
+    sides = options.shapes or (manifest.image_size.default,)
+    lo, opt, hi = min(sides), sides[0], max(sides)
+    if options.static:
+        lo = hi = opt
+    out = []
+    for b_lo, b_opt, b_hi in batch_ranges(network, options):
+        axes = [manifest.axis_sizes(b_lo, lo), manifest.axis_sizes(b_opt, opt), manifest.axis_sizes(b_hi, hi)]
+        out.append({t.name: tuple(resolve_shape(t.shape, a) for a in axes) for t in manifest.networks[network].inputs})
+    return out
+
+
+def record_build(engine_dir: Path, manifest: Manifest, device: dict, options: BuildOptions, plans: dict) -> Manifest:
+    """Add one build to the manifest (atomically) and return the new manifest."""
+    key = device_key(device)
+    manifest = manifest.with_tensorrt_build(key, {
+        **device, "directory": f"{TENSORRT_DIR}/{key}", "precision": options.precision, "shapes": list(options.shapes),
+        "max_batch": options.max_batch, "static": options.static,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "networks": plans,
+    })
+    write_manifest(engine_dir, manifest)
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Building (TensorRT Python API)
+# --------------------------------------------------------------------------------------------------
+def build_plans(engine_dir: str | Path, options: BuildOptions, log: Callable[[str], None] = lambda m: None) -> Manifest:
+    """Build one plan per network; write them under tensorrt/<key>/ and record them in the manifest."""
+    engine_dir = Path(engine_dir)
+    manifest = read_manifest(engine_dir, verify_hashes=True)
+    options = options.check(manifest)
+    trt = import_tensorrt()
+    device = current_device()
+    key = device_key(device)
+    (engine_dir / TENSORRT_DIR).mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=engine_dir / TENSORRT_DIR))
+    try:
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        plans = {}
+        for name in NETWORKS:
+            plans[name] = _build_network(trt, builder, logger, engine_dir, manifest, name, options, device, staging)
+            log(f"  {name}: {plans[name]['precision']}, {len(plans[name]['profiles'])} profile(s), "
+                f"{plans[name]['build_seconds']} s")
+        final = engine_dir / TENSORRT_DIR / key
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return record_build(engine_dir, manifest, device, options, plans)
+
+
+def _build_network(trt, builder, logger, engine_dir: Path, manifest: Manifest, name: str, options: BuildOptions,
+                   device: dict, staging: Path) -> dict:
+    """Parse one ONNX graph, set its precision and profiles, build its plan into `staging`; the plan's record."""
+    t0 = time.perf_counter()
+    entry = manifest.networks[name]
+    strong, flag = typing(name, entry.precision, options.precision, device["tensorrt"])
+    network = builder.create_network(  # explicit batch is the only mode since TensorRT 10
+        1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strong else 0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(engine_dir / entry.file)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TensorrtError(f"TensorRT cannot parse {entry.file}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * 2**30))
+    if flag is not None:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    cache_path = engine_dir / TENSORRT_DIR / TIMING_CACHE
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    network_profiles = profiles(manifest, name, options)
+    for prof in network_profiles:
+        p = builder.create_optimization_profile()
+        for tensor, (lo, opt, hi) in prof.items():
+            p.set_shape(tensor, lo, opt, hi)
+        config.add_optimization_profile(p)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TensorrtError(f"TensorRT failed to build {name} (see its log above).")
+    plan = staging / f"{name}.plan"
+    plan.write_bytes(bytes(serialized))
+    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    return {"file": f"{TENSORRT_DIR}/{device_key(device)}/{name}.plan", "sha256": sha256_file(plan), "precision": network_precision(name, options.precision),
+            "profiles": [{k: [list(s) for s in v] for k, v in prof.items()} for prof in network_profiles],
+            "build_seconds": round(time.perf_counter() - t0, 1)}

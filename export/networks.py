@@ -1,0 +1,101 @@
+"""The four networks as the export traces them: torch modules with exactly the contract's inputs and outputs
+(``wrappers``), and the model's sizes read from its configs (``geometry``), which shape the seeded inputs of
+the trace and of the parity check (``Geometry.feeds``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from svdedit.export.source import Components
+from svdedit.runtime.engines.contract import ModelDims, NetworkSpec, axis_sizes, resolve_shape
+
+
+def wrappers(c: Components) -> dict:
+    """Each network as a torch module whose forward() has exactly the contract's inputs and outputs."""
+    import torch
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids):
+            return self.m(input_ids=input_ids, return_dict=False)[0]  # last_hidden_state
+
+    class UNet(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            return self.m(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+    class VaeEncoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, image):
+            # the posterior mean: inversion needs a deterministic encoding, never latent_dist.sample()
+            return self.m.encode(image, return_dict=False)[0].mean
+
+    class VaeDecoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, latent):
+            return self.m.decode(latent, return_dict=False)[0]
+
+    return {
+        "text_encoder": TextEncoder(c.text_encoder),
+        "unet": UNet(c.unet),
+        "vae_encoder": VaeEncoder(c.vae),
+        "vae_decoder": VaeDecoder(c.vae),
+    }
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of one model, read from its configs."""
+
+    dims: ModelDims
+    vae_scale_factor: int  # image pixels per latent pixel (8 for SD)
+    multiple_of: int  # image sides must be multiples of this (VAE factor x UNet downsampling)
+    default_size: int  # the image side the model was trained at
+    vocab_size: int
+
+    def feeds(self, spec: NetworkSpec, batch: int, image_side: int, rng: np.random.Generator) -> dict:
+        """Seeded random inputs for one network, shaped by the contract."""
+        sizes = axis_sizes(batch, image_side, self.vae_scale_factor)
+        feeds = {}
+        for t in spec.inputs:
+            shape = resolve_shape(self.dims.resolve(t.dims), sizes)
+            if t.name == "input_ids":
+                feeds[t.name] = rng.integers(0, self.vocab_size, size=shape, dtype=np.int64)
+            elif t.name == "timestep":
+                feeds[t.name] = rng.integers(0, 1000, size=shape).astype(np.float32)
+            elif t.name == "image":
+                feeds[t.name] = rng.uniform(-1, 1, size=shape).astype(np.float32)
+            else:
+                feeds[t.name] = rng.standard_normal(shape).astype(np.float32)
+        return feeds
+
+
+def geometry(c: Components) -> Geometry:
+    """The sizes of the model, from its configs."""
+    vae_factor = 2 ** (len(c.vae.config.block_out_channels) - 1)
+    unet_factor = 2 ** (len(c.unet.config.down_block_types) - 1)
+    return Geometry(
+        dims=ModelDims(
+            sequence_length=int(c.tokenizer.model_max_length),
+            hidden_size=int(c.text_encoder.config.hidden_size),
+            latent_channels=int(c.vae.config.latent_channels),
+        ),
+        vae_scale_factor=vae_factor,
+        multiple_of=vae_factor * unet_factor,
+        default_size=int(c.unet.config.sample_size) * vae_factor,
+        vocab_size=int(c.text_encoder.config.vocab_size),
+    )

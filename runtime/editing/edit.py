@@ -1,0 +1,259 @@
+"""Editing through the engines: learn an attribute from one prompt pair (AVI), apply it to seeds and images.
+
+The story of one edit, top to bottom, as the public methods of ``Editor`` tell it (T_x = the step
+nearest knobs.t_edit of the schedule, ``edit_step``):
+
+    1. the source latent x_T: seeded noise (``edit_seeds``), or the DDIM inversion of an image with
+       its prompt (``edit_images``);
+    2. ``sample_pair``: sample the source prompt and the target prompt from the same x_T, in one
+       batched UNet call per step, down to T_x (x) and T_x + dtau (z). For an image, ``invert_pair``:
+       x is its own inversion at T_x, z the target prompt sampled from its inverted noise;
+    3. ``inject``: decompose x and z channel-wise (kernels.channel_svd), let each attribute's MLP predict
+       the singular values, rebuild y (runtime/editing/avi.py), blend y(alpha) = x + alpha (y - x);
+    4. ``finish``: continue denoising y(alpha) to the end. The continuation's text embedding is the
+       source's blended towards the target's by the same alpha (knobs.continuation = "target", our
+       default), or the source's alone (= "source", the paper's literal reading; measured in
+       benchmarks/results/edit_quality.md to lose most edits). alpha = 0 reproduces the source image;
+    5. decode.
+
+``edit_latents`` is 3 + 4 for a pair already sampled (the benchmarks compare methods on one pair).
+The target prompt of a new image comes from its own prompt by the attribute's word change ("red" ->
+"blue" turns "a small red square on the right" into "a small blue square on the right"), see
+``retarget``; ``target_prompts=`` overrides it. Every sampling and inversion goes through the
+Pipeline's DDIM driver (``Pipeline.denoise`` / ``invert_latents``), which stops at the first NaN.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from svdedit.runtime import ddim
+from svdedit.runtime.editing import avi
+from svdedit.runtime.editing.avi import Attribute
+from svdedit.runtime.editing.knobs import Knobs
+from svdedit.runtime.errors import AttributeFileError, SvdeditError
+from svdedit.runtime.images import to_uint8
+from svdedit.runtime.pipeline import Pipeline
+from svdedit.runtime.timing import NO_STAGES
+
+Progress = Callable[[int, int], None]
+
+
+def retarget(prompt: str, source: str, target: str) -> str:
+    """Apply the word change source -> target to another prompt (difflib opcodes on words).
+
+    Replaced and deleted words must occur in `prompt`; inserted words go before the word that follows
+    the insertion in `source` (or at the end).
+    """
+    words, src, tgt = prompt.split(), source.split(), target.split()
+    ops = [op for op in difflib.SequenceMatcher(a=src, b=tgt, autojunk=False).get_opcodes() if op[0] != "equal"]
+    for tag, i1, i2, j1, j2 in reversed(ops):  # right to left, so earlier positions stay valid
+        old, new = src[i1:i2], tgt[j1:j2]
+        if tag in ("replace", "delete"):
+            at = _find(words, old)
+            if at is None:
+                raise SvdeditError(f"the prompt {prompt!r} does not contain {' '.join(old)!r}, which the attribute changes "
+                                   f"({source!r} -> {target!r}); give the target prompt explicitly (--target-prompt).")
+            words[at:at + len(old)] = new
+        else:  # insert
+            anchor = src[i1:i1 + 1]
+            at = _find(words, anchor) if anchor else None
+            words[len(words) if at is None else at:len(words) if at is None else at] = new
+    return " ".join(words)
+
+
+def _find(words: list[str], seq: list[str]) -> int | None:
+    low = [w.lower() for w in words]
+    seq = [w.lower() for w in seq]
+    for i in range(len(words) - len(seq) + 1):
+        if low[i:i + len(seq)] == seq:
+            return i
+    return None
+
+
+def edit_step(schedule: ddim.Schedule, knobs: Knobs) -> tuple[int, int]:
+    """Indices into the sampling timesteps of x (T_x) and z (T_x + dtau)."""
+    i_x = ddim.step_nearest(schedule, knobs.steps, knobs.t_edit)
+    i_z = i_x - knobs.dtau
+    if not 0 <= i_z < knobs.steps:
+        raise SvdeditError(f"--dtau {knobs.dtau} puts z outside the {knobs.steps} steps (T_x is step {i_x}).")
+    return i_x, i_z
+
+
+@dataclass
+class EditResult:
+    source: np.ndarray            # uint8 (B, H, W, 3): the unedited image (generated, or the input as fitted)
+    edited: np.ndarray            # uint8 (B, H, W, 3)
+    source_prompts: list[str]
+    target_prompts: list[str]
+
+
+class Editor:
+    """Learning and applying attributes through one open Pipeline.
+
+    `stages`: a runtime.timing.Stages to collect the wall time of each stage of an edit (text,
+    vae_encode, invert, sample_to_edit, svd_avi, sample_rest, vae_decode); by default nothing is timed.
+    """
+
+    def __init__(self, pipe: Pipeline, stages=NO_STAGES):
+        self.pipe = pipe
+        self.stages = stages
+        self.engine_hash = pipe.manifest.identity()
+
+    # ---- 2. the pair at T_x ----
+    def sample_pair(self, x_T: np.ndarray, e_src: np.ndarray, e_tgt: np.ndarray, knobs: Knobs):
+        """x at T_x (source prompt) and z at T_x + dtau (target prompt), sampled from the same x_T in one batch."""
+        i_x, i_z = edit_step(self.pipe.schedule, knobs)
+        n = len(x_T)
+        with self.stages("sample_to_edit"):
+            kept = self.pipe.denoise(np.concatenate([x_T, x_T]), np.concatenate([e_src, e_tgt]), knobs.steps,
+                                     knobs.guidance, stop=max(i_x, i_z), keep=(i_x, i_z)).kept
+        return kept[i_x][:n], kept[i_z][n:]
+
+    def invert_pair(self, latent0: np.ndarray, e_src: np.ndarray, e_tgt: np.ndarray, knobs: Knobs):
+        """For real images (latents `latent0`): x = their DDIM inversion at T_x, z = the target prompt sampled
+        from their inverted noise down to T_x + dtau."""
+        i_x, i_z = edit_step(self.pipe.schedule, knobs)
+        with self.stages("invert"):
+            trajectory = self.pipe.invert_latents(latent0, e_src, knobs.steps, knobs.inversion_guidance)
+        with self.stages("sample_to_edit"):
+            z = self.pipe.denoise(trajectory[-1], e_tgt, knobs.steps, knobs.guidance, stop=i_z, keep=(i_z,)).kept[i_z]
+        return trajectory[knobs.steps - i_x], z  # trajectory[k] sits at sampling step steps - k
+
+    # ---- 3. y ----
+    def inject(self, attrs: Sequence[Attribute], x: np.ndarray, z: np.ndarray, strength: float, knobs: Knobs):
+        """y(alpha) = x + alpha (y - x), with each attribute's change added: its MLP's singular values of (x, z)."""
+        with self.stages("svd_avi"):
+            pair = avi.decompose(x, z, knobs.k, knobs.tail)
+            y = x.copy()
+            for a in attrs:
+                y = y + (avi.apply(a.params, pair, strength) - x)
+        return y
+
+    # ---- 4. the rest of the trajectory ----
+    def finish(self, attrs: Sequence[Attribute], x: np.ndarray, z: np.ndarray, y: np.ndarray, e_src: np.ndarray,
+               e_tgt: np.ndarray, strength: float, knobs: Knobs, with_source: bool = False):
+        """Denoise y from T_x to the end; with knobs.window > 1, x and z go on alongside y for that many steps
+        and y is injected again at each. Returns the edited latents and, `with_source`, the source trajectory x
+        finished alongside in the same batch (else None)."""
+        i_x, _ = edit_step(self.pipe.schedule, knobs)
+        alpha = np.float32(strength)
+        e_cont = e_src + alpha * (e_tgt - e_src) if knobs.continuation == "target" else e_src
+        n, i = len(x), i_x
+        for _ in range(knobs.window - 1):
+            if i >= knobs.steps - 1:
+                break
+            with self.stages("sample_rest"):
+                both = self.pipe.denoise(np.concatenate([x, z, y]), np.concatenate([e_src, e_tgt, e_cont]),
+                                         knobs.steps, knobs.guidance, start=i, stop=i + 1).latent
+            x, z, y, i = both[:n], both[n:2 * n], both[2 * n:], i + 1
+            y = self.inject(attrs, x, z, strength, knobs) if strength != 0 else y
+        with self.stages("sample_rest"):
+            if not with_source:
+                return self.pipe.denoise(y, e_cont, knobs.steps, knobs.guidance, start=i).latent, None
+            both = self.pipe.denoise(np.concatenate([x, y]), np.concatenate([e_src, e_cont]), knobs.steps,
+                                     knobs.guidance, start=i).latent
+        return both[n:], both[:n]
+
+    def edit_latents(self, attrs: Sequence[Attribute], x: np.ndarray, z: np.ndarray, e_src: np.ndarray,
+                     e_tgt: np.ndarray, strength: float, knobs: Knobs, with_source: bool = False):
+        """Steps 3 and 4 for a pair (x, z) already at T_x: inject, then finish."""
+        y = self.inject(attrs, x, z, strength, knobs)
+        return self.finish(attrs, x, z, y, e_src, e_tgt, strength, knobs, with_source)
+
+    # ---- learning ----
+    def learn(self, source: str, target: str, seed: int = 0, knobs: Knobs = Knobs(),
+              progress: Callable[[int, int, dict], None] | None = None) -> Attribute:
+        """Learn the attribute source -> target from the one pair sampled from `seed` (runtime/editing/avi.py)."""
+        knobs = knobs.check()
+        e = self.pipe.encode_prompt([source, target])
+        x, z = self.sample_pair(self.pipe.noise(seed), e[:1], e[1:], knobs)
+        pair = avi.decompose(x, z, knobs.k, knobs.tail)
+        params, losses = avi.train(pair, knobs, seed=seed, progress=progress)
+        params = {n: np.asarray(v.get() if hasattr(v, "get") else v, np.float32) for n, v in params.items()}
+        return Attribute(params, source, target, knobs, self.engine_hash, tuple(x.shape[1:]), seed,
+                         {n: round(float(v), 6) for n, v in losses.items()})
+
+    # ---- applying ----
+    def check(self, attrs: Sequence[Attribute]) -> Knobs:
+        """The knobs the attributes share for their trajectories, or an error if they cannot be combined here."""
+        if not attrs:
+            raise SvdeditError("give at least one attribute (--attr FILE).")
+        for a in attrs:
+            if a.engine != self.engine_hash:
+                raise AttributeFileError(f"attribute {a.source!r} -> {a.target!r} was learned on another model; "
+                                         f"learn it again on this engine.")
+        first = attrs[0].knobs
+        for a in attrs[1:]:
+            if (a.knobs.steps, a.knobs.t_edit, a.knobs.dtau, a.knobs.guidance) != \
+               (first.steps, first.t_edit, first.dtau, first.guidance):
+                raise SvdeditError("attributes combined in one edit must share --steps, --t-edit, --dtau and --guidance; "
+                                   f"{a.source!r} -> {a.target!r} differs from the first one.")
+        return first
+
+    @staticmethod
+    def targets(attrs: Sequence[Attribute], prompts: Sequence[str]) -> list[str]:
+        """Each prompt with every attribute's word change applied."""
+        out = []
+        for p in prompts:
+            for a in attrs:
+                p = retarget(p, a.source, a.target)
+            out.append(p)
+        return out
+
+    def edit_seeds(self, attrs: Sequence[Attribute], prompts: Sequence[str], seeds: Sequence[int],
+                   strength: float = 1.0, target_prompts: Sequence[str] | None = None,
+                   batch: int = 16, progress: Progress | None = None) -> EditResult:
+        """Generate each (prompt, seed) and its edit; both images come back."""
+        knobs, prompts, tgts = self._prepare(attrs, prompts, target_prompts)
+        if len(prompts) != len(seeds):
+            raise SvdeditError(f"{len(prompts)} prompts for {len(seeds)} seeds; give one prompt per seed (or one for all).")
+        sources, edits = [], []
+        for sl, e_src, e_tgt in self._batches(prompts, tgts, batch, progress):
+            x_T = np.concatenate([self.pipe.noise(int(s)) for s in seeds[sl]])                         # 1.
+            x, z = self.sample_pair(x_T, e_src, e_tgt, knobs)                                            # 2.
+            y, x_0 = self.edit_latents(attrs, x, z, e_src, e_tgt, strength, knobs, with_source=True)   # 3., 4.
+            with self.stages("vae_decode"):                                                              # 5.
+                images = self.pipe.decode(np.concatenate([x_0, y]))
+            sources.append(images[:len(x_T)])
+            edits.append(images[len(x_T):])
+        return EditResult(to_uint8(np.concatenate(sources)), to_uint8(np.concatenate(edits)), prompts, tgts)
+
+    def edit_images(self, attrs: Sequence[Attribute], images: np.ndarray, prompts: Sequence[str],
+                    strength: float = 1.0, target_prompts: Sequence[str] | None = None,
+                    batch: int = 16, progress: Progress | None = None) -> EditResult:
+        """Edit real images (float32 (B, 3, H, W) in [-1, 1], already fitted): DDIM-invert, then as for seeds."""
+        knobs, prompts, tgts = self._prepare(attrs, prompts, target_prompts)
+        edits = []
+        for sl, e_src, e_tgt in self._batches(prompts, tgts, batch, progress):
+            with self.stages("vae_encode"):                                                              # 1.
+                latent0 = self.pipe.encode(images[sl])
+            x, z = self.invert_pair(latent0, e_src, e_tgt, knobs)                                        # 2.
+            y, _ = self.edit_latents(attrs, x, z, e_src, e_tgt, strength, knobs)                         # 3., 4.
+            with self.stages("vae_decode"):                                                              # 5.
+                edits.append(self.pipe.decode(y))
+        return EditResult(to_uint8(images), to_uint8(np.concatenate(edits)), prompts, tgts)
+
+    def _prepare(self, attrs, prompts, target_prompts) -> tuple[Knobs, list[str], list[str]]:
+        knobs = self.check(attrs)
+        prompts = list(prompts)
+        return knobs, prompts, list(target_prompts) if target_prompts is not None else self.targets(attrs, prompts)
+
+    def _batches(self, prompts: list[str], targets: list[str], batch: int,
+                 progress: Progress | None) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """The one batch loop of every edit: each slice of at most `batch` images, with the text embeddings of
+        its source and target prompts (one text-encoder call); progress is reported after each batch."""
+        if batch < 1:
+            raise SvdeditError(f"the batch size must be at least 1, not {batch}.")
+        for b0 in range(0, len(prompts), batch):
+            sl = slice(b0, b0 + batch)
+            n = len(prompts[sl])
+            with self.stages("text"):
+                e = self.pipe.encode_prompt(prompts[sl] + targets[sl])
+            yield sl, e[:n], e[n:]
+            if progress is not None:
+                progress(min(b0 + batch, len(prompts)), len(prompts))

@@ -1,0 +1,39 @@
+"""`svdedit check`: verify an engine dir and run every network once, at batch 1 and the model's own size."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from svdedit.runtime.engines.contract import NETWORKS, resolve_shape
+from svdedit.runtime.engines.manifest import read_manifest
+from svdedit.runtime.engines.onnxrt import OrtRunner
+from svdedit.runtime.errors import EngineDirError
+
+
+def check_engine_dir(engine_dir: str | Path, provider: str = "auto") -> list[dict]:
+    """One report per network: provider, milliseconds, precision, the export's parity; EngineDirError if not sound."""
+    manifest = read_manifest(engine_dir, verify_hashes=True)
+    sizes = manifest.axis_sizes(batch=1)
+    rng = np.random.default_rng(0)
+    report = []
+    for name in NETWORKS:
+        with OrtRunner(engine_dir, name, manifest, provider) as runner:
+            feeds = {t.name: (np.zeros(resolve_shape(t.shape, sizes), np.int64) + manifest.text.bos_id
+                              if t.dtype == "int64"
+                              else rng.standard_normal(resolve_shape(t.shape, sizes)).astype(t.dtype))
+                     for t in runner.entry.inputs}
+            t0 = time.perf_counter()
+            out = runner(**feeds)
+            ms = (time.perf_counter() - t0) * 1e3
+            for t in runner.entry.outputs:
+                a, want = out[t.name], resolve_shape(t.shape, sizes)
+                if a.shape != want or not np.all(np.isfinite(a)):
+                    raise EngineDirError(f"{name}: output {t.name} has shape {list(a.shape)} (want {list(want)}) "
+                                         f"or non-finite values.")
+            parity = runner.entry.parity_fp16 or runner.entry.parity
+            report.append({"network": name, "provider": runner.provider, "ms": round(ms, 2),
+                           "precision": runner.entry.precision, "parity_max_abs": parity.get("max_abs"), "ok": True})
+    return report

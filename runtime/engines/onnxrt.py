@@ -1,0 +1,106 @@
+"""The onnxruntime runner: one network's ONNX graph in an onnxruntime session (CPU, CUDA or TensorRT provider).
+
+    with OrtRunner(engine_dir, "unet", manifest, provider="auto") as unet:   # the session is created once
+        eps = unet(sample=x, timestep=t, encoder_hidden_states=e)["model_output"]
+
+onnxruntime-gpu lists providers whose CUDA libraries it cannot load and then runs on the CPU without a
+word; the runner logs a warning (logger "svdedit.runtime", which the command line prints) when that happens.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from svdedit.runtime.engines.base import Runner
+from svdedit.runtime.engines.contract import TENSORRT_DIR
+from svdedit.runtime.engines.manifest import Manifest
+from svdedit.runtime.errors import EngineDirError, SvdeditError
+
+log = logging.getLogger("svdedit.runtime")
+
+#: preference order when the provider is "auto"
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "ort-tensorrt": "TensorrtExecutionProvider"}
+
+
+def choose_providers(requested: str = "auto") -> list[str]:
+    """onnxruntime providers to ask for: the best available, or the one requested, CPU as the fallback."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if requested == "auto":
+        return [p for p in PROVIDER_ORDER if p in available]
+    name = requested if requested.endswith("ExecutionProvider") else PROVIDER_NAMES.get(requested.lower(), requested)
+    if name not in available:
+        raise SvdeditError(
+            f"--provider {requested!r} is not available in this onnxruntime (available: {', '.join(available)}). "
+            f"Use --provider auto, or install onnxruntime-gpu for CUDA/TensorRT."
+        )
+    return [name] + (["CPUExecutionProvider"] if name != "CPUExecutionProvider" else [])
+
+
+def provider_entry(name: str, engine_dir: Path, precision: str):
+    """What onnxruntime is given for one provider: TensorRT's EP keeps its engine and timing caches in the
+    engine dir (tensorrt/ort-cache/, created here), so that only the first session on a machine pays for the build."""
+    if name != "TensorrtExecutionProvider":
+        return name
+    cache = engine_dir / TENSORRT_DIR / "ort-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    return (name, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                   "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
+                   "trt_fp16_enable": str(precision == "fp16")})
+
+
+def session_options():
+    """onnxruntime's session options for every network.
+
+    No CPU memory arena: each session's arena keeps its largest activations for good, and four sessions
+    add up (SD 1.5 shape, fused attention, the edit's calls: peak RSS 9.87 GiB with an arena per session,
+    7.43 with one shared arena, 5.47 without, and no slower: UNet 2.40 s / 4.76 s at batch 1 / 2 against
+    2.71 / 5.82 with arenas). Measured by benchmarks/session_memory.py, results in
+    benchmarks/results/session_memory_sd15_cpu.md. Graph optimisation stays at onnxruntime's default
+    (all), threads at its default (one per physical core).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = False
+    return opts
+
+
+class OrtRunner(Runner):
+    """One network of an engine dir, run by onnxruntime. `session` is the onnxruntime InferenceSession while active."""
+
+    def __init__(self, engine_dir: str | Path, network: str, manifest: Manifest, provider: str = "auto"):
+        super().__init__(engine_dir, network, manifest)
+        self.requested_provider = provider
+        self.session = None
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        wanted = choose_providers(self.requested_provider)
+        path = self.engine_dir / self.entry.file
+        try:
+            self.session = ort.InferenceSession(
+                str(path), session_options(),
+                providers=[provider_entry(p, self.engine_dir, self.entry.precision) for p in wanted])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise EngineDirError(
+                f"onnxruntime cannot load {path} ({str(exc).splitlines()[0][:300]}). The graph is damaged or was "
+                f"written by an incompatible exporter; re-create the engine dir with `svdedit export ... --force`."
+            ) from None
+        self.provider = self.session.get_providers()[0]
+        log.info("%s: onnxruntime session on %s", self.network, self.provider)
+        if self.provider != wanted[0]:
+            # onnxruntime-gpu lists providers whose CUDA libraries it cannot load, then silently uses the CPU.
+            log.warning("%s: asked for %s but onnxruntime gave %s (its libraries could not be loaded); running on %s.",
+                        self.network, wanted[0], self.provider, self.provider)
+
+    def _infer(self, feeds: dict) -> dict:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+    def _deactivate(self) -> None:
+        self.session = None

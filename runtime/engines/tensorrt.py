@@ -1,0 +1,225 @@
+"""The TensorRT runner: one network's plan (made by `svdedit build`, export/build.py), run with CuPy buffers.
+
+    with TensorrtRunner(engine_dir, "unet", manifest) as unet:       # same interface as OrtRunner
+        eps = unet(sample=x, timestep=t, encoder_hidden_states=e)["model_output"]
+
+Plans live in the engine dir under tensorrt/<key>/, recorded in the manifest under that key: the GPU's
+name, its compute capability and the TensorRT version (``device_key``). A plan runs only where its
+key matches; ``find_plans`` says what exists and how to rebuild otherwise. A model's identity, and so
+its attribute files, do not depend on the plans (contract.Manifest.identity).
+
+Activation deserialises the plan and makes one execution context per optimisation profile; a call
+picks the first profile whose ranges hold the input shapes, binds CuPy device buffers by name
+(``set_tensor_address``) and runs ``execute_async_v3`` on a CuPy stream. The networks run one after
+another, so they share one activation buffer (``SharedActivations``). Plans built ``--static`` are
+run through CUDA graphs, one per input shape. NumPy feeds give NumPy outputs; CuPy feeds, CuPy outputs.
+
+`import tensorrt` and `import cupy` happen only on activation (TensorRT is optional; its absence is a
+TensorrtError that says how to install it). Nothing here has run against a real TensorRT yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from svdedit.runtime.engines.base import Runner
+from svdedit.runtime.engines.manifest import Manifest, TensorrtBuild
+from svdedit.runtime.errors import TensorrtError
+from svdedit.runtime.files import sha256_file
+
+log = logging.getLogger("svdedit.runtime")
+
+INSTALL_HINT = (
+    "TensorRT is not installed. It comes from NVIDIA's package index, for a machine with an NVIDIA GPU: "
+    "`pip install --extra-index-url https://pypi.nvidia.com tensorrt-cu13` (or `pip install svdedit[tensorrt]`), "
+    "with a driver for CUDA 13; see the README's TensorRT section."
+)
+
+
+def import_tensorrt():
+    """The tensorrt module, or a TensorrtError that says how to install it."""
+    try:
+        import tensorrt as trt  # noqa: PLC0415  (import guard: TensorRT is optional)
+    except ImportError:
+        raise TensorrtError(INSTALL_HINT) from None
+    return trt
+
+
+# --------------------------------------------------------------------------------------------------
+# Which plans this machine can run
+# --------------------------------------------------------------------------------------------------
+def device_key(device: dict) -> str:
+    """The manifest key of plans built on one kind of GPU with one TensorRT version (`current_device()`'s dict)."""
+    safe = "".join(c if c.isalnum() else "-" for c in device["gpu"]).strip("-").lower()
+    return f"{safe}_sm{device['compute_capability'].replace('.', '')}_trt{device['tensorrt']}"
+
+
+def current_device() -> dict:
+    """{"gpu", "compute_capability", "tensorrt"} of this machine (needs CuPy, a GPU and TensorRT)."""
+    trt = import_tensorrt()
+    try:
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    except Exception as exc:  # ImportError, or CUDA errors without a device
+        raise TensorrtError(f"TensorRT needs an NVIDIA GPU and CuPy (svdedit[gpu]); none is usable here ({exc}).") from None
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return {"gpu": name, "compute_capability": f"{props['major']}.{props['minor']}", "tensorrt": trt.__version__}
+
+
+def find_plans(manifest: Manifest, device: dict, engine_dir: Path) -> TensorrtBuild:
+    """The build record for this device, or a TensorrtError saying what exists and how to rebuild."""
+    builds = manifest.builds
+    key = device_key(device)
+    if key in builds:
+        return builds[key]
+    if not builds:
+        raise TensorrtError(f"{engine_dir} has no TensorRT plans; build them with `svdedit build {engine_dir}`.")
+    other = "; ".join(f"{b.gpu} (compute capability {b.compute_capability}, TensorRT {b.tensorrt})"
+                      for b in builds.values())
+    raise TensorrtError(
+        f"the TensorRT plans in {engine_dir} were built for {other}; this machine has {device['gpu']} (compute "
+        f"capability {device['compute_capability']}, TensorRT {device['tensorrt']}). A plan runs only on the GPU "
+        f"and TensorRT version it was built with: run `svdedit build {engine_dir}` here.")
+
+
+def plans_for_this_device(manifest: Manifest) -> bool:
+    """Whether the manifest has plans this machine can run (False, quietly, without TensorRT or a GPU)."""
+    if not manifest.builds:
+        return False
+    try:
+        device = current_device()
+    except TensorrtError:
+        return False
+    return device_key(device) in manifest.builds
+
+
+def choose_profile(profiles: list[dict], shapes: dict[str, tuple[int, ...]], network: str) -> int:
+    """The first profile whose ranges hold every input's shape, or an error naming the shapes and ranges."""
+    def fits(shape, rng):
+        lo, _, hi = rng
+        return len(shape) == len(lo) and all(a <= s <= b for s, a, b in zip(shape, lo, hi))
+
+    for i, prof in enumerate(profiles):
+        if all(fits(shapes[n], rng) for n, rng in prof.items()):
+            return i
+    ranges = "; ".join(", ".join(f"{n} {tuple(r[0])}..{tuple(r[2])}" for n, r in p.items()) for p in profiles)
+    given = ", ".join(f"{n} {tuple(s)}" for n, s in shapes.items())
+    raise TensorrtError(f"{network}: shapes {given} are outside the TensorRT plan's profiles ({ranges}). Rebuild with "
+                        f"`svdedit build` and a larger --max-batch or other --shapes, or use --provider cpu/cuda.")
+
+
+class SharedActivations:
+    """One device buffer for the activation memory of engines that run one after another."""
+
+    def __init__(self):
+        self.buffer = None
+
+    def get(self, nbytes: int):
+        import cupy
+
+        if self.buffer is None or self.buffer.nbytes < nbytes:
+            self.buffer = cupy.empty(max(nbytes, 1), dtype=cupy.uint8)
+        return self.buffer
+
+
+# --------------------------------------------------------------------------------------------------
+# The runner
+# --------------------------------------------------------------------------------------------------
+class TensorrtRunner(Runner):
+    """One network's TensorRT plan, run with CuPy buffers on one CuPy stream."""
+
+    provider = "TensorRT"
+
+    def __init__(self, engine_dir: str | Path, network: str, manifest: Manifest,
+                 shared: SharedActivations | None = None, cuda_graphs: bool | None = None):
+        super().__init__(engine_dir, network, manifest)
+        self.shared = shared or SharedActivations()
+        self.cuda_graphs = cuda_graphs  # None: capture CUDA graphs when the plans were built --static
+        self._graphs: dict = {}
+
+    def _activate(self) -> None:
+        trt = import_tensorrt()
+        build = find_plans(self.manifest, current_device(), self.engine_dir)  # also: is there a GPU and CuPy?
+        import cupy
+
+        plan = build.networks[self.network]
+        path = self.engine_dir / plan.file
+        if not path.is_file() or sha256_file(path) != plan.sha256:
+            raise TensorrtError(f"{path} is missing or does not match the manifest; run `svdedit build {self.engine_dir}` again.")
+        self.profiles = [{k: tuple(tuple(s) for s in v) for k, v in p.items()} for p in plan.profiles]
+        if self.cuda_graphs is None:
+            self.cuda_graphs = build.static
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        self.contexts = [self.engine.create_execution_context(strategy) for _ in self.profiles]
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        for i, ctx in enumerate(self.contexts):
+            ctx.set_optimization_profile_async(i, self.stream.ptr)
+        log.info("%s: TensorRT plan %s", self.network, plan.file)
+
+    def _deactivate(self) -> None:
+        self.contexts, self.engine, self._graphs = [], None, {}
+
+    def _infer(self, feeds: dict) -> dict:
+        shapes = {n: tuple(a.shape) for n, a in feeds.items()}
+        i = choose_profile(self.profiles, shapes, self.network)
+        if self.cuda_graphs:
+            outputs = self._run_graph(i, shapes, feeds)
+        else:
+            outputs = self._run(i, feeds)
+        self.stream.synchronize()
+        if all(isinstance(a, np.ndarray) for a in feeds.values()):
+            return {n: a.get() for n, a in outputs.items()}
+        # a graph's output buffers are overwritten by its next launch: hand out copies
+        return {n: a.copy() for n, a in outputs.items()} if self.cuda_graphs else outputs
+
+    def _bind(self, ctx, inputs: dict, memory) -> dict:
+        """Set the input shapes, allocate the outputs, bind every tensor by name; return the outputs."""
+        import cupy
+
+        for n, a in inputs.items():
+            ctx.set_input_shape(n, a.shape)
+        outputs = {n: cupy.empty(tuple(ctx.get_tensor_shape(n)), dtype=np.float32) for n in self.output_names}
+        ctx.set_device_memory(memory.data.ptr, memory.nbytes)
+        for n, a in {**inputs, **outputs}.items():
+            ctx.set_tensor_address(n, a.data.ptr)
+        return outputs
+
+    def _execute(self, ctx, shapes) -> None:
+        if not ctx.execute_async_v3(self.stream.ptr):
+            raise TensorrtError(f"{self.network}: TensorRT execution failed for shapes {shapes}.")
+
+    def _run(self, i: int, feeds: dict) -> dict:
+        import cupy
+
+        with self.stream:
+            inputs = {n: cupy.ascontiguousarray(cupy.asarray(a)) for n, a in feeds.items()}
+            memory = self.shared.get(self.engine.get_device_memory_size_for_profile_v2(i))
+            outputs = self._bind(self.contexts[i], inputs, memory)
+            self._execute(self.contexts[i], {n: a.shape for n, a in inputs.items()})
+        return outputs
+
+    def _run_graph(self, i: int, shapes: dict, feeds: dict) -> dict:
+        """One CUDA graph per input shape: persistent buffers, captured once, then copy in + launch."""
+        import cupy
+
+        key = tuple(sorted(shapes.items()))
+        with self.stream:
+            if key not in self._graphs:
+                inputs = {n: cupy.empty(s, dtype=feeds[n].dtype) for n, s in shapes.items()}
+                memory = cupy.empty(max(1, self.engine.get_device_memory_size_for_profile_v2(i)), cupy.uint8)
+                outputs = self._bind(self.contexts[i], inputs, memory)
+                self._execute(self.contexts[i], shapes)  # TensorRT's shape-dependent setup happens outside capture
+                self.stream.begin_capture()
+                self._execute(self.contexts[i], shapes)
+                graph = self.stream.end_capture()
+                self._graphs[key] = (inputs, outputs, memory, graph)
+            inputs, outputs, _, graph = self._graphs[key]
+            for n, a in inputs.items():
+                a[...] = cupy.asarray(feeds[n])
+            graph.launch(self.stream)
+        return outputs

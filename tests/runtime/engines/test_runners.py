@@ -1,0 +1,95 @@
+"""The runners (runtime/engines/base.py, onnxrt.py): the lifecycle, the contract checks of the base class, and
+the Pipeline opening them all or none."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from svdedit.runtime.engines import OrtRunner, Runner, open_engines, read_manifest
+from svdedit.runtime.errors import EngineDirError, RunnerError, SvdeditError
+from tests.conftest import requires_torch
+
+pytestmark = requires_torch  # the engine fixtures are exported with torch
+
+
+@pytest.fixture(scope="module")
+def engine(engine_dirs):
+    return engine_dirs["sd1"], read_manifest(engine_dirs["sd1"])
+
+
+def _unet_feeds(manifest, batch=2):
+    sizes = manifest.axis_sizes(batch)
+    rng = np.random.default_rng(0)
+    return {"sample": rng.standard_normal((batch, 4, sizes["latent_height"], sizes["latent_width"]), dtype=np.float32),
+            "timestep": np.full((batch,), 500, np.float32),
+            "encoder_hidden_states": rng.standard_normal((batch, 77, manifest.text.hidden_size), dtype=np.float32)}
+
+
+def test_lifecycle_activate_infer_deactivate(engine):
+    d, m = engine
+    runner = OrtRunner(d, "unet", m, "cpu")
+    assert isinstance(runner, Runner) and not runner.is_active and runner.session is None
+    with runner as active:
+        assert active is runner and runner.is_active and runner.provider == "CPUExecutionProvider"
+        out = runner(**_unet_feeds(m))
+        assert out["model_output"].shape == (2, 4, 8, 8)
+        np.testing.assert_array_equal(runner.infer(_unet_feeds(m))["model_output"], out["model_output"])
+    assert not runner.is_active and runner.session is None
+    runner.deactivate()  # deactivating an inactive runner is harmless (ExitStack unwinding may do it)
+
+
+def test_misuse_is_caught(engine):
+    d, m = engine
+    runner = OrtRunner(d, "unet", m, "cpu")
+    with pytest.raises(RunnerError, match="not active.*with runner"):
+        runner(**_unet_feeds(m))
+    with runner:
+        with pytest.raises(RunnerError, match="already active"):
+            runner.activate()
+    with pytest.raises(SvdeditError, match="unknown network 'vae'"):
+        OrtRunner(d, "vae", m)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.pop("timestep"), "inputs .* given, the manifest declares"),
+    (lambda f: f.update(extra=f["timestep"]), "inputs .* given, the manifest declares"),
+    (lambda f: f.update(timestep=f["timestep"].astype(np.float64)), "'timestep' has dtype float64"),
+    (lambda f: f.update(sample=f["sample"][0]), r"'sample' has shape \(4, 8, 8\)"),
+    (lambda f: f.update(encoder_hidden_states=f["encoder_hidden_states"][..., :8]), "'encoder_hidden_states' has shape"),
+    (lambda f: f.update(timestep=f["timestep"][:1]), "has batch = 1 but another input has 2"),
+])
+def test_every_call_is_checked_against_the_manifest(engine, change, message):
+    d, m = engine
+    feeds = _unet_feeds(m)
+    change(feeds)
+    with OrtRunner(d, "unet", m, "cpu") as runner:
+        with pytest.raises(EngineDirError, match=message):
+            runner(**feeds)
+
+
+def test_pipeline_opens_all_runners_or_none(engine, monkeypatch):
+    from svdedit.runtime.pipeline import Pipeline
+
+    d, _ = engine
+    real = OrtRunner.activate
+    opened = []
+
+    def activate_or_fail(self):
+        if self.network == "vae_encoder":
+            raise EngineDirError("vae_encoder cannot be loaded")
+        opened.append(real(self))
+        return self
+
+    monkeypatch.setattr(OrtRunner, "activate", activate_or_fail)
+    pipe = Pipeline(d, "cpu")
+    with pytest.raises(EngineDirError, match="vae_encoder"):
+        pipe.__enter__()
+    assert [r.network for r in opened] == ["text_encoder", "unet"]
+    assert not any(r.is_active for r in pipe.engines.values()) and all(r.session is None for r in opened)
+
+
+def test_open_engines_gives_one_inactive_runner_per_network(engine):
+    d, m = engine
+    runners = open_engines(d, m, "cpu")
+    assert sorted(runners) == sorted(m.networks) and not any(r.is_active for r in runners.values())
