@@ -94,7 +94,7 @@ def run_pair(editor, pair: EditPair, n_seeds: int, n_renders: int, batch: int, l
 
 def _on_generated(editor, pair: EditPair, attr, variants: dict, n_seeds: int, batch: int, log) -> tuple[dict, list]:
     """Every method on the same held-out seeds: one pair (x, z) per seed, shared by the AVI variants."""
-    from svdedit.runtime.editing.edit import edit_step
+    from svdedit.runtime.editing.edit import Recipe, edit_step
     from svdedit.runtime.images import to_uint8
 
     pipe, knobs = editor.pipe, attr.knobs
@@ -110,11 +110,12 @@ def _on_generated(editor, pair: EditPair, attr, variants: dict, n_seeds: int, ba
         e_src, e_tgt = e[:n], e[n:]
         x, z = editor.sample_pair(np.concatenate([pipe.noise(s) for s in sd]), e_src, e_tgt, knobs)
         out = {}
-        out["AVI (strength 1)"], x_end = editor.edit_latents([attr], x, z, e_src, e_tgt, 1.0, knobs, with_source=True)
+        out["AVI (strength 1)"], x_end = editor.edit_latents(Recipe.for_all([attr], 1.0, n), x, z, e_src, e_tgt, knobs,
+                                                             with_source=True)
         for a in STRENGTHS:
-            out[f"AVI strength {a}"], _ = editor.edit_latents([attr], x, z, e_src, e_tgt, a, knobs)
+            out[f"AVI strength {a}"], _ = editor.edit_latents(Recipe.for_all([attr], a, n), x, z, e_src, e_tgt, knobs)
         for name, variant in variants.items():
-            out[name], _ = editor.edit_latents([variant], x, z, e_src, e_tgt, 1.0, variant.knobs)
+            out[name], _ = editor.edit_latents(Recipe.for_all([variant], 1.0, n), x, z, e_src, e_tgt, variant.knobs)
         out["(a) regenerate with target prompt"] = pipe.denoise(z, e_tgt, knobs.steps, knobs.guidance, start=i_z).latent
         src_img = pipe.decode(x_end)
         traj = pipe.invert_latents(pipe.encode(src_img), e_src, knobs.steps, 1.0)

@@ -17,6 +17,9 @@ nearest knobs.t_edit of the schedule, ``edit_step``):
     5. decode.
 
 ``edit_latents`` is 3 + 4 for a pair already sampled (the benchmarks compare methods on one pair).
+What each image gets is its ``Recipe`` (attributes and strength): the images of one batch may have
+different ones (the server merges concurrent requests into one batch), as long as they share the
+knobs of the edit (``Knobs.edit_key``).
 The target prompt of a new image comes from its own prompt by the attribute's word change ("red" ->
 "blue" turns "a small red square on the right" into "a small blue square on the right"), see
 ``retarget``; ``target_prompts=`` overrides it. Every sampling and inversion goes through the
@@ -84,6 +87,34 @@ def edit_step(schedule: ddim.Schedule, knobs: Knobs) -> tuple[int, int]:
     return i_x, i_z
 
 
+@dataclass(frozen=True, eq=False)
+class Recipe:
+    """What one image of a batch gets: these attributes, at this strength (0 = unchanged, 1 = learned, >1 more)."""
+
+    attributes: tuple[Attribute, ...]
+    strength: float = 1.0
+
+    @staticmethod
+    def for_all(attrs: Sequence[Attribute], strength: float, n: int) -> list["Recipe"]:
+        recipe = Recipe(tuple(attrs), float(strength))
+        return [recipe] * n
+
+    def same_as(self, other: "Recipe") -> bool:
+        return (self.strength == other.strength and len(self.attributes) == len(other.attributes)
+                and all(a is b for a, b in zip(self.attributes, other.attributes)))
+
+
+def _runs(recipes: Sequence[Recipe]) -> list[tuple[int, int, Recipe]]:
+    """(start, stop, recipe) of each run of consecutive images with the same recipe."""
+    runs = []
+    for i, r in enumerate(recipes):
+        if runs and runs[-1][2].same_as(r):
+            runs[-1] = (runs[-1][0], i + 1, r)
+        else:
+            runs.append((i, i + 1, r))
+    return runs
+
+
 @dataclass
 class EditResult:
     source: np.ndarray            # uint8 (B, H, W, 3): the unedited image (generated, or the input as fitted)
@@ -125,23 +156,28 @@ class Editor:
         return trajectory[knobs.steps - i_x], z  # trajectory[k] sits at sampling step steps - k
 
     # ---- 3. y ----
-    def inject(self, attrs: Sequence[Attribute], x: np.ndarray, z: np.ndarray, strength: float, knobs: Knobs):
-        """y(alpha) = x + alpha (y - x), with each attribute's change added: its MLP's singular values of (x, z)."""
+    def inject(self, recipes: Sequence[Recipe], x: np.ndarray, z: np.ndarray, knobs: Knobs):
+        """y(alpha) = x + alpha (y - x) per image, with each of its attributes' change added: the attribute's MLP
+        predicts the singular values of (x, z). Images with the same recipe are decomposed and predicted together."""
         with self.stages("svd_avi"):
-            pair = avi.decompose(x, z, knobs.k, knobs.tail)
-            y = x.copy()
-            for a in attrs:
-                y = y + (avi.apply(a.params, pair, strength) - x)
-        return y
+            parts = []
+            for lo, hi, recipe in _runs(recipes):
+                xs = x[lo:hi]
+                pair = avi.decompose(xs, z[lo:hi], knobs.k, knobs.tail)
+                y = xs.copy()
+                for a in recipe.attributes:
+                    y = y + (avi.apply(a.params, pair, recipe.strength) - xs)
+                parts.append(y)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     # ---- 4. the rest of the trajectory ----
-    def finish(self, attrs: Sequence[Attribute], x: np.ndarray, z: np.ndarray, y: np.ndarray, e_src: np.ndarray,
-               e_tgt: np.ndarray, strength: float, knobs: Knobs, with_source: bool = False):
+    def finish(self, recipes: Sequence[Recipe], x: np.ndarray, z: np.ndarray, y: np.ndarray, e_src: np.ndarray,
+               e_tgt: np.ndarray, knobs: Knobs, with_source: bool = False):
         """Denoise y from T_x to the end; with knobs.window > 1, x and z go on alongside y for that many steps
         and y is injected again at each. Returns the edited latents and, `with_source`, the source trajectory x
         finished alongside in the same batch (else None)."""
         i_x, _ = edit_step(self.pipe.schedule, knobs)
-        alpha = np.float32(strength)
+        alpha = np.array([r.strength for r in recipes], np.float32)[:, None, None]
         e_cont = e_src + alpha * (e_tgt - e_src) if knobs.continuation == "target" else e_src
         n, i = len(x), i_x
         for _ in range(knobs.window - 1):
@@ -151,7 +187,7 @@ class Editor:
                 both = self.pipe.denoise(np.concatenate([x, z, y]), np.concatenate([e_src, e_tgt, e_cont]),
                                          knobs.steps, knobs.guidance, start=i, stop=i + 1).latent
             x, z, y, i = both[:n], both[n:2 * n], both[2 * n:], i + 1
-            y = self.inject(attrs, x, z, strength, knobs) if strength != 0 else y
+            y = self.inject(recipes, x, z, knobs) if any(r.strength != 0 for r in recipes) else y
         with self.stages("sample_rest"):
             if not with_source:
                 return self.pipe.denoise(y, e_cont, knobs.steps, knobs.guidance, start=i).latent, None
@@ -159,11 +195,11 @@ class Editor:
                                      knobs.guidance, start=i).latent
         return both[n:], both[:n]
 
-    def edit_latents(self, attrs: Sequence[Attribute], x: np.ndarray, z: np.ndarray, e_src: np.ndarray,
-                     e_tgt: np.ndarray, strength: float, knobs: Knobs, with_source: bool = False):
+    def edit_latents(self, recipes: Sequence[Recipe], x: np.ndarray, z: np.ndarray, e_src: np.ndarray,
+                     e_tgt: np.ndarray, knobs: Knobs, with_source: bool = False):
         """Steps 3 and 4 for a pair (x, z) already at T_x: inject, then finish."""
-        y = self.inject(attrs, x, z, strength, knobs)
-        return self.finish(attrs, x, z, y, e_src, e_tgt, strength, knobs, with_source)
+        y = self.inject(recipes, x, z, knobs)
+        return self.finish(recipes, x, z, y, e_src, e_tgt, knobs, with_source)
 
     # ---- learning ----
     def learn(self, source: str, target: str, seed: int = 0, knobs: Knobs = Knobs(),
@@ -179,20 +215,23 @@ class Editor:
                          {n: round(float(v), 6) for n, v in losses.items()})
 
     # ---- applying ----
-    def check(self, attrs: Sequence[Attribute]) -> Knobs:
-        """The knobs the attributes share for their trajectories, or an error if they cannot be combined here."""
-        if not attrs:
+    def check(self, recipes: Sequence[Recipe]) -> Knobs:
+        """The knobs the images' attributes share for their edit, or an error if they cannot be edited together."""
+        if not recipes or not all(r.attributes for r in recipes):
             raise SvdeditError("give at least one attribute (--attr FILE).")
-        for a in attrs:
-            if a.engine != self.engine_hash:
-                raise AttributeFileError(f"attribute {a.source!r} -> {a.target!r} was learned on another model; "
-                                         f"learn it again on this engine.")
-        first = attrs[0].knobs
-        for a in attrs[1:]:
-            if (a.knobs.steps, a.knobs.t_edit, a.knobs.dtau, a.knobs.guidance) != \
-               (first.steps, first.t_edit, first.dtau, first.guidance):
-                raise SvdeditError("attributes combined in one edit must share --steps, --t-edit, --dtau and --guidance; "
-                                   f"{a.source!r} -> {a.target!r} differs from the first one.")
+        first = recipes[0].attributes[0].knobs
+        for r in recipes:
+            for a in r.attributes:
+                if a.engine != self.engine_hash:
+                    raise AttributeFileError(f"attribute {a.source!r} -> {a.target!r} was learned on another model; "
+                                             f"learn it again on this engine.")
+                if (a.knobs.steps, a.knobs.t_edit, a.knobs.dtau, a.knobs.guidance) != \
+                   (first.steps, first.t_edit, first.dtau, first.guidance):
+                    raise SvdeditError("attributes combined in one edit must share --steps, --t-edit, --dtau and "
+                                       f"--guidance; {a.source!r} -> {a.target!r} differs from the first one.")
+            if r.attributes[0].knobs.edit_key() != first.edit_key():
+                raise SvdeditError("images edited in one batch must share the knobs of the edit (Knobs.edit_key); "
+                                   "edit them in separate batches.")
         return first
 
     @staticmethod
@@ -208,40 +247,56 @@ class Editor:
     def edit_seeds(self, attrs: Sequence[Attribute], prompts: Sequence[str], seeds: Sequence[int],
                    strength: float = 1.0, target_prompts: Sequence[str] | None = None,
                    batch: int = 16, progress: Progress | None = None) -> EditResult:
-        """Generate each (prompt, seed) and its edit; both images come back."""
-        knobs, prompts, tgts = self._prepare(attrs, prompts, target_prompts)
+        """Generate each (prompt, seed) and its edit by `attrs` at `strength`; both images come back."""
+        return self.edit_seeds_with(Recipe.for_all(attrs, strength, len(seeds)), prompts, seeds, target_prompts,
+                                    batch, progress)
+
+    def edit_images(self, attrs: Sequence[Attribute], images: np.ndarray, prompts: Sequence[str],
+                    strength: float = 1.0, target_prompts: Sequence[str] | None = None,
+                    batch: int = 16, progress: Progress | None = None) -> EditResult:
+        """Edit real images (float32 (B, 3, H, W) in [-1, 1], already fitted): DDIM-invert, then as for seeds."""
+        return self.edit_images_with(Recipe.for_all(attrs, strength, len(images)), images, prompts, target_prompts,
+                                     batch, progress)
+
+    def edit_seeds_with(self, recipes: Sequence[Recipe], prompts: Sequence[str], seeds: Sequence[int],
+                        target_prompts: Sequence[str] | None = None, batch: int = 16,
+                        progress: Progress | None = None) -> EditResult:
+        """edit_seeds with a recipe per image (attributes and strength may differ from image to image)."""
+        knobs, prompts, tgts = self._prepare(recipes, prompts, target_prompts)
         if len(prompts) != len(seeds):
             raise SvdeditError(f"{len(prompts)} prompts for {len(seeds)} seeds; give one prompt per seed (or one for all).")
         sources, edits = [], []
         for sl, e_src, e_tgt in self._batches(prompts, tgts, batch, progress):
             x_T = np.concatenate([self.pipe.noise(int(s)) for s in seeds[sl]])                         # 1.
             x, z = self.sample_pair(x_T, e_src, e_tgt, knobs)                                            # 2.
-            y, x_0 = self.edit_latents(attrs, x, z, e_src, e_tgt, strength, knobs, with_source=True)   # 3., 4.
+            y, x_0 = self.edit_latents(recipes[sl], x, z, e_src, e_tgt, knobs, with_source=True)        # 3., 4.
             with self.stages("vae_decode"):                                                              # 5.
                 images = self.pipe.decode(np.concatenate([x_0, y]))
             sources.append(images[:len(x_T)])
             edits.append(images[len(x_T):])
         return EditResult(to_uint8(np.concatenate(sources)), to_uint8(np.concatenate(edits)), prompts, tgts)
 
-    def edit_images(self, attrs: Sequence[Attribute], images: np.ndarray, prompts: Sequence[str],
-                    strength: float = 1.0, target_prompts: Sequence[str] | None = None,
-                    batch: int = 16, progress: Progress | None = None) -> EditResult:
-        """Edit real images (float32 (B, 3, H, W) in [-1, 1], already fitted): DDIM-invert, then as for seeds."""
-        knobs, prompts, tgts = self._prepare(attrs, prompts, target_prompts)
+    def edit_images_with(self, recipes: Sequence[Recipe], images: np.ndarray, prompts: Sequence[str],
+                         target_prompts: Sequence[str] | None = None, batch: int = 16,
+                         progress: Progress | None = None) -> EditResult:
+        """edit_images with a recipe per image (attributes and strength may differ from image to image)."""
+        knobs, prompts, tgts = self._prepare(recipes, prompts, target_prompts)
         edits = []
         for sl, e_src, e_tgt in self._batches(prompts, tgts, batch, progress):
             with self.stages("vae_encode"):                                                              # 1.
                 latent0 = self.pipe.encode(images[sl])
             x, z = self.invert_pair(latent0, e_src, e_tgt, knobs)                                        # 2.
-            y, _ = self.edit_latents(attrs, x, z, e_src, e_tgt, strength, knobs)                         # 3., 4.
+            y, _ = self.edit_latents(recipes[sl], x, z, e_src, e_tgt, knobs)                             # 3., 4.
             with self.stages("vae_decode"):                                                              # 5.
                 edits.append(self.pipe.decode(y))
         return EditResult(to_uint8(images), to_uint8(np.concatenate(edits)), prompts, tgts)
 
-    def _prepare(self, attrs, prompts, target_prompts) -> tuple[Knobs, list[str], list[str]]:
-        knobs = self.check(attrs)
+    def _prepare(self, recipes, prompts, target_prompts) -> tuple[Knobs, list[str], list[str]]:
+        knobs = self.check(recipes)
         prompts = list(prompts)
-        return knobs, prompts, list(target_prompts) if target_prompts is not None else self.targets(attrs, prompts)
+        if target_prompts is not None:
+            return knobs, prompts, list(target_prompts)
+        return knobs, prompts, [self.targets(r.attributes, [p])[0] for r, p in zip(recipes, prompts)]
 
     def _batches(self, prompts: list[str], targets: list[str], batch: int,
                  progress: Progress | None) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:

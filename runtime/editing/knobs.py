@@ -14,6 +14,10 @@ from dataclasses import asdict, dataclass
 from svdedit.runtime.errors import SvdeditError
 
 
+#: the knobs of the edit, as opposed to those of the learning
+EDIT_KNOBS = ("steps", "guidance", "t_edit", "dtau", "k", "tail", "continuation", "window", "inversion_guidance")
+
+
 @dataclass(frozen=True)
 class Knobs:
     """Every choice of the method; the defaults were chosen on benchmarks/bench_edit_quality.py."""
@@ -56,6 +60,11 @@ class Knobs:
         if self.w_target + self.w_source == 0:
             raise SvdeditError("--w-target and --w-source are both 0: nothing ties the edit to either image.")
         return self
+
+    def edit_key(self) -> tuple:
+        """The knobs that shape an edit (the first group): images whose attributes agree on them can be edited in
+        one batch, sharing every UNet call."""
+        return tuple(getattr(self, name) for name in EDIT_KNOBS)
 
     def replace(self, **changes) -> "Knobs":
         return Knobs(**{**asdict(self), **changes}).check()

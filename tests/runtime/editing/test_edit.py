@@ -166,3 +166,26 @@ def test_nan_during_a_probe_stops_it_and_names_the_step(shapes_engine, tmp_path,
         with pytest.raises(NonFiniteLatentError, match=r"at step 3 \(timestep \d+\)"):  # not the SVD's LatentShapeError
             run(pipe)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_one_batch_may_mix_recipes_and_each_image_is_edited_as_alone(shapes_engine, learned):
+    """What the server's dynamic batching relies on: images with other attributes and strengths in one batch."""
+    from svdedit.runtime.editing import Editor
+    from svdedit.runtime.editing.edit import Recipe
+    from svdedit.runtime.editing.knobs import Knobs
+    from svdedit.runtime.pipeline import Pipeline
+
+    with Pipeline(shapes_engine) as pipe:
+        editor = Editor(pipe)
+        red2blue = Attribute.load(learned)
+        small2large = editor.learn("a small green square in the middle", "a large green square in the middle",
+                                   knobs=Knobs(iters=60))
+        recipes = [Recipe((red2blue,), 1.0), Recipe((small2large,), 0.7), Recipe((red2blue, small2large), 0.4)]
+        prompts = ["a small red square on the left", "a small green circle on the right", "a small red circle in the middle"]
+        mixed = editor.edit_seeds_with(recipes, prompts, [21, 22, 23])
+        for i, r in enumerate(recipes):
+            alone = editor.edit_seeds(list(r.attributes), prompts[i:i + 1], [21 + i], strength=r.strength)
+            assert np.abs(mixed.edited[i].astype(int) - alone.edited[0]).max() <= 2, i
+            assert mixed.target_prompts[i] == alone.target_prompts[0]
+    assert mixed.target_prompts == ["a small blue square on the left", "a large green circle on the right",
+                                    "a large blue circle in the middle"]
