@@ -15,7 +15,7 @@ DEMO   ?= demo-out
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[export,cpu,dev]"
+	$(PY) -m pip install --quiet -e ".[export,cpu,dev,ray]"
 	touch $(STAMP)
 
 test: $(STAMP)

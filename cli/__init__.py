@@ -4,6 +4,7 @@
     engines.py   svdedit check, svdedit build         (an engine dir: verify it; TensorRT plans for it)
     generate.py  svdedit generate, svdedit reconstruct
     edit.py      svdedit learn, svdedit edit, svdedit probe
+    serve.py     svdedit serve                         (extra svdedit[serve]; imported only when it runs)
     args.py      the argument types, option groups and progress bar they share
 
 Every argparse parser and progress bar lives here; the library below prints nothing and takes plain
@@ -20,7 +21,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from svdedit.cli import edit, engines, export, generate
+    from svdedit.cli import edit, engines, export, generate, serve
     from svdedit.runtime import __version__
 
     parser = argparse.ArgumentParser(
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"svdedit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (export, engines, generate, edit):
+    for group in (export, engines, generate, edit, serve):
         group.register(sub)
     return parser
 

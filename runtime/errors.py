@@ -43,12 +43,36 @@ class NonFiniteLatentError(SvdeditError):
     """NaN or inf appeared in the latents during sampling or inversion."""
 
 
+class ImageTooLargeError(SvdeditError):
+    """An image has more pixels than the limit (refused from its header, before decoding)."""
+
+
+class NotFoundError(SvdeditError):
+    """Something asked for by its name or id (an attribute in a store) does not exist."""
+
+
 class AttributeFileError(SvdeditError):
     """An attribute file is missing, corrupt, of another format version, or learned on another model."""
 
 
 class PromptTruncatedWarning(UserWarning):
     """A prompt was longer than the text encoder reads; its tail was dropped."""
+
+
+class InvalidRequestError(SvdeditError):
+    """A request to the service has a field with a value it cannot take; `field` names it (e.g. "seeds")."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class BusyError(SvdeditError):
+    """The service's queue is full: try again after `retry_after_s` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 #: what the command line reports as a clear message (exit status 2) instead of a traceback

@@ -14,33 +14,56 @@ from pathlib import Path
 
 import numpy as np
 
-from svdedit.runtime.errors import SvdeditError
+from svdedit.runtime.errors import ImageTooLargeError, SvdeditError
 from svdedit.runtime.files import atomic_write_bytes
 
 MAX_PIXELS = 64_000_000
 
 
 def load_image(path: str | Path) -> "PIL.Image.Image":  # noqa: F821
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
+    """An image file as an RGB PIL image (see the module docstring), or a SvdeditError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise SvdeditError(f"image {path} does not exist (or is not a file).")
+    return decode_image(path, f"image {path}")
+
+
+def decode_image(source, what: str = "the image", max_pixels: int = MAX_PIXELS) -> "PIL.Image.Image":  # noqa: F821
+    """A path, bytes or a binary file as an RGB PIL image: its size is read from the header and refused above
+    `max_pixels` before anything is decoded (decompression bombs); `what` names the image in errors."""
+    import io
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
     try:
-        with Image.open(path) as probe:
+        with Image.open(source) as probe:
             w, h = probe.size
-            if w * h > MAX_PIXELS:
-                raise SvdeditError(f"image {path} is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
-                                   f"{MAX_PIXELS / 1e6:.0f}. Downscale it first.")
+            if w * h > max_pixels:
+                raise ImageTooLargeError(f"{what} is {w}x{h} = {w * h / 1e6:.1f} megapixels; the limit is "
+                                         f"{max_pixels / 1e6:g}. Downscale it first.")
             img = ImageOps.exif_transpose(probe)
             img.load()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise SvdeditError(f"image {path} cannot be read ({type(exc).__name__}: {exc}). Is it a complete PNG/JPEG/WebP file?") from None
+        raise SvdeditError(f"{what} cannot be read ({type(exc).__name__}: {exc}). Is it a complete PNG/JPEG/WebP "
+                           f"file?") from None
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
     return img.convert("RGB")
+
+
+def encode_png(image_hwc: np.ndarray) -> bytes:
+    """A uint8 (H, W, 3) array as PNG bytes."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image_hwc).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def fit(img, size: int) -> np.ndarray:
@@ -72,8 +95,10 @@ def save_png(image, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not isinstance(image, Image.Image):
+        return atomic_write_bytes(path, encode_png(image))
     buffer = io.BytesIO()
-    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())
 
 

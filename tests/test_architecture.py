@@ -2,9 +2,9 @@
 
 - the runtime is torch-free: importing it, the kernels, the TensorRT build and the whole CLI in a fresh
   interpreter pulls in none of the export stage's heavy libraries;
-- dependencies point one way: cli -> export -> runtime -> kernels; nothing below cli/ imports it, the
-  runtime never imports the export stage, the kernels import nothing of svdedit's, and the engines
-  (runtime/engines/) do not import the editing method;
+- dependencies point one way: cli -> export -> runtime -> kernels, and cli -> serve -> runtime; nothing
+  below cli/ imports it, the runtime never imports the export stage or the service, the kernels import
+  nothing of svdedit's, and the engines (runtime/engines/) do not import the editing method;
 - no module imports a private name (`_name`) of another module of this repository, or reaches one
   through an imported module (`module._name`), and no private member of a class is used from outside
   it (`obj._method`: only `self._method`).
@@ -26,16 +26,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"torch", "diffusers", "transformers", "onnx", "onnxscript", "optimum"}
 #: the source folder of each installed package (pyproject.toml's package-dir)
-PACKAGES = {"svdedit.cli": "cli", "svdedit.export": "export", "svdedit.runtime": "runtime", "svdedit.kernels": "kernels"}
+PACKAGES = {"svdedit.cli": "cli", "svdedit.export": "export", "svdedit.runtime": "runtime", "svdedit.kernels": "kernels",
+            "svdedit.serve": "serve"}
 #: what each folder may not import (a module name, and every module below it)
 RULES = {
-    "runtime": ("svdedit.cli", "svdedit.export"),
-    "runtime/engines": ("svdedit.cli", "svdedit.export", "svdedit.runtime.editing"),
-    "export": ("svdedit.cli",),
+    "runtime": ("svdedit.cli", "svdedit.export", "svdedit.serve"),
+    "runtime/engines": ("svdedit.cli", "svdedit.export", "svdedit.serve", "svdedit.runtime.editing"),
+    "export": ("svdedit.cli", "svdedit.serve"),
+    "serve": ("svdedit.cli", "svdedit.export"),
     "kernels": ("svdedit.cli", "svdedit.export", "svdedit.runtime"),
 }
 #: every folder of Python code in the repository: checked for private imports
-CODE = ("cli", "export", "runtime", "kernels", "benchmarks", "models", "tests")
+CODE = ("cli", "export", "runtime", "kernels", "serve", "benchmarks", "models", "tests")
 PROJECT_ROOTS = ("svdedit", "benchmarks", "models", "tests")
 
 
@@ -78,8 +80,10 @@ def test_runtime_kernels_build_and_cli_import_no_torch():
     import svdedit.kernels
     import svdedit.runtime
 
+    import svdedit.serve
+
     modules = ["svdedit.export.build", "svdedit.export.graph"]
-    for pkg in (svdedit.runtime, svdedit.kernels, svdedit.cli):
+    for pkg in (svdedit.runtime, svdedit.kernels, svdedit.cli, svdedit.serve):
         modules += [pkg.__name__] + [m.name for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")
                                      if not m.name.endswith(".__main__")]  # __main__ runs the command
     code = (

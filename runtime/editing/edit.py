@@ -60,7 +60,8 @@ def retarget(prompt: str, source: str, target: str) -> str:
             at = _find(words, old)
             if at is None:
                 raise SvdeditError(f"the prompt {prompt!r} does not contain {' '.join(old)!r}, which the attribute changes "
-                                   f"({source!r} -> {target!r}); give the target prompt explicitly (--target-prompt).")
+                                   f"({source!r} -> {target!r}); give the target prompt explicitly (--target-prompt; "
+                                   f"target_prompt in the service's API).")
             words[at:at + len(old)] = new
         else:  # insert
             anchor = src[i1:i1 + 1]

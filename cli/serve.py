@@ -1,0 +1,85 @@
+"""`svdedit serve ENGINE_DIR`: the editing service (HTTP API, web page, metrics), on uvicorn or Ray Serve."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from svdedit.cli.args import command, number, positive_int
+
+SERVE_DESCRIPTION = """\
+Serve ENGINE_DIR over HTTP: learn attributes, edit generated or uploaded images, generate; a web page
+at /, the API's schema at /docs, Prometheus metrics at /metrics, /healthz and /readyz. The engines are
+opened once; concurrent edits that share their knobs are batched into shared UNet calls (--max-batch
+images, waiting at most --max-wait-ms). A full queue answers 503 with Retry-After. With --ray the same
+app runs as a Ray Serve deployment of --replicas replicas (extra svdedit[ray]).
+"""
+
+SETTING_HELP = {
+    "store": "the attribute store folder (default: ~/.local/share/svdedit/attributes/<engine identity>)",
+    "provider": "what runs the networks (see svdedit generate --help)",
+    "max_batch": "most images in one batch", "max_wait_ms": "longest wait of a request for others to batch with",
+    "max_queue": "most images waiting; beyond, 503", "max_upload_bytes": "largest image upload",
+    "max_pixels": "largest image, in pixels (read from its header before decoding)",
+    "max_seeds": "most seeds in one edit request", "max_prompt_chars": "longest prompt",
+    "max_steps": "most DDIM steps a request may ask for", "max_learn_iters": "most Adam steps of a learn request",
+    "request_timeout_s": "a request still unanswered after this many seconds gets 504",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from svdedit.serve.settings import ServeSettings
+
+    p = command(sub, "serve", run, "serve an engine dir over HTTP: API, web page, metrics (extra svdedit[serve])",
+                description=SERVE_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="an engine dir written by `svdedit export`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=positive_int, default=8000, help="port to listen on")
+    g = p.add_argument_group("service settings")
+    for f in fields(ServeSettings):
+        if f.name == "engine_dir":
+            continue
+        kind = {"int": positive_int, "float": number}.get(f.type.split(" ")[0], str)
+        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default,
+                       help=SETTING_HELP[f.name])
+    r = p.add_argument_group("Ray Serve (extra svdedit[ray])")
+    r.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment instead of one uvicorn process")
+    r.add_argument("--replicas", type=positive_int, default=1, help="replicas (each opens the engines once)")
+    r.add_argument("--cpus-per-replica", type=number, default=1.0, help="CPUs Ray reserves per replica")
+    r.add_argument("--gpus-per-replica", type=number, default=0.0, help="GPUs per replica (1 on a GPU cluster)")
+    r.add_argument("--ray-address", default=None, help="join this Ray cluster (e.g. auto) instead of starting one")
+    r.add_argument("--autoscaling", default=None, metavar="JSON",
+                   help='Ray Serve autoscaling_config instead of --replicas, e.g. '
+                        '\'{"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}\'')
+
+
+def run(args: argparse.Namespace) -> int:
+    from svdedit.runtime.engines.manifest import read_manifest
+    from svdedit.runtime.errors import SvdeditError
+    from svdedit.serve.settings import ServeSettings
+
+    try:
+        from svdedit.serve import run as serving
+    except ImportError as exc:
+        raise SvdeditError(f"serving needs the serve extra ({exc.name} is missing): pip install 'svdedit[serve]'"
+                           f"{' or svdedit[ray]' if args.ray else ''}.") from None
+    read_manifest(args.engine_dir, verify_hashes=False)  # a wrong engine dir is an error now, not in a replica
+    settings = ServeSettings(Path(args.engine_dir), **{f.name: getattr(args, f.name) for f in fields(ServeSettings)
+                                                       if f.name != "engine_dir"}).check()
+    if settings.store is not None:
+        settings = ServeSettings(**{**settings.__dict__, "store": Path(settings.store)})
+    if not args.ray:
+        serving.run_uvicorn(settings, args.host, args.port)
+        return 0
+    try:
+        autoscaling = json.loads(args.autoscaling) if args.autoscaling else None
+    except ValueError as exc:
+        raise SvdeditError(f"--autoscaling is not JSON ({exc}); e.g. '{{\"min_replicas\": 1, \"max_replicas\": 4}}'.") from None
+    if importlib.util.find_spec("ray") is None:
+        raise SvdeditError("--ray needs Ray Serve: pip install 'svdedit[ray]'.")
+    serving.run_ray(settings, args.host, args.port, args.replicas, args.cpus_per_replica, args.gpus_per_replica,
+                    args.ray_address, autoscaling)
+    return 0

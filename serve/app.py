@@ -1,0 +1,406 @@
+"""The HTTP API (FastAPI): the routes, the errors they answer with, the metrics, and the web page.
+
+    app = create_app(LocalBackend(ServeSettings(engine_dir)))     # uvicorn (svdedit serve)
+    # or, in each Ray Serve replica (ray_app.py): create_app(replica), the same routes
+
+Routes (versioned, OpenAPI schema at /docs):
+
+    POST   /v1/attributes        learn an attribute from a prompt pair -> its id (the store: store.py)
+    GET    /v1/attributes        the attributes of this model;  GET/DELETE /v1/attributes/{id}
+    POST   /v1/edits             edit seeds or an image (JSON with a base64 image, or a multipart upload)
+    POST   /v1/generate          text to image
+    GET    /healthz  /readyz  /metrics (Prometheus)          GET /  the web page (static/)
+
+Every error is JSON, {"error": {"status", "field", "message"}}: a user mistake is a 4xx that names the
+field and the fix (runtime errors map by type: InvalidRequestError 422, ImageTooLargeError 413,
+NotFoundError 404, AttributeFileError 409, BusyError 503 with Retry-After, any other SvdeditError
+400); a bug is a 500 without a traceback in the body (it goes to the log). The routes know nothing of
+batching: they hand each edit job to the backend, which batches it (batching.py or @serve.batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from svdedit.runtime.errors import (
+    AttributeFileError,
+    BusyError,
+    ImageTooLargeError,
+    InvalidRequestError,
+    NotFoundError,
+    SvdeditError,
+)
+from svdedit.serve.batching import MicroBatcher
+from svdedit.serve.metrics import Metrics
+from svdedit.serve.service import EditJob, EditOutcome, EditService
+from svdedit.serve.settings import ServeSettings
+
+log = logging.getLogger("svdedit.serve")
+STATIC = Path(__file__).parent / "static"
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends: who runs the model work. The routes see only this interface.
+# --------------------------------------------------------------------------------------------------
+class Backend:
+    """The model work behind the routes: `service` (validation, store), `edit` (batched), `call` (the rest)."""
+
+    service: EditService
+    metrics: Metrics
+
+    async def edit(self, job: EditJob) -> EditOutcome | Exception:
+        raise NotImplementedError
+
+    async def call(self, fn, *args, **kwargs):
+        raise NotImplementedError
+
+    def queue_images(self) -> int:
+        return 0
+
+
+class LocalBackend(Backend):
+    """One process (uvicorn): one worker thread for the engines, the micro-batcher in front of it."""
+
+    def __init__(self, settings: ServeSettings):
+        self.settings = settings.check()
+        self.service = EditService(settings)
+        self.metrics = Metrics(self.queue_images)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svdedit-engines")
+        self.batcher: MicroBatcher | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.batcher = MicroBatcher(self.service.run_batch, self.executor, s.max_batch, s.max_wait_ms, s.max_queue,
+                                    on_batch=self.metrics.batch_images.observe)
+        self.batcher.start()
+        loop = asyncio.get_running_loop()
+        self._opening = loop.run_in_executor(self.executor, self.service.open)  # /readyz says when it is done
+        self._opening.add_done_callback(lambda f: f.exception() and log.error("opening the engines failed: %s",
+                                                                              f.exception()))
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.service.close)
+        self.executor.shutdown(wait=True)
+
+    async def edit(self, job: EditJob) -> EditOutcome | Exception:
+        return await self.batcher.submit(job, job.n_images)
+
+    async def call(self, fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    def queue_images(self) -> int:
+        return self.batcher.images_waiting if self.batcher is not None else 0
+
+
+def backend_of(request: Request) -> Backend:
+    return request.app.state.backend
+
+
+# --------------------------------------------------------------------------------------------------
+# The API's request and response bodies
+# --------------------------------------------------------------------------------------------------
+class LearnRequest(BaseModel):
+    source: str = Field(description="the source prompt, e.g. 'a large red circle in the middle'")
+    target: str = Field(description="the attribute prompt, e.g. 'a large blue circle in the middle'")
+    seed: int = Field(0, description="seed of the one noise both prompts are sampled from")
+    knobs: dict[str, Any] = Field(default_factory=dict, description="any of `svdedit learn`'s knobs, e.g. {'t_edit': 0.5}")
+
+
+class AttributeInfo(BaseModel):
+    id: str
+    source: str
+    target: str
+    seed: int
+    knobs: dict[str, Any]
+    losses: dict[str, float]
+
+
+class EditRequest(BaseModel):
+    prompt: str = Field(description="the prompt of the source image(s), e.g. 'a small red square on the left'")
+    attributes: list[str] = Field(description="ids of learned attributes, applied together")
+    strength: float = Field(1.0, description="0 = unchanged, 1 = the learned edit, >1 extrapolates")
+    seeds: list[int] | None = Field(None, description="edit generated images: one per seed")
+    image: str | None = Field(None, description="or edit this image: base64 of a PNG/JPEG/WebP file")
+    target_prompt: str | None = Field(None, description="default: the prompt with the attributes' word changes")
+
+
+class EditedImage(BaseModel):
+    image: str = Field(description="the edited image, base64 PNG")
+    source: str | None = Field(None, description="the generated source image, base64 PNG (seeds only)")
+    seed: int | None = None
+    target_prompt: str
+
+
+class EditResponse(BaseModel):
+    edits: list[EditedImage]
+    seconds_per_stage: dict[str, float] = Field(description="wall time of each stage of the batch this request ran in")
+    batch_images: int = Field(description="images in that batch (this request's and others')")
+
+
+class GenerateRequest(BaseModel):
+    prompt: str
+    seed: int = 0
+    steps: int = 50
+    guidance: float = 3.0
+
+
+class GenerateResponse(BaseModel):
+    image: str = Field(description="base64 PNG")
+
+
+# --------------------------------------------------------------------------------------------------
+# Routes
+# --------------------------------------------------------------------------------------------------
+router = APIRouter()
+EDIT_BODY = {"requestBody": {"content": {
+    "application/json": {"schema": EditRequest.model_json_schema()},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["prompt", "attributes", "image"], "properties": {
+        "prompt": {"type": "string"}, "attributes": {"type": "string", "description": "ids, comma-separated"},
+        "strength": {"type": "number"}, "target_prompt": {"type": "string"},
+        "image": {"type": "string", "format": "binary"}}}}}}}
+
+
+@router.get("/healthz", tags=["operations"])
+async def healthz() -> dict:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["operations"])
+async def readyz(request: Request) -> JSONResponse:
+    """The engines are open: the service can edit."""
+    ready = backend_of(request).service.ready
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", tags=["operations"])
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: requests by route and status, latency, queue depth, batch sizes."""
+    body, content_type = backend_of(request).metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
+@router.post("/v1/attributes", tags=["attributes"], response_model=AttributeInfo, status_code=201)
+async def learn_attribute(request: Request, body: LearnRequest) -> dict:
+    """Learn an attribute from one prompt pair; the same request again gives the same id."""
+    backend = backend_of(request)
+    return await _timed(backend, backend.call(backend.service.learn, body.source, body.target, body.seed, body.knobs))
+
+
+@router.get("/v1/attributes", tags=["attributes"], response_model=list[AttributeInfo])
+async def list_attributes(request: Request) -> list[dict]:
+    return backend_of(request).service.store.list()
+
+
+@router.get("/v1/attributes/{attr_id}", tags=["attributes"], response_model=AttributeInfo)
+async def get_attribute(request: Request, attr_id: str) -> dict:
+    return backend_of(request).service.store.describe(attr_id)
+
+
+@router.delete("/v1/attributes/{attr_id}", tags=["attributes"], status_code=204)
+async def delete_attribute(request: Request, attr_id: str) -> Response:
+    backend_of(request).service.store.delete(attr_id)
+    return Response(status_code=204)
+
+
+@router.post("/v1/edits", tags=["edits"], response_model=EditResponse, openapi_extra=EDIT_BODY)
+async def create_edit(request: Request) -> dict:
+    """Edit generated images (prompt + seeds) or one image (base64 in JSON, or a multipart upload)."""
+    backend = backend_of(request)
+    body = await _edit_request(request)
+    image = _base64_image(body.image) if body.image is not None else None
+    job = backend.service.edit_job(body.prompt, body.attributes, body.strength, body.seeds, image, body.target_prompt)
+    outcome = await _timed(backend, backend.edit(job))
+    if isinstance(outcome, Exception):
+        raise outcome
+    seeds = job.seeds or [None]
+    return {"edits": [{"image": _b64(edited), "source": _b64(source) if source else None, "seed": seed,
+                       "target_prompt": target}
+                      for edited, source, seed, target in zip(outcome.edited, outcome.sources or [None] * len(seeds),
+                                                              seeds, outcome.target_prompts)],
+            "seconds_per_stage": outcome.seconds_per_stage, "batch_images": outcome.batch_images}
+
+
+@router.post("/v1/generate", tags=["edits"], response_model=GenerateResponse)
+async def generate(request: Request, body: GenerateRequest) -> dict:
+    backend = backend_of(request)
+    png = await _timed(backend, backend.call(backend.service.generate, body.prompt, body.seed, body.steps, body.guidance))
+    return {"image": _b64(png)}
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html")
+
+
+async def _timed(backend: Backend, work):
+    try:
+        return await asyncio.wait_for(work, backend.service.settings.request_timeout_s)
+    except TimeoutError:
+        raise RequestTimeout(f"the request took longer than {backend.service.settings.request_timeout_s:g} s and was "
+                             f"given up; the service is overloaded or the request too large.") from None
+
+
+class RequestTimeout(SvdeditError):
+    pass
+
+
+async def _edit_request(request: Request) -> EditRequest:
+    """The edit's fields from JSON or from a multipart form (whose image file is read into base64)."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        limit = backend_of(request).service.settings.max_upload_bytes
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise InvalidRequestError("image", "a multipart edit needs an `image` file field (and `prompt`, "
+                                               "`attributes`).")
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise ImageTooLargeError(f"the uploaded image is over {limit} bytes, the limit.")
+        fields = {k: v for k, v in form.items() if k != "image"}
+        fields["attributes"] = [a.strip() for a in str(fields.get("attributes", "")).split(",") if a.strip()]
+        fields["image"] = base64.b64encode(data).decode()
+        raw = fields
+    else:
+        try:
+            raw = await request.json()
+        except ValueError:
+            raise InvalidRequestError("body", "the body is not JSON; send application/json (or a multipart form with "
+                                              "an image file).") from None
+    try:
+        return EditRequest.model_validate(raw)
+    except Exception as exc:  # pydantic's ValidationError
+        raise RequestValidationError(exc.errors()) from None
+
+
+def _base64_image(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequestError("image", "`image` is not valid base64; send the file's bytes base64-encoded "
+                                           "(or upload it as multipart/form-data).") from None
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode()
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors, request limits, metrics
+# --------------------------------------------------------------------------------------------------
+STATUS = [(InvalidRequestError, 422), (ImageTooLargeError, 413), (NotFoundError, 404), (AttributeFileError, 409),
+          (BusyError, 503), (RequestTimeout, 504), (SvdeditError, 400)]
+
+
+def error_response(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "field": field, "message": message}}, status_code=status,
+                        headers=headers)
+
+
+async def _svdedit_error(request: Request, exc: SvdeditError) -> JSONResponse:
+    status = next(code for kind, code in STATUS if isinstance(exc, kind))
+    headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, BusyError) else None
+    return error_response(status, str(exc), getattr(exc, "field", None), headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    where = [str(p) for p in first.get("loc", ()) if p != "body"]
+    field = where[0] if where else None
+    return error_response(422, f"{'.'.join(where) or 'the body'}: {first.get('msg', 'is invalid')}. See /docs for "
+                               f"the request's schema.", field)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, f"an internal error ({type(exc).__name__}) stopped this request; it is logged. "
+                               f"Other requests are not affected.")
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, from Content-Length or while they stream in."""
+
+    class TooLarge(Exception):
+        pass
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await self._refuse(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise BodyLimit.TooLarge
+            return message
+        try:
+            await self.app(scope, limited, send)
+        except BodyLimit.TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send):
+        response = error_response(413, f"the request body is over {self.limit} bytes, this service's limit "
+                                       f"(--max-upload-bytes, plus base64's third).")
+        await response(scope, receive, send)
+
+
+def create_app(backend: Backend) -> FastAPI:
+    """The ASGI app over `backend`: a LocalBackend (opened at startup, closed at shutdown: uvicorn), or a Ray
+    Serve replica (ray_app.py), which builds its app with itself as the backend."""
+    from svdedit.runtime import __version__
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if isinstance(backend, LocalBackend):
+            await backend.start()
+        yield
+        if isinstance(backend, LocalBackend):
+            await backend.close()
+
+    app = FastAPI(title="svdedit", version=__version__, lifespan=lifespan,
+                  description="Attribute editing of Stable Diffusion images through the SVD of their latents "
+                              "(arXiv:2502.02225): learn an attribute from one prompt pair, apply it to generated or "
+                              "real images. Concurrent edits are batched.")
+    app.state.backend = backend
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_exception_handler(SvdeditError, _svdedit_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        backend.metrics.observe(request.method, route, response.status_code, time.perf_counter() - t0)
+        return response
+
+    limit = backend.service.settings.max_upload_bytes * 4 // 3 + 2**20  # base64's third, and room for the rest
+    app.add_middleware(BodyLimit, limit=limit)
+    return app

@@ -1,0 +1,113 @@
+"""Servers for the HTTP tests: uvicorn in a thread of this process, and Ray Serve on a local Ray instance (two
+replicas on the CPU); the same tests run against both. Each gets its own attribute store."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import requires_torch
+
+HAS_RAY = importlib.util.find_spec("ray") is not None
+#: small limits, so that the tests can reach them cheaply
+TEST_LIMITS = dict(max_upload_bytes=300_000, max_pixels=4_000_000, max_seeds=4, max_prompt_chars=120)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ThreadServer:
+    """uvicorn serving `app` on a free port of 127.0.0.1, in a thread; stop() shuts it down gracefully."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ThreadServer":
+        self.thread.start()
+        wait_ready(self.url)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+def wait_ready(url: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not become ready in {timeout} s")
+
+
+def local_server(engine: Path, store: Path, **settings) -> ThreadServer:
+    from svdedit.serve.app import LocalBackend, create_app
+    from svdedit.serve.settings import ServeSettings
+
+    return ThreadServer(create_app(LocalBackend(ServeSettings(engine, store=store, **settings)))).start()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    if not HAS_RAY:
+        pytest.skip("needs Ray Serve (the ray extra)")
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})  # one HTTP proxy per Ray instance
+    yield port
+    serve.shutdown()
+    ray.shutdown()
+
+
+def ray_server(port: int, engine: Path, store: Path, replicas: int = 2, **settings) -> str:
+    """Deploy the service on the local Ray instance (whose proxy listens on `port`); its base URL."""
+    from svdedit.serve.run import run_ray
+    from svdedit.serve.settings import ServeSettings
+
+    run_ray(ServeSettings(engine, store=store, **settings), port=port, replicas=replicas, cpus_per_replica=0.5,
+            blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url)
+    return url
+
+
+@pytest.fixture(scope="module", params=["uvicorn", pytest.param("ray", marks=pytest.mark.ray)])
+def server(request, shapes_engine, tmp_path_factory):
+    """The base URL of a running server of the embedded model (uvicorn, or Ray Serve with two replicas)."""
+    store = tmp_path_factory.mktemp(f"store-{request.param}")
+    if request.param == "uvicorn":
+        s = local_server(shapes_engine, store, **TEST_LIMITS)
+        yield s.url
+        s.stop()
+    else:
+        yield ray_server(request.getfixturevalue("ray_cluster"), shapes_engine, store, **TEST_LIMITS)
+        from ray import serve
+
+        serve.delete("svdedit")
+
+
+pytestmark = requires_torch
