@@ -8,9 +8,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
 
-.PHONY: demo test clean
+.PHONY: demo test clean browser
 
-# A virtual environment with the export stage, the CPU onnxruntime and the test tools.
+# A virtual environment with the export stage, the CPU onnxruntime, the service (uvicorn and Ray Serve) and
+# the test tools.
 # torch is pinned in pyproject.toml (an unpinned torch pulls several GB of CUDA packages).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +19,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[export,cpu,dev,ray]"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The web page's test drives Debian's chromium through chromium-driver. Installed here where the machine
+# allows it (root, apt-get); elsewhere that one test skips and says why.
+browser:
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "make: chromium not installed; the browser test will be skipped"
 
 # The demo, on the embedded model (models/shapes): export it, check the engine dir, generate an image,
 # reconstruct a rendered one, learn red -> blue from one prompt pair, edit 16 held-out images (grid + metrics).

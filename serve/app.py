@@ -13,8 +13,8 @@ Routes (versioned, OpenAPI schema at /docs):
 
 Every error is JSON, {"error": {"status", "field", "message"}}: a user mistake is a 4xx that names the
 field and the fix (runtime errors map by type: InvalidRequestError 422, ImageTooLargeError 413,
-NotFoundError 404, AttributeFileError 409, BusyError 503 with Retry-After, any other SvdeditError
-400); a bug is a 500 without a traceback in the body (it goes to the log). The routes know nothing of
+NotFoundError 404, AttributeFileError 409, NonFiniteLatentError 422, BusyError 503 with Retry-After,
+a request timeout 504, any other SvdeditError 400); a bug is a 500 without a traceback in the body (it goes to the log). The routes know nothing of
 batching: they hand each edit job to the backend, which batches it (batching.py or @serve.batch).
 """
 
@@ -41,12 +41,13 @@ from svdedit.runtime.errors import (
     BusyError,
     ImageTooLargeError,
     InvalidRequestError,
+    NonFiniteLatentError,
     NotFoundError,
     SvdeditError,
 )
 from svdedit.serve.batching import MicroBatcher
 from svdedit.serve.metrics import Metrics
-from svdedit.serve.service import EditJob, EditOutcome, EditService
+from svdedit.serve.service import EditOutcome, EditRequestFields, EditService
 from svdedit.serve.settings import ServeSettings
 
 log = logging.getLogger("svdedit.serve")
@@ -57,18 +58,35 @@ STATIC = Path(__file__).parent / "static"
 # Backends: who runs the model work. The routes see only this interface.
 # --------------------------------------------------------------------------------------------------
 class Backend:
-    """The model work behind the routes: `service` (validation, store), `edit` (batched), `call` (the rest)."""
+    """The work behind the routes. Every method may raise a SvdeditError (the routes answer it as a 4xx/503)."""
 
-    service: EditService
+    settings: ServeSettings
     metrics: Metrics
 
-    async def edit(self, job: EditJob) -> EditOutcome | Exception:
+    async def edit(self, request: EditRequestFields) -> EditOutcome:
+        """Validate the request, then run it in a batch with whatever else arrives."""
         raise NotImplementedError
 
-    async def call(self, fn, *args, **kwargs):
+    async def learn(self, source: str, target: str, seed: int, knobs: dict) -> dict:
+        raise NotImplementedError
+
+    async def generate(self, prompt: str, seed: int, steps: int, guidance: float) -> bytes:
+        raise NotImplementedError
+
+    async def attributes(self) -> list[dict]:
+        raise NotImplementedError
+
+    async def attribute(self, attr_id: str) -> dict:
+        raise NotImplementedError
+
+    async def delete_attribute(self, attr_id: str) -> None:
+        raise NotImplementedError
+
+    async def ready(self) -> bool:
         raise NotImplementedError
 
     def queue_images(self) -> int:
+        """Images this front end holds: waiting for a batch or in one."""
         return 0
 
 
@@ -84,25 +102,44 @@ class LocalBackend(Backend):
 
     async def start(self) -> None:
         s = self.settings
-        self.batcher = MicroBatcher(self.service.run_batch, self.executor, s.max_batch, s.max_wait_ms, s.max_queue,
-                                    on_batch=self.metrics.batch_images.observe)
+        self.batcher = MicroBatcher(self.service.run_batch, self.executor, s.max_batch, s.max_wait_ms, s.max_queue)
         self.batcher.start()
-        loop = asyncio.get_running_loop()
-        self._opening = loop.run_in_executor(self.executor, self.service.open)  # /readyz says when it is done
-        self._opening.add_done_callback(lambda f: f.exception() and log.error("opening the engines failed: %s",
-                                                                              f.exception()))
+        opening = asyncio.get_running_loop().run_in_executor(self.executor, self.service.open)  # see /readyz
+        opening.add_done_callback(lambda f: f.exception() and log.error("opening the engines failed: %s", f.exception()))
 
     async def close(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.service.close)
+        await self._run(self.service.close)
         self.executor.shutdown(wait=True)
 
-    async def edit(self, job: EditJob) -> EditOutcome | Exception:
-        return await self.batcher.submit(job, job.n_images)
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def call(self, fn, *args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+    async def edit(self, request: EditRequestFields) -> EditOutcome:
+        job = self.service.edit_job(request)
+        outcome = await self.batcher.submit(job, job.n_images)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def learn(self, source: str, target: str, seed: int, knobs: dict) -> dict:
+        return await self._run(self.service.learn, source, target, seed, knobs)
+
+    async def generate(self, prompt: str, seed: int, steps: int, guidance: float) -> bytes:
+        return await self._run(self.service.generate, prompt, seed, steps, guidance)
+
+    async def attributes(self) -> list[dict]:
+        return self.service.attributes().list()
+
+    async def attribute(self, attr_id: str) -> dict:
+        return self.service.attributes().describe(attr_id)
+
+    async def delete_attribute(self, attr_id: str) -> None:
+        self.service.attributes().delete(attr_id)
+
+    async def ready(self) -> bool:
+        return self.service.ready
 
     def queue_images(self) -> int:
         return self.batcher.images_waiting if self.batcher is not None else 0
@@ -185,7 +222,7 @@ async def healthz() -> dict:
 @router.get("/readyz", tags=["operations"])
 async def readyz(request: Request) -> JSONResponse:
     """The engines are open: the service can edit."""
-    ready = backend_of(request).service.ready
+    ready = await backend_of(request).ready()
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
@@ -200,22 +237,22 @@ async def metrics(request: Request) -> Response:
 async def learn_attribute(request: Request, body: LearnRequest) -> dict:
     """Learn an attribute from one prompt pair; the same request again gives the same id."""
     backend = backend_of(request)
-    return await _timed(backend, backend.call(backend.service.learn, body.source, body.target, body.seed, body.knobs))
+    return await _timed(backend, backend.learn(body.source, body.target, body.seed, body.knobs))
 
 
 @router.get("/v1/attributes", tags=["attributes"], response_model=list[AttributeInfo])
 async def list_attributes(request: Request) -> list[dict]:
-    return backend_of(request).service.store.list()
+    return await backend_of(request).attributes()
 
 
 @router.get("/v1/attributes/{attr_id}", tags=["attributes"], response_model=AttributeInfo)
 async def get_attribute(request: Request, attr_id: str) -> dict:
-    return backend_of(request).service.store.describe(attr_id)
+    return await backend_of(request).attribute(attr_id)
 
 
 @router.delete("/v1/attributes/{attr_id}", tags=["attributes"], status_code=204)
 async def delete_attribute(request: Request, attr_id: str) -> Response:
-    backend_of(request).service.store.delete(attr_id)
+    await backend_of(request).delete_attribute(attr_id)
     return Response(status_code=204)
 
 
@@ -225,11 +262,10 @@ async def create_edit(request: Request) -> dict:
     backend = backend_of(request)
     body = await _edit_request(request)
     image = _base64_image(body.image) if body.image is not None else None
-    job = backend.service.edit_job(body.prompt, body.attributes, body.strength, body.seeds, image, body.target_prompt)
-    outcome = await _timed(backend, backend.edit(job))
-    if isinstance(outcome, Exception):
-        raise outcome
-    seeds = job.seeds or [None]
+    fields = EditRequestFields(body.prompt, body.attributes, body.strength, body.seeds, image, body.target_prompt)
+    outcome = await _timed(backend, backend.edit(fields))
+    backend.metrics.batch_images.observe(outcome.batch_images)
+    seeds = body.seeds or [None]
     return {"edits": [{"image": _b64(edited), "source": _b64(source) if source else None, "seed": seed,
                        "target_prompt": target}
                       for edited, source, seed, target in zip(outcome.edited, outcome.sources or [None] * len(seeds),
@@ -240,7 +276,7 @@ async def create_edit(request: Request) -> dict:
 @router.post("/v1/generate", tags=["edits"], response_model=GenerateResponse)
 async def generate(request: Request, body: GenerateRequest) -> dict:
     backend = backend_of(request)
-    png = await _timed(backend, backend.call(backend.service.generate, body.prompt, body.seed, body.steps, body.guidance))
+    png = await _timed(backend, backend.generate(body.prompt, body.seed, body.steps, body.guidance))
     return {"image": _b64(png)}
 
 
@@ -251,9 +287,9 @@ async def page() -> FileResponse:
 
 async def _timed(backend: Backend, work):
     try:
-        return await asyncio.wait_for(work, backend.service.settings.request_timeout_s)
+        return await asyncio.wait_for(work, backend.settings.request_timeout_s)
     except TimeoutError:
-        raise RequestTimeout(f"the request took longer than {backend.service.settings.request_timeout_s:g} s and was "
+        raise RequestTimeout(f"the request took longer than {backend.settings.request_timeout_s:g} s and was "
                              f"given up; the service is overloaded or the request too large.") from None
 
 
@@ -261,10 +297,18 @@ class RequestTimeout(SvdeditError):
     pass
 
 
+class ServiceError(SvdeditError):
+    """An error that crossed a process boundary (a Ray replica's), with the status it is answered with."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.status, self.field, self.retry_after_s = status, field, retry_after_s
+
+
 async def _edit_request(request: Request) -> EditRequest:
     """The edit's fields from JSON or from a multipart form (whose image file is read into base64)."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        limit = backend_of(request).service.settings.max_upload_bytes
+        limit = backend_of(request).settings.max_upload_bytes
         form = await request.form(max_files=1, max_fields=10)
         upload = form.get("image")
         if upload is None or isinstance(upload, str):
@@ -304,8 +348,8 @@ def _b64(png: bytes) -> str:
 # --------------------------------------------------------------------------------------------------
 # Errors, request limits, metrics
 # --------------------------------------------------------------------------------------------------
-STATUS = [(InvalidRequestError, 422), (ImageTooLargeError, 413), (NotFoundError, 404), (AttributeFileError, 409),
-          (BusyError, 503), (RequestTimeout, 504), (SvdeditError, 400)]
+STATUS = [(InvalidRequestError, 422), (NonFiniteLatentError, 422), (ImageTooLargeError, 413), (NotFoundError, 404),
+          (AttributeFileError, 409), (BusyError, 503), (RequestTimeout, 504), (SvdeditError, 400)]
 
 
 def error_response(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -313,10 +357,15 @@ def error_response(status: int, message: str, field: str | None = None, headers:
                         headers=headers)
 
 
+def status_of(exc: SvdeditError) -> int:
+    """The HTTP status a user-facing error is answered with."""
+    return exc.status if isinstance(exc, ServiceError) else next(code for kind, code in STATUS if isinstance(exc, kind))
+
+
 async def _svdedit_error(request: Request, exc: SvdeditError) -> JSONResponse:
-    status = next(code for kind, code in STATUS if isinstance(exc, kind))
-    headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, BusyError) else None
-    return error_response(status, str(exc), getattr(exc, "field", None), headers)
+    retry = getattr(exc, "retry_after_s", None)
+    headers = {"Retry-After": str(max(1, round(retry)))} if retry else None
+    return error_response(status_of(exc), str(exc), getattr(exc, "field", None), headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -401,6 +450,6 @@ def create_app(backend: Backend) -> FastAPI:
         backend.metrics.observe(request.method, route, response.status_code, time.perf_counter() - t0)
         return response
 
-    limit = backend.service.settings.max_upload_bytes * 4 // 3 + 2**20  # base64's third, and room for the rest
+    limit = backend.settings.max_upload_bytes * 4 // 3 + 2**20  # base64's third, and room for the rest
     app.add_middleware(BodyLimit, limit=limit)
     return app

@@ -29,13 +29,12 @@ class _Waiting:
 
 class MicroBatcher:
     def __init__(self, run_batch: Callable[[list], list], executor: Executor, max_batch: int, max_wait_ms: float,
-                 max_queue: int, on_batch: Callable[[int], None] = lambda images: None):
+                 max_queue: int):
         self.run_batch = run_batch
         self.executor = executor
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue = max_queue
-        self.on_batch = on_batch
         self.pending: list[_Waiting] = []
         self.images_waiting = 0          # queued or running: what max_queue bounds
         self._wake = asyncio.Event()
@@ -97,7 +96,6 @@ class MicroBatcher:
                     images += w.images
                 if not batch:  # every job of it gave up while it formed
                     continue
-                self.on_batch(images)
                 try:
                     outcomes = await loop.run_in_executor(self.executor, self.run_batch, [w.job for w in batch])
                 except Exception as exc:  # noqa: BLE001  (a bug in run_batch: every request of the batch hears of it)

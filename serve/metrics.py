@@ -20,8 +20,8 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.queue = Gauge("svdedit_queue_images", "images waiting for or in a batch", registry=self.registry)
         self.queue.set_function(queue_images)
-        self.batch_images = Histogram("svdedit_batch_images", "images per batch of edits", buckets=BATCH_BUCKETS,
-                                      registry=self.registry)
+        self.batch_images = Histogram("svdedit_batch_images", "images in the batch each edit request ran in",
+                                      buckets=BATCH_BUCKETS, registry=self.registry)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, method=method, status=str(status)).inc()

@@ -28,10 +28,10 @@ def run_ray(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, 
     import ray
     from ray import serve
 
-    from svdedit.serve.ray_app import deployment
+    from svdedit.serve.ray_app import application
 
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
-    app = deployment(settings, replicas, cpus_per_replica, gpus_per_replica, autoscaling).bind(settings)
+    app = application(settings, replicas, cpus_per_replica, gpus_per_replica, autoscaling)
     return serve.run(app, name="svdedit", route_prefix="/", blocking=blocking)

@@ -2,7 +2,7 @@
 
     service = EditService(ServeSettings(engine_dir))
     service.open()                                  # the engines, once per process
-    job = service.edit_job(prompt=..., attribute_ids=[...], strength=0.8, seeds=[1, 2])   # validated
+    job = service.edit_job(EditRequestFields(prompt, [attribute_id], strength=0.8, seeds=[1, 2]))   # checked
     outcomes = service.run_batch([job, other_job])  # one batch: shared UNet calls where the knobs agree
 
 `run_batch` is what both front ends feed: the local micro-batcher under uvicorn (batching.py) and
@@ -32,6 +32,18 @@ from svdedit.serve.settings import ServeSettings, default_store_root
 from svdedit.serve.store import AttributeStore
 
 log = logging.getLogger("svdedit.serve")
+
+
+@dataclass
+class EditRequestFields:
+    """An edit request as the client sent it (not yet checked)."""
+
+    prompt: str
+    attributes: list[str]
+    strength: float = 1.0
+    seeds: list[int] | None = None
+    image: bytes | None = None         # the file's bytes
+    target_prompt: str | None = None
 
 
 @dataclass
@@ -97,10 +109,12 @@ class EditService:
             raise BusyError("the engines are still loading; try again in a few seconds.", retry_after_s=2.0)
 
     # ---- requests into jobs (validated before they wait in a queue) ----
-    def edit_job(self, prompt: str, attribute_ids: Sequence[str], strength: float = 1.0,
-                 seeds: Sequence[int] | None = None, image: bytes | None = None,
-                 target_prompt: str | None = None) -> EditJob:
+    def edit_job(self, request: EditRequestFields) -> EditJob:
+        """The request checked against the limits and the store, as a job ready to batch; InvalidRequestError
+        (naming the field), NotFoundError or ImageTooLargeError otherwise."""
         self._require_ready()
+        prompt, attribute_ids, strength = request.prompt, request.attributes, request.strength
+        seeds, image, target_prompt = request.seeds, request.image, request.target_prompt
         s = self.settings
         self._check_prompt("prompt", prompt)
         if target_prompt is not None:
@@ -192,6 +206,10 @@ class EditService:
         return out
 
     # ---- the rest ----
+    def attributes(self) -> AttributeStore:
+        self._require_ready()
+        return self.store
+
     def learn(self, source: str, target: str, seed: int = 0, knobs: dict | None = None) -> dict:
         """Learn an attribute, store it, and describe it (with its id)."""
         self._require_ready()

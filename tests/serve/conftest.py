@@ -4,25 +4,18 @@ replicas on the CPU); the same tests run against both. Each gets its own attribu
 from __future__ import annotations
 
 import importlib.util
-import socket
 import threading
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from benchmarks.serving import free_port, wait_ready
 
 from tests.conftest import requires_torch
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 #: small limits, so that the tests can reach them cheaply
 TEST_LIMITS = dict(max_upload_bytes=300_000, max_pixels=4_000_000, max_seeds=4, max_prompt_chars=120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ThreadServer:
@@ -47,18 +40,6 @@ class ThreadServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
-
-
-def wait_ready(url: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not become ready in {timeout} s")
 
 
 def local_server(engine: Path, store: Path, **settings) -> ThreadServer:
