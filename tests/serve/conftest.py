@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -76,16 +77,22 @@ def ray_server(port: int, engine: Path, store: Path, replicas: int = 2, **settin
     return url
 
 
+@dataclass
+class Running:
+    url: str      # the server's base URL
+    store: Path   # its attribute store folder
+
+
 @pytest.fixture(scope="module", params=["uvicorn", pytest.param("ray", marks=pytest.mark.ray)])
 def server(request, shapes_engine, tmp_path_factory):
-    """The base URL of a running server of the embedded model (uvicorn, or Ray Serve with two replicas)."""
+    """A running server of the embedded model (uvicorn, or Ray Serve with two model replicas)."""
     store = tmp_path_factory.mktemp(f"store-{request.param}")
     if request.param == "uvicorn":
         s = local_server(shapes_engine, store, **TEST_LIMITS)
-        yield s.url
+        yield Running(s.url, store)
         s.stop()
     else:
-        yield ray_server(request.getfixturevalue("ray_cluster"), shapes_engine, store, **TEST_LIMITS)
+        yield Running(ray_server(request.getfixturevalue("ray_cluster"), shapes_engine, store, **TEST_LIMITS), store)
         from ray import serve
 
         serve.delete("svdedit")

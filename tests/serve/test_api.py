@@ -19,7 +19,7 @@ PROMPT = "a small red square on the left"
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server, timeout=180) as c:
+    with httpx.Client(base_url=server.url, timeout=180) as c:
         yield c
 
 
@@ -164,3 +164,18 @@ def test_metrics_count_requests_batches_and_the_queue(client, attr_id):
     assert 'svdedit_requests_total{method="POST",route="/v1/edits",status="200"}' in text
     assert "svdedit_request_seconds_bucket" in text and "svdedit_batch_images_count" in text
     assert "svdedit_queue_images" in text
+
+
+def test_an_attribute_of_another_model_is_a_409(client, server, engine_dirs):
+    """A file in the store learned on another engine (the tiny SD 1.x fixture): listed nowhere, refused by id."""
+    from svdedit.runtime.editing import Editor, Knobs
+    from svdedit.runtime.pipeline import Pipeline
+    from svdedit.serve.store import AttributeStore
+
+    with Pipeline(engine_dirs["sd1"]) as pipe:
+        other = Editor(pipe).learn("a red cat", "a blue cat", knobs=Knobs(steps=10, iters=5))
+    other_id = AttributeStore(server.store, "not this model").save(other)
+    r = client.post("/v1/edits", json={"prompt": "a small red square", "attributes": [other_id], "seeds": [1]})
+    assert r.status_code == 409 and "another model" in r.json()["error"]["message"], r.text
+    assert client.get(f"/v1/attributes/{other_id}").status_code == 409
+    assert other_id not in {a["id"] for a in client.get("/v1/attributes").json()}
