@@ -12,11 +12,18 @@ in the same run:
 - AVI with each of its four losses switched off in turn (the paper's ablation);
 - AVI as the paper reads literally: continuing with the *source* prompt after T_x;
 - (a) regenerating with the target prompt from the same noise;
-- (b) DDIM-inverting the source image (guidance 1) and sampling the target prompt (guidance as AVI).
+- (b) DDIM-inverting the source image (guidance 1) and sampling the target prompt (guidance as AVI);
+- (c) no injection: the source prompt to T_x, then the target prompt (y = x): what switching the prompt
+  alone does, so that AVI's rows show what the learned injection adds;
+- (d) the untrained MLP (--iters 0: S = f, x plus z's top-k part).
+
+Then the studies of benchmarks/edit_studies.py on the same attributes: strength (a continuous reading at
+strengths 0 to 1, raw blend against the calibrated scale, with strips of images), transfer (every prompt
+of the world with the source attribute) and real images without their caption.
 
 Scores (models/shapes_data.score_edit): success = the target attribute is read on the edited image;
 identity = the three other attributes read as on the source image; PSNR outside both shapes (grown by
-3 px). Writes benchmarks/results/edit_quality.{json,md} and edit_quality_examples.png.
+3 px). Writes benchmarks/results/edit_quality.{json,md}, edit_quality_examples.png and edit_strength.png.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import edit_studies as studies
 from benchmarks.bench_runtime import ensure_engine
 from benchmarks.machine import describe
 from models.shapes_data import Attributes, render, sample_attributes, score_edit
@@ -79,17 +87,23 @@ def run_pair(editor, pair: EditPair, n_seeds: int, n_renders: int, batch: int, l
     knobs = Knobs()
     learn_target = pair.learn_prompt.replace(pair.source, pair.target)
     t0 = time.perf_counter()
-    attr = editor.learn(pair.learn_prompt, learn_target, seed=0, knobs=knobs)
+    attr = editor.learn(pair.learn_prompt, learn_target, seed=0, knobs=knobs.replace(calibration_seeds=0))
     learn_s = time.perf_counter() - t0
-    variants = {"AVI, " + name: editor.learn(pair.learn_prompt, learn_target, seed=0, knobs=knobs.replace(**{w: 0.0}))
+    attr = dataclasses.replace(attr, knobs=knobs)
+    attr = dataclasses.replace(attr, strength_map=editor.calibrate(attr))  # what learn(knobs) does, timed apart
+    calibrate_s = time.perf_counter() - t0 - learn_s
+    variants = {"AVI, " + name: editor.learn(pair.learn_prompt, learn_target, seed=0,
+                                            knobs=knobs.replace(**{w: 0.0}, calibration_seeds=0))
                 for name, w in ABLATIONS.items()}
     variants["AVI, source continuation (paper, literal)"] = dataclasses.replace(
         attr, knobs=knobs.replace(continuation="source"))
+    variants["(d) untrained MLP (--iters 0)"] = editor.learn(pair.learn_prompt, learn_target, seed=0,
+                                                            knobs=knobs.replace(iters=0, calibration_seeds=0))
     generated, examples = _on_generated(editor, pair, attr, variants, n_seeds, batch, log)
     real, real_pictures = _on_renders(editor, pair, attr, n_renders, batch)
     return {"learn_prompt": pair.learn_prompt, "learn_target": learn_target, "learn_seconds": learn_s,
-            "losses": attr.losses, "generated": generated, "real_renders": real}, {"examples": examples,
-                                                                                  "real": real_pictures}
+            "calibrate_seconds": calibrate_s, "losses": attr.losses, "strength_map": attr.strength_map, "generated": generated, "real_renders": real,
+            "attribute": attr}, {"examples": examples, "real": real_pictures}
 
 
 def _on_generated(editor, pair: EditPair, attr, variants: dict, n_seeds: int, batch: int, log) -> tuple[dict, list]:
@@ -116,6 +130,8 @@ def _on_generated(editor, pair: EditPair, attr, variants: dict, n_seeds: int, ba
             out[f"AVI strength {a}"], _ = editor.edit_latents(Recipe.for_all([attr], a, n), x, z, e_src, e_tgt, knobs)
         for name, variant in variants.items():
             out[name], _ = editor.edit_latents(Recipe.for_all([variant], 1.0, n), x, z, e_src, e_tgt, variant.knobs)
+        out["(c) no injection: switch the prompt at T_x"], _ = editor.finish(Recipe.for_all([attr], 1.0, n), x, z, x,
+                                                                             e_src, e_tgt, knobs)
         out["(a) regenerate with target prompt"] = pipe.denoise(z, e_tgt, knobs.steps, knobs.guidance, start=i_z).latent
         src_img = pipe.decode(x_end)
         traj = pipe.invert_latents(pipe.encode(src_img), e_src, knobs.steps, 1.0)
@@ -182,7 +198,8 @@ def markdown(res: dict) -> str:
              "success = target attribute read on the edit; identity = the other three attributes unchanged; "
              "both = success and identity; PSNR outside both shapes (grown 3 px), median.", ""]
     for attr, r in res["pairs"].items():
-        lines += [f"## {attr}: {r['learn_prompt']!r} -> {r['learn_target']!r} (learned in {r['learn_seconds']:.2f} s)", "",
+        lines += [f"## {attr}: {r['learn_prompt']!r} -> {r['learn_target']!r} (learned in {r['learn_seconds']:.2f} s, "
+                  f"strength scale calibrated in {r['calibrate_seconds']:.1f} s)", "",
                   f"Source images showing the source attribute: {r['generated']['source image shows the source attribute']:.0%}", "",
                   "| generated images | success | identity | both | PSNR outside (dB) |", "|---|---|---|---|---|"]
         for name, s in r["generated"].items():
@@ -209,23 +226,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=100)
     ap.add_argument("--renders", type=int, default=20)
     ap.add_argument("--batch", type=int, default=25)
+    ap.add_argument("--strength-seeds", type=int, default=12, help="held-out seeds of the strength study")
+    ap.add_argument("--transfer-seeds", type=int, default=2, help="seeds per prompt of the transfer study")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     engine = ensure_engine(MODEL, args.engine)
     t0 = time.perf_counter()
     res = {"machine": describe(), "seeds": args.seeds, "renders": args.renders, "knobs": asdict(Knobs()), "pairs": {}}
     pictures = {}
+    strips = {}
+    log = lambda m: print(m, flush=True)  # noqa: E731
     with Pipeline(engine) as pipe:
         editor = Editor(pipe)
         for pair in PAIRS:
-            res["pairs"][pair.attribute], pictures[pair.attribute] = run_pair(
-                editor, pair, args.seeds, args.renders, args.batch, log=lambda m: print(m, flush=True))
+            r, pictures[pair.attribute] = run_pair(editor, pair, args.seeds, args.renders, args.batch, log)
+            attr = r.pop("attribute")
+            r["strength"], strips[pair.attribute] = studies.strength(editor, pair, attr, args.strength_seeds)
+            log(f"  {pair.attribute}: strength done")
+            r["transfer"] = studies.transfer(editor, pair, attr, args.transfer_seeds, args.batch)
+            log(f"  {pair.attribute}: transfer done")
+            r["captions"] = studies.captions(editor, pair, attr, args.renders, args.batch)
+            res["pairs"][pair.attribute] = r
     res["wall_seconds"] = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "edit_quality.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / "edit_quality.md").write_text(markdown(res))
+    (args.out / "edit_quality.md").write_text(markdown(res) + studies.markdown(res))
     grid_png(pictures, args.out / "edit_quality_examples.png")
-    print(markdown(res))
+    studies.strip_png(strips, args.out / "edit_strength.png")
+    print(markdown(res) + studies.markdown(res))
     return 0
 
 

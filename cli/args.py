@@ -89,6 +89,8 @@ KNOB_HELP = {
     "w_source": "weight of the source loss L2 (0 = off)", "w_target_sv": "weight of the target singular-value loss L3",
     "w_source_sv": "weight of the source singular-value loss L4", "iters": "Adam steps", "lr": "Adam learning rate",
     "inversion_guidance": "guidance of the DDIM inversion of real images",
+    "uncaptioned_guidance": "guidance of the edit of a real image whose caption does not contain the attribute's word",
+    "calibration_seeds": "seeds of the learning pair that calibrate the strength scale (0 = strength is the raw blend)",
 }
 
 

@@ -23,10 +23,12 @@ and the prompts, knobs, format version and the engine's manifest hash as JSON me
 
 EDIT_DESCRIPTION = """\
 Apply one or more learned attributes. Generated images: --prompt and --seed/--seeds (the source
-image is generated too). Real images: --image FILE or a folder, with --prompt describing them (they
-are DDIM-inverted first). The target prompt of each image is its prompt with the attribute's word
-change applied (red -> blue), unless --target-prompt gives it. Writes the edited image and a
-'source | edited' strip per image, and prints one JSON line per image.
+image is generated too). Real images: --image FILE or a folder, with --prompt as their caption if you
+have one (they are DDIM-inverted first). The target prompt of each image is its prompt with the
+attribute's word change applied (red -> blue), unless --target-prompt gives it; an image whose caption
+does not contain the attribute's word (or has none) is edited along the attribute's own prompt pair
+instead, at the attribute's --uncaptioned-guidance. Writes the edited image and a 'source | edited'
+strip per image, and prints one JSON line per image saying which prompts were used.
 """
 
 
@@ -43,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "edit", run_edit, "apply attributes to generated or real images", description=EDIT_DESCRIPTION)
     engine_args(p)
     p.add_argument("--attr", required=True, action="append", metavar="ATTR", help="an attribute file (repeatable)")
-    p.add_argument("--prompt", required=True, help="the prompt of the source image(s)")
+    p.add_argument("--prompt", help="the prompt of the source image(s): needed for --seeds; for --image its caption, "
+                                    "which may be partial or left out (then the image is inverted without one and "
+                                    "edited along the attributes' own prompt pairs; the JSON line says so)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--seed", type=seeds, dest="seeds", help="seed of the generated source image")
     what.add_argument("--seeds", type=seeds, dest="seeds", help="several seeds: 0-99, 1,5,9")
@@ -139,6 +143,9 @@ def run_edit(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise SvdeditError("--batch must be at least 1.")
     files = _image_list(args.image) if args.image else None
+    if files is None and not args.prompt:
+        raise SvdeditError("--seeds generate their source images from --prompt; give one (e.g. --prompt "
+                           "\"a small red square on the left\").")
     loaded = [load_image(f) for f in files] if files else None  # a bad image fails before the engines load
     count = len(files) if files else len(args.seeds)
     out = Path(args.output)
@@ -153,7 +160,7 @@ def run_edit(args: argparse.Namespace) -> int:
         bar, progress = progress_bar("edit", unit="image")
         if files:
             images = np.stack([fit(img, pipe.size) for img in loaded])
-            result = editor.edit_images(attrs, images, [args.prompt] * count, strength=args.strength,
+            result = editor.edit_images(attrs, images, [args.prompt or ""] * count, strength=args.strength,
                                         target_prompts=targets, batch=args.batch, progress=progress)
             names = [f.stem for f in files]
         else:

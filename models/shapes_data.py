@@ -175,6 +175,27 @@ def read_attributes(img: np.ndarray) -> dict:
     return {"shape": shape, "colour": colour, "size": size, "position": position, "area": area}
 
 
+#: the continuous reading behind each attribute (what `measure` returns), and its unit
+READINGS = {"colour": ("hue", "degrees from red"), "size": ("extent", "px"), "position": ("centroid_x", "px"),
+            "shape": ("fill", "of the bounding box")}
+
+
+def measure(img: np.ndarray) -> dict:
+    """Continuous readings of the shape behind read_attributes' four names (NaN where no shape is found):
+    hue (degrees, signed, red = 0, blue = -126), extent (the bounding box's larger side, px), centroid_x
+    (px), fill (the shape's share of its bounding box: square ~1, circle ~0.79, triangle ~0.5)."""
+    mask = object_mask(img)
+    if mask.sum() < 20:
+        return {"hue": float("nan"), "extent": float("nan"), "centroid_x": float("nan"), "fill": float("nan")}
+    ys, xs = np.nonzero(mask)
+    hue, _ = _hue_saturation(img[mask])
+    ang = np.deg2rad(hue)
+    mean = float(np.rad2deg(np.arctan2(np.sin(ang).mean(), np.cos(ang).mean())))
+    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    return {"hue": (mean + 180.0) % 360.0 - 180.0, "extent": float(max(h, w)), "centroid_x": float(xs.mean()),
+            "fill": float(mask.sum() / (h * w))}
+
+
 def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
     """Grow a boolean mask by `pixels` (4-neighbourhood steps)."""
     out = mask.copy()

@@ -169,7 +169,8 @@ class AttributeInfo(BaseModel):
 
 
 class EditRequest(BaseModel):
-    prompt: str = Field(description="the prompt of the source image(s), e.g. 'a small red square on the left'")
+    prompt: str = Field("", description="the prompt of the generated images (needed with seeds), or the image's "
+                                        "caption (may be partial or empty), e.g. 'a small red square on the left'")
     attributes: list[str] = Field(description="ids of learned attributes, applied together")
     strength: float = Field(1.0, description="0 = unchanged, 1 = the learned edit, >1 extrapolates")
     seeds: list[int] | None = Field(None, description="edit generated images: one per seed")

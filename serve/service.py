@@ -52,7 +52,7 @@ class EditJob:
 
     recipe: Recipe
     prompt: str
-    target_prompt: str
+    target_prompt: str | None          # None: an image without a usable caption (Editor.edit_images_with)
     seeds: list[int] | None = None
     image: np.ndarray | None = None    # float32 (3, H, W) in [-1, 1], fitted to the model's size
 
@@ -122,6 +122,9 @@ class EditService:
         if (seeds is None) == (image is None):
             raise InvalidRequestError("seeds", "give either seeds (to edit generated images) or an image, not both "
                                                "and not neither.")
+        if seeds is not None and not prompt:
+            raise InvalidRequestError("prompt", "seeds are generated from the prompt; give one (an image may come "
+                                                "without a caption, seeds may not).")
         if seeds is not None and not 1 <= len(seeds) <= s.max_seeds:
             raise InvalidRequestError("seeds", f"{len(seeds)} seeds given; one request takes 1 to {s.max_seeds} "
                                                f"(send several requests for more).")
@@ -140,9 +143,10 @@ class EditService:
             raise InvalidRequestError("attributes", str(exc)) from None
         if target_prompt is None:
             try:
-                target_prompt = Editor.targets(attrs, [prompt])[0]  # a prompt without the attribute's word fails here
-            except SvdeditError as exc:
-                raise InvalidRequestError("prompt", str(exc)) from None
+                target_prompt = Editor.targets(attrs, [prompt])[0]
+            except SvdeditError as exc:  # a prompt without the attribute's word: fine for an image, not for seeds
+                if seeds is not None:
+                    raise InvalidRequestError("prompt", str(exc)) from None
         fitted = None
         if image is not None:
             if len(image) > s.max_upload_bytes:

@@ -22,9 +22,11 @@ chain rule through the MLP (written out in `loss_and_grads`, checked against fin
 tests/runtime/editing/test_avi.py). The MLP sees all channels of a latent at once: input and output are
 (C * 2k) vectors. Its last layer starts at zero, so training starts from S = f.
 
-Strength alpha blends latents: y(alpha) = x + alpha (y - x). With the tail on this is exactly the
-same as blending the singular values ((1 - alpha) [S_x, 0] + alpha S), since y is linear in S and
-the tail is x's; alpha = 0 is x itself, alpha > 1 extrapolates.
+Alpha blends latents: y(alpha) = x + alpha (y - x). With the tail on this is exactly the same as
+blending the singular values ((1 - alpha) [S_x, 0] + alpha S), since y is linear in S and the tail is
+x's; alpha = 0 is x itself, alpha > 1 extrapolates. The image does not follow alpha linearly (a layout
+change snaps between 0.6 and 0.85); the strength a user gives is mapped to alpha by a scale
+calibrated when the attribute is learned (Attribute.blend, Editor.calibrate).
 """
 
 from __future__ import annotations
@@ -182,17 +184,31 @@ class Attribute:
     source: str
     target: str
     knobs: Knobs
-    engine: str          # contract.engine_identity of the engine dir it was learned on
+    engine: str          # the identity of the engine dir it was learned on (Manifest.identity)
     latent_shape: tuple  # (C, h, w) it was learned on
     seed: int
     losses: dict
+    #: the strength scale, calibrated at learning ((strength, blend) pairs from 0 to 1; () = blend = strength)
+    strength_map: tuple = ()
+
+    def blend(self, strength: float) -> float:
+        """The blend alpha of y(alpha) = x + alpha (y - x) that gives `strength` of this attribute's change.
+
+        Learning measures, on the learning pair, how far the final image moves towards the full edit as alpha
+        grows (Editor.calibrate); strength is that fraction, so that equal steps of strength make equal steps
+        of change. 0 and 1 are unchanged (the source; the learned edit); beyond [0, 1] alpha = strength."""
+        if not self.strength_map or not 0.0 < strength < 1.0:
+            return float(strength)
+        s, a = zip(*self.strength_map)
+        return float(np.interp(strength, s, a))
 
     def save(self, path: str | Path) -> Path:
         from safetensors.numpy import save
 
         meta = {"format_version": FORMAT_VERSION, "source": self.source, "target": self.target,
                 "knobs": asdict(self.knobs), "engine_manifest_sha256": self.engine,
-                "latent_shape": list(self.latent_shape), "seed": self.seed, "losses": self.losses}
+                "latent_shape": list(self.latent_shape), "seed": self.seed, "losses": self.losses,
+                "strength_map": [list(pair) for pair in self.strength_map]}
         blob = save({n: np.ascontiguousarray(np.asarray(v, np.float32)) for n, v in self.params.items()},
                     metadata={"svdedit": json.dumps(meta)})
         return atomic_write_bytes(Path(path), blob)
@@ -223,5 +239,6 @@ class Attribute:
                                      f"do not transfer between models. Learn it again on this engine.")
         known = {f.name for f in fields(Knobs)}
         knobs = Knobs(**{n: v for n, v in meta["knobs"].items() if n in known})
+        strength_map = tuple((float(s), float(a)) for s, a in meta.get("strength_map", []))  # absent before 0.1.1
         return cls(params, meta["source"], meta["target"], knobs, meta["engine_manifest_sha256"],
-                   tuple(meta["latent_shape"]), int(meta["seed"]), meta["losses"])
+                   tuple(meta["latent_shape"]), int(meta["seed"]), meta["losses"], strength_map)

@@ -28,6 +28,7 @@ Pipeline's DDIM driver (``Pipeline.denoise`` / ``invert_latents``), which stops 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -121,7 +122,15 @@ class EditResult:
     source: np.ndarray            # uint8 (B, H, W, 3): the unedited image (generated, or the input as fitted)
     edited: np.ndarray            # uint8 (B, H, W, 3)
     source_prompts: list[str]
-    target_prompts: list[str]
+    target_prompts: list[str]     # as derived; for an image without a usable caption, what was done instead
+
+#: the width (in alpha) of the smoothing of the calibration curve: measured on the four attributes of the embedded
+#: model (benchmarks/results/edit_quality.md, strength): 0 left size and position with steps of 0.32 and 0.40,
+#: 0.075 brought them to 0.24 and 0.26 (colour 0.23 either way), 0.1 made position worse again (0.36)
+CALIBRATION_SMOOTHING = 0.075
+
+#: what an image without a usable caption is edited towards, in words (EditResult.target_prompts)
+UNCAPTIONED = "(no caption to rewrite: the caption's embedding moved by the attributes' own prompt pairs)"
 
 
 class Editor:
@@ -167,7 +176,7 @@ class Editor:
                 pair = avi.decompose(xs, z[lo:hi], knobs.k, knobs.tail)
                 y = xs.copy()
                 for a in recipe.attributes:
-                    y = y + (avi.apply(a.params, pair, recipe.strength) - xs)
+                    y = y + (avi.apply(a.params, pair, a.blend(recipe.strength)) - xs)
                 parts.append(y)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
@@ -178,7 +187,7 @@ class Editor:
         and y is injected again at each. Returns the edited latents and, `with_source`, the source trajectory x
         finished alongside in the same batch (else None)."""
         i_x, _ = edit_step(self.pipe.schedule, knobs)
-        alpha = np.array([r.strength for r in recipes], np.float32)[:, None, None]
+        alpha = np.array([np.mean([a.blend(r.strength) for a in r.attributes]) for r in recipes], np.float32)[:, None, None]
         e_cont = e_src + alpha * (e_tgt - e_src) if knobs.continuation == "target" else e_src
         n, i = len(x), i_x
         for _ in range(knobs.window - 1):
@@ -212,8 +221,51 @@ class Editor:
         pair = avi.decompose(x, z, knobs.k, knobs.tail)
         params, losses = avi.train(pair, knobs, seed=seed, progress=progress)
         params = {n: np.asarray(v.get() if hasattr(v, "get") else v, np.float32) for n, v in params.items()}
-        return Attribute(params, source, target, knobs, self.engine_hash, tuple(x.shape[1:]), seed,
+        attr = Attribute(params, source, target, knobs, self.engine_hash, tuple(x.shape[1:]), seed,
                          {n: round(float(v), 6) for n, v in losses.items()})
+        return dataclasses.replace(attr, strength_map=self.calibrate(attr)) if knobs.calibration_seeds else attr
+
+    def calibrate(self, attr: Attribute, grid: int = 17, batch: int = 16, smooth: float = CALIBRATION_SMOOTHING) -> tuple:
+        """The strength scale of `attr`: (strength, alpha) pairs such that equal steps of strength move the image
+        by equal steps towards the full edit, measured on the learning pair itself.
+
+        The learning pair is edited from knobs.calibration_seeds other seeds at `grid` alphas from 0 to 1; the
+        progress of each image is its projection onto the full change, (I(a) - I(0)) . (I(1) - I(0)) / |I(1) -
+        I(0)|^2, in pixels; the median over the seeds, smoothed over alpha (a Gaussian of width `smooth`: an image
+        switches at a threshold of its own, which the learning pair's few seeds place too narrowly), made
+        monotone, is inverted. No reader of the image's content is used: it works for any model. () when the
+        edit does not move the image measurably."""
+        knobs = attr.knobs
+        n = knobs.calibration_seeds
+        alphas = np.linspace(0.0, 1.0, grid)
+        e = self.pipe.encode_prompt([attr.source] * n + [attr.target] * n)
+        x, z = self.sample_pair(np.concatenate([self.pipe.noise(attr.seed + 1 + i) for i in range(n)]), e[:n], e[n:],
+                                knobs)
+        raw = dataclasses.replace(attr, strength_map=())
+        per_chunk = max(1, batch // n)
+        images = []
+        for c0 in range(0, grid, per_chunk):
+            chunk = alphas[c0:c0 + per_chunk]
+            recipes = [Recipe((raw,), float(a)) for a in chunk for _ in range(n)]
+            tile = len(chunk)
+            lat, _ = self.edit_latents(recipes, np.tile(x, (tile, 1, 1, 1)), np.tile(z, (tile, 1, 1, 1)),
+                                       np.tile(e[:n], (tile, 1, 1)), np.tile(e[n:], (tile, 1, 1)), knobs)
+            images.append(self.pipe.decode(lat).reshape(tile, n, -1))
+        images = np.concatenate(images).astype(np.float64)                           # (grid, n, pixels)
+        full = images[-1] - images[0]
+        norm = (full * full).sum(-1)
+        if np.median(np.sqrt(norm / full.shape[-1])) < 1e-3:
+            return ()
+        progress = ((images - images[0]) * full).sum(-1) / np.maximum(norm, 1e-12)   # (grid, n)
+        curve = np.clip(np.median(progress, axis=1), 0.0, 1.0)
+        if smooth > 0:
+            weights = np.exp(-0.5 * ((alphas[:, None] - alphas[None, :]) / smooth) ** 2)
+            curve = (weights * curve[None, :]).sum(1) / weights.sum(1)
+        curve = np.maximum.accumulate(curve)
+        curve = (curve - curve[0]) / max(curve[-1] - curve[0], 1e-9)
+        strengths = np.linspace(0.0, 1.0, grid)
+        inverse = np.interp(strengths, curve + np.arange(grid) * 1e-9, alphas)  # strictly increasing for interp
+        return tuple((round(float(s), 4), round(float(a), 4)) for s, a in zip(strengths, inverse))
 
     # ---- applying ----
     def check(self, recipes: Sequence[Recipe]) -> Knobs:
@@ -267,7 +319,7 @@ class Editor:
         if len(prompts) != len(seeds):
             raise SvdeditError(f"{len(prompts)} prompts for {len(seeds)} seeds; give one prompt per seed (or one for all).")
         sources, edits = [], []
-        for sl, e_src, e_tgt in self._batches(prompts, tgts, batch, progress):
+        for sl, e_src, e_tgt in self._batches(prompts, tgts, recipes, batch, progress):
             x_T = np.concatenate([self.pipe.noise(int(s)) for s in seeds[sl]])                         # 1.
             x, z = self.sample_pair(x_T, e_src, e_tgt, knobs)                                            # 2.
             y, x_0 = self.edit_latents(recipes[sl], x, z, e_src, e_tgt, knobs, with_source=True)        # 3., 4.
@@ -280,36 +332,74 @@ class Editor:
     def edit_images_with(self, recipes: Sequence[Recipe], images: np.ndarray, prompts: Sequence[str],
                          target_prompts: Sequence[str] | None = None, batch: int = 16,
                          progress: Progress | None = None) -> EditResult:
-        """edit_images with a recipe per image (attributes and strength may differ from image to image)."""
-        knobs, prompts, tgts = self._prepare(recipes, prompts, target_prompts)
-        edits = []
-        for sl, e_src, e_tgt in self._batches(prompts, tgts, batch, progress):
-            with self.stages("vae_encode"):                                                              # 1.
-                latent0 = self.pipe.encode(images[sl])
-            x, z = self.invert_pair(latent0, e_src, e_tgt, knobs)                                        # 2.
-            y, _ = self.edit_latents(recipes[sl], x, z, e_src, e_tgt, knobs)                             # 3., 4.
-            with self.stages("vae_decode"):                                                              # 5.
-                edits.append(self.pipe.decode(y))
-        return EditResult(to_uint8(images), to_uint8(np.concatenate(edits)), prompts, tgts)
+        """edit_images with a recipe per image (attributes and strength may differ from image to image).
 
-    def _prepare(self, recipes, prompts, target_prompts) -> tuple[Knobs, list[str], list[str]]:
+        A caption ("" for none) need not contain the attributes' words: where it cannot be rewritten, the
+        target is the caption's text embedding moved by each attribute's own pair (e(target) - e(source)), and
+        the sampling uses knobs.uncaptioned_guidance (benchmarks/results/edit_quality.md, real images without
+        their caption: colour works that way, size and position do not)."""
+        knobs, prompts, tgts = self._prepare(recipes, prompts, target_prompts, images=True)
+        captioned = [i for i, t in enumerate(tgts) if t is not None]
+        uncaptioned = [i for i, t in enumerate(tgts) if t is None]
+        edits = np.zeros_like(images)
+        done = 0
+        for group, group_knobs in ((captioned, knobs), (uncaptioned, knobs.replace(guidance=knobs.uncaptioned_guidance))):
+            rs, ps, ts = [recipes[i] for i in group], [prompts[i] for i in group], [tgts[i] for i in group]
+            report = None if progress is None else (lambda k, _n, base=done: progress(base + k, len(prompts)))
+            for sl, e_src, e_tgt in self._batches(ps, ts, rs, batch, report):
+                with self.stages("vae_encode"):                                                          # 1.
+                    latent0 = self.pipe.encode(images[group[sl]])
+                x, z = self.invert_pair(latent0, e_src, e_tgt, group_knobs)                              # 2.
+                y, _ = self.edit_latents(rs[sl], x, z, e_src, e_tgt, group_knobs)                        # 3., 4.
+                with self.stages("vae_decode"):                                                          # 5.
+                    edits[group[sl]] = self.pipe.decode(y)
+            done += len(group)
+        return EditResult(to_uint8(images), to_uint8(edits), prompts, [UNCAPTIONED if t is None else t for t in tgts])
+
+    def _prepare(self, recipes, prompts, target_prompts, images: bool = False) -> tuple[Knobs, list[str], list]:
+        """The shared knobs, the prompts, and each image's target prompt: given, or the prompt with its attributes'
+        word changes; for real images None where the prompt does not contain the words (see edit_images_with)."""
         knobs = self.check(recipes)
         prompts = list(prompts)
         if target_prompts is not None:
             return knobs, prompts, list(target_prompts)
-        return knobs, prompts, [self.targets(r.attributes, [p])[0] for r, p in zip(recipes, prompts)]
+        targets = []
+        for r, p in zip(recipes, prompts):
+            try:
+                targets.append(self.targets(r.attributes, [p])[0])
+            except SvdeditError:
+                if not images:
+                    raise
+                targets.append(None)
+        return knobs, prompts, targets
 
-    def _batches(self, prompts: list[str], targets: list[str], batch: int,
+    def _batches(self, prompts: list[str], targets: list, recipes: Sequence[Recipe], batch: int,
                  progress: Progress | None) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
         """The one batch loop of every edit: each slice of at most `batch` images, with the text embeddings of
-        its source and target prompts (one text-encoder call); progress is reported after each batch."""
+        its source and target prompts (one text-encoder call; a None target is the source's embedding moved by
+        its attributes' own pairs); progress is reported after each batch."""
         if batch < 1:
             raise SvdeditError(f"the batch size must be at least 1, not {batch}.")
+        directions: dict[tuple, np.ndarray] = {}
         for b0 in range(0, len(prompts), batch):
             sl = slice(b0, b0 + batch)
             n = len(prompts[sl])
+            named = [t for t in targets[sl] if t is not None]
             with self.stages("text"):
-                e = self.pipe.encode_prompt(prompts[sl] + targets[sl])
-            yield sl, e[:n], e[n:]
+                e = self.pipe.encode_prompt(prompts[sl] + named)
+                e_src, e_named = e[:n], iter(e[n:])
+                e_tgt = np.stack([next(e_named) if t is not None else e_src[i] + self._text_direction(recipes[b0 + i],
+                                                                                                       directions)
+                                  for i, t in enumerate(targets[sl])])
+            yield sl, e_src, e_tgt
             if progress is not None:
                 progress(min(b0 + batch, len(prompts)), len(prompts))
+
+    def _text_direction(self, recipe: Recipe, known: dict) -> np.ndarray:
+        """The sum over the recipe's attributes of e(target prompt) - e(source prompt) (kept in `known`)."""
+        key = tuple(id(a) for a in recipe.attributes)
+        if key not in known:
+            e = self.pipe.encode_prompt([a.source for a in recipe.attributes] + [a.target for a in recipe.attributes])
+            k = len(recipe.attributes)
+            known[key] = (e[k:] - e[:k]).sum(axis=0)
+        return known[key]

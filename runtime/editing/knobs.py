@@ -15,7 +15,8 @@ from svdedit.runtime.errors import SvdeditError
 
 
 #: the knobs of the edit, as opposed to those of the learning
-EDIT_KNOBS = ("steps", "guidance", "t_edit", "dtau", "k", "tail", "continuation", "window", "inversion_guidance")
+EDIT_KNOBS = ("steps", "guidance", "t_edit", "dtau", "k", "tail", "continuation", "window", "inversion_guidance",
+              "uncaptioned_guidance")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Knobs:
     continuation: str = "target"    # prompt after T_x: "target" (blended with strength) or "source" (the paper)
     window: int = 1                 # inject y at this many consecutive steps from T_x (1 = once)
     inversion_guidance: float = 1.0  # DDIM inversion of real images
+    uncaptioned_guidance: float = 3.0  # guidance for real images without a usable caption (no word to change)
     # ---- the learning: the MLP and the weights of its four losses ----
     hidden: int = 64                # MLP width (one hidden tanh layer)
     w_target: float = 1.0           # l1
@@ -40,6 +42,7 @@ class Knobs:
     w_source_sv: float = 0.05       # l4
     iters: int = 300                # Adam steps
     lr: float = 1e-2
+    calibration_seeds: int = 4      # seeds of the learning pair that calibrate the strength scale (0 = none)
 
     def check(self) -> "Knobs":
         def bad(name, why):
@@ -52,6 +55,8 @@ class Knobs:
             bad("continuation", "must be 'target' or 'source'.")
         if self.window < 1:
             bad("window", "must be at least 1.")
+        if self.calibration_seeds < 0:
+            bad("calibration_seeds", "must be 0 (no calibration) or more.")
         if self.hidden < 1 or self.iters < 0 or self.lr <= 0:
             bad("hidden" if self.hidden < 1 else "iters" if self.iters < 0 else "lr", "must be positive.")
         for name in ("w_target", "w_source", "w_target_sv", "w_source_sv"):

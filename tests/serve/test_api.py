@@ -93,6 +93,9 @@ def test_an_image_as_base64_and_as_an_upload_give_the_same_edit(client, attr_id)
     a, b = png(as_json.json()["edits"][0]["image"]), png(as_upload.json()["edits"][0]["image"])
     assert np.abs(a.astype(int) - b).max() <= 2
     assert read_attributes(a)["colour"] == "blue" and as_json.json()["edits"][0]["source"] is None
+    bare = client.post("/v1/edits", json={"attributes": [attr_id], "image": base64.b64encode(data).decode()})
+    assert bare.status_code == 200, bare.text                       # an image needs no caption
+    assert bare.json()["edits"][0]["target_prompt"].startswith("(no caption")
 
 
 def test_generate(client):
@@ -118,7 +121,7 @@ BAD = [  # (what is sent, status, field or None, a phrase of the message)
     ({"prompt": "a small green square", "attributes": "ID", "seeds": [1]}, 422, "prompt", "does not contain 'red'"),
     ({"prompt": PROMPT, "attributes": "ID", "seeds": [1], "strength": "strong"}, 422, "strength", "valid number"),
     ({"prompt": PROMPT, "attributes": "ID", "seeds": [1], "strength": 1e9}, 422, "strength", "out of range"),
-    ({"attributes": "ID", "seeds": [1]}, 422, "prompt", "Field required"),
+    ({"attributes": "ID", "seeds": [1]}, 422, "prompt", "seeds are generated from the prompt"),
     ({"prompt": PROMPT, "attributes": [], "seeds": [1]}, 422, "attributes", "at least one"),
     ({"prompt": PROMPT, "attributes": "ID", "image": "%%%"}, 422, "image", "not valid base64"),
     ({"prompt": PROMPT, "attributes": "ID", "image": base64.b64encode(b"GIF89a-not-really").decode()}, 400, None,

@@ -166,3 +166,13 @@ def test_retarget_applies_the_word_change():
         "a small red square on the right"
     with pytest.raises(SvdeditError, match="does not contain 'red'"):
         retarget("a small green square", "a red circle", "a blue circle")
+
+
+def test_the_strength_scale_maps_strength_to_blend_and_survives_the_file(tmp_path):
+    a = _attribute(strength_map=((0.0, 0.0), (0.5, 0.62), (1.0, 1.0)))
+    assert a.blend(0.0) == 0.0 and a.blend(1.0) == 1.0        # the source and the learned edit, unchanged
+    assert a.blend(0.25) == pytest.approx(0.31) and a.blend(0.75) == pytest.approx(0.81)
+    assert a.blend(1.5) == 1.5 and a.blend(-0.5) == -0.5      # extrapolation stays linear
+    assert _attribute().blend(0.3) == 0.3                      # no scale: blend = strength (files before 0.1.1)
+    b = Attribute.load(a.save(tmp_path / "a.safetensors"))
+    assert b.strength_map == a.strength_map

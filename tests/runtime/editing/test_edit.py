@@ -189,3 +189,37 @@ def test_one_batch_may_mix_recipes_and_each_image_is_edited_as_alone(shapes_engi
             assert mixed.target_prompts[i] == alone.target_prompts[0]
     assert mixed.target_prompts == ["a small blue square on the left", "a large green circle on the right",
                                     "a large blue circle in the middle"]
+
+
+def test_strength_moves_the_colour_steadily_on_a_fixed_seed(shapes_engine, learned):
+    from models.shapes_data import measure
+    from svdedit.runtime.editing import Editor
+    from svdedit.runtime.pipeline import Pipeline
+
+    attr = Attribute.load(learned)
+    strengths, blends = zip(*attr.strength_map)
+    assert strengths[0] == 0 and strengths[-1] == 1 and list(blends) == sorted(blends)  # calibrated when learned
+    with Pipeline(shapes_engine) as pipe:
+        editor = Editor(pipe)
+        hues = [measure(editor.edit_seeds([attr], [HELD_OUT[0]], [31], strength=s).edited[0])["hue"]
+                for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    steps = np.diff(hues)
+    assert np.all(steps <= 2.0), hues                           # red (0) towards blue (-126): monotone
+    assert hues[-1] < -100 and np.abs(steps).max() < 0.6 * abs(hues[-1] - hues[0]), hues  # no single jump
+
+
+def test_an_image_without_a_caption_is_edited_along_the_attribute(shapes_engine, learned, tmp_path):
+    from svdedit.runtime.editing.edit import UNCAPTIONED
+    from svdedit.runtime.images import save_png
+
+    save_png(render(Attributes("square", "red", "large", "middle"), np.random.default_rng(4)), tmp_path / "red.png")
+    proc = run_cli("edit", "--engine", shapes_engine, "--attr", learned, "--image", tmp_path / "red.png",
+                   "-o", tmp_path / "out.png")
+    assert proc.returncode == 0, proc.stderr
+    line = json.loads(proc.stdout.strip().splitlines()[0])
+    assert line["source_prompt"] == "" and line["target_prompt"] == UNCAPTIONED
+    from PIL import Image
+
+    assert read_attributes(np.asarray(Image.open(tmp_path / "out.png")))["colour"] == "blue"
+    assert_clear_error(run_cli("edit", "--engine", shapes_engine, "--attr", learned, "--seeds", "1",
+                               "-o", tmp_path / "s.png"), "edit", "--seeds generate their source images from --prompt")
