@@ -124,7 +124,7 @@ def main() -> None:
     store = Path(tempfile.mkdtemp(prefix="bench-serve-")) / "store"
     with Pipeline(engine) as pipe:
         attr = Editor(pipe).learn("a large red circle in the middle", "a large blue circle in the middle")
-        attr_id = AttributeStore(store, pipe.manifest.identity()).save(attr)
+        attr_id = AttributeStore(store, pipe.manifest.identities()).save(attr)
     seeds = list(range(2000, 2000 + args.edits))
     result = {"benchmark": "bench_serve", "command": "python -m benchmarks.bench_serve " + " ".join(sys.argv[1:]),
               "machine": describe(), "edits": args.edits, "steps": attr.knobs.steps, "repeats": args.repeats,

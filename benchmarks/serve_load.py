@@ -173,7 +173,7 @@ def learn_fast_attribute(engine: Path, store: Path):
     with Pipeline(engine) as pipe:
         attr = Editor(pipe).learn("a large red circle in the middle", "a large blue circle in the middle",
                                   knobs=Knobs(steps=20, iters=100))
-        return AttributeStore(store, pipe.manifest.identity()).save(attr), attr
+        return AttributeStore(store, pipe.manifest.identities()).save(attr), attr
 
 
 def reference_edits(engine: Path, attr, requests: list[Request]):

@@ -9,7 +9,7 @@
 
 Every argparse parser and progress bar lives here; the library below prints nothing and takes plain
 arguments. A user mistake (``runtime.errors.USER_ERRORS``) is printed as one clear message with exit
-status 2, no traceback; warnings the library logs (e.g. an onnxruntime provider that fell back to the
+status 2, no traceback; an interrupt (Ctrl-C, SIGTERM, SIGHUP) exits 130; warnings the library logs (e.g. an onnxruntime provider that fell back to the
 CPU) are printed as "svdedit: ...".
 """
 
@@ -45,14 +45,28 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     _print_library_warnings()
+    _stop_on_signals()
     try:
         return int(args.run(args) or 0)
     except USER_ERRORS as exc:
         print(f"svdedit {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"svdedit {args.command}: interrupted; nothing half-written was left behind.", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        said = str(exc) or "interrupted; nothing half-written was left behind (every output is written whole or not at all)."
+        print(f"svdedit {args.command}: {said}", file=sys.stderr)
         return 130
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP stop a command as Ctrl-C does (a service manager or a closed terminal sends them)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), interrupt)
 
 
 def _print_library_warnings() -> None:

@@ -10,9 +10,10 @@ from dataclasses import fields
 import numpy as np
 
 from svdedit.runtime.editing.knobs import Knobs
+from svdedit.runtime.limits import LIMITS
 
 
-# ---- argument types ----
+# ---- argument types: each refuses what it cannot take, saying what is allowed ----
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -21,6 +22,23 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def bounded_int(lo: int, hi: int):
+    """A whole number from lo to hi."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give {lo} to {hi}")
+        return value
+    return parse
+
+
+def seed(text: str) -> int:
+    return bounded_int(0, 2**63 - 1)(text)
 
 
 def number(text: str) -> float:
@@ -33,29 +51,68 @@ def number(text: str) -> float:
     return value
 
 
+def bounded_number(lo: float, hi: float):
+    """A finite number from lo to hi."""
+    def parse(text: str) -> float:
+        value = number(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value:g} is out of range; give {lo:g} to {hi:g}")
+        return value
+    return parse
+
+
+def boolean(text: str) -> bool:
+    words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a yes or no; write 1 or 0 (true/false, yes/no, on/off)")
+    return words[text.lower()]
+
+
 def seeds(text: str) -> list[int]:
-    """'7', '0-99' or '1,5,9' (or a mix: '0-3,10')."""
-    out = []
+    """'7', '0-99' or '1,5,9' (or a mix: '0-3,10'): at most LIMITS.max_seeds seeds, counted before they are listed."""
+    ranges = []
     try:
         for part in text.split(","):
             lo, _, hi = part.strip().partition("-")
-            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+            ranges.append((int(lo), int(hi) if hi else int(lo)))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a seed list; write e.g. 7, 0-99 or 1,5,9") from None
-    if not out:
+    count = sum(max(0, hi - lo + 1) for lo, hi in ranges)
+    if count == 0:
         raise argparse.ArgumentTypeError(f"{text!r} names no seeds (is the range backwards?)")
-    return out
+    if count > LIMITS.max_seeds:
+        raise argparse.ArgumentTypeError(f"{text!r} names {count} seeds; one run takes at most {LIMITS.max_seeds}")
+    if any(lo < 0 or hi >= 2**63 for lo, hi in ranges):
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds are whole numbers from 0 to 2**63 - 1")
+    return [s for lo, hi in ranges for s in range(lo, hi + 1)]
 
 
 def numbers(text: str) -> list[float]:
-    return [number(t) for t in text.split(",") if t.strip()]
+    values = [number(t) for t in text.split(",") if t.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} names no numbers; write e.g. 0,0.5,1")
+    return values
 
 
 def whole_numbers(text: str) -> list[int]:
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers (e.g. 0,1,2)") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} names no numbers; write e.g. 0,1,2")
+    return values
+
+
+def prompt(text: str) -> str:
+    """A prompt: valid UTF-8 text of at most LIMITS.max_prompt_chars characters."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("it is not valid UTF-8 text (type it again from a UTF-8 terminal)") from None
+    if len(text) > LIMITS.max_prompt_chars:
+        raise argparse.ArgumentTypeError(f"it is {len(text)} characters long; the limit is {LIMITS.max_prompt_chars}")
+    return text
 
 
 # ---- subcommands and groups of options ----
@@ -100,7 +157,7 @@ def knob_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method knobs (defaults measured in benchmarks/results/edit_quality.md)")
     for f in fields(Knobs):
         default = getattr(d, f.name)
-        kind = {bool: lambda s: s.lower() in ("1", "true", "yes", "on"), int: int, float: number, str: str}[type(default)]
+        kind = {bool: boolean, int: int, float: number, str: str}[type(default)]
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
                        choices=("target", "source") if f.name == "continuation" else None,
                        help=f"{KNOB_HELP[f.name]} (default {default})")
@@ -115,6 +172,7 @@ def progress_bar(desc: str, unit: str = "step"):
     """A tqdm bar on stderr (off when it is not a terminal) and its update(done, total) callback."""
     from tqdm import tqdm
 
+    tqdm.monitor_interval = 0  # no monitor thread: an interrupt then never prints its traceback
     bar = tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False, disable=not sys.stderr.isatty())
 
     def update(done: int, total: int) -> None:

@@ -10,7 +10,22 @@ from pathlib import Path
 
 import numpy as np
 
-from svdedit.cli.args import command, engine_args, knob_args, knobs_from, number, numbers, progress_bar, seeds, whole_numbers
+from svdedit.cli.args import (
+    bounded_int,
+    bounded_number,
+    command,
+    engine_args,
+    knob_args,
+    knobs_from,
+    number,
+    numbers,
+    progress_bar,
+    prompt,
+    seed,
+    seeds,
+    whole_numbers,
+)
+from svdedit.runtime.limits import LIMITS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -36,31 +51,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "learn", run_learn, "learn an attribute from one prompt pair (AVI)",
                 description=LEARN_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     engine_args(p)
-    p.add_argument("--source", required=True, help='the source prompt, e.g. "a large red circle in the middle"')
-    p.add_argument("--target", required=True, help='the attribute prompt, e.g. "a large blue circle in the middle"')
-    p.add_argument("--seed", type=int, default=0, help="seed of the one noise both prompts are sampled from")
+    p.add_argument("--source", required=True, type=prompt, help='the source prompt, e.g. "a large red circle in the middle"')
+    p.add_argument("--target", required=True, type=prompt,
+                   help='the attribute prompt, e.g. "a large blue circle in the middle"')
+    p.add_argument("--seed", type=seed, default=0, help="seed of the one noise both prompts are sampled from")
     p.add_argument("-o", "--output", required=True, metavar="ATTR.safetensors", help="the attribute file to write")
     knob_args(p)
 
     p = command(sub, "edit", run_edit, "apply attributes to generated or real images", description=EDIT_DESCRIPTION)
     engine_args(p)
     p.add_argument("--attr", required=True, action="append", metavar="ATTR", help="an attribute file (repeatable)")
-    p.add_argument("--prompt", help="the prompt of the source image(s): needed for --seeds; for --image its caption, "
+    p.add_argument("--prompt", type=prompt,
+                   help="the prompt of the source image(s): needed for --seeds; for --image its caption, "
                                     "which may be partial or left out (then the image is inverted without one and "
                                     "edited along the attributes' own prompt pairs; the JSON line says so)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--seed", type=seeds, dest="seeds", help="seed of the generated source image")
     what.add_argument("--seeds", type=seeds, dest="seeds", help="several seeds: 0-99, 1,5,9")
     what.add_argument("--image", metavar="IMG|DIR", help="a real image, or a folder of images")
-    p.add_argument("--target-prompt", help="the target prompt, instead of deriving it from the attribute")
-    p.add_argument("--strength", type=number, default=1.0,
-                   help="0 = unchanged, 1 = the learned edit, >1 extrapolates (default 1)")
-    p.add_argument("--batch", type=int, default=16, help="images per UNet call (default 16)")
+    p.add_argument("--target-prompt", type=prompt, help="the target prompt, instead of deriving it from the attribute")
+    p.add_argument("--strength", type=bounded_number(-10, 10), default=1.0,
+                   help="0 = unchanged, 1 = the learned edit, >1 extrapolates (default 1; -10 to 10)")
+    p.add_argument("--batch", type=bounded_int(1, LIMITS.max_batch), default=16, help="images per UNet call (default 16)")
     p.add_argument("--timings", action="store_true",
                    help="print one more JSON line: seconds spent in each stage (text, vae_encode, invert, "
                         "sample_to_edit, svd_avi, sample_rest, vae_decode) over all images")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="OUT.png for one image, else a folder (created) for <name>.png and <name>_strip.png")
+                   help="OUT.png (or .jpg, .webp) for one image, else a folder (created) for <name>.png and "
+                        "<name>_strip.png")
 
     probe = sub.add_parser("probe", help="look inside the latent SVD: singular-value sweeps, subspace drift, rank mobility",
                            description="Analysis tools of the paper (and debugging aids).")
@@ -70,20 +88,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                            ("rank", "rank of the source->target direction among the singular vectors, per step")):
         q = psub.add_parser(name, help=helptext, description=helptext)
         engine_args(q)
-        q.add_argument("--prompt", required=True)
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--steps", type=int, default=50)
-        q.add_argument("--guidance", type=number, default=3.0)
-        q.add_argument("-o", "--output", required=True, metavar="OUT.png", help="the PNG to write (JSON next to it)")
+        q.add_argument("--prompt", required=True, type=prompt)
+        q.add_argument("--seed", type=seed, default=0)
+        q.add_argument("--steps", type=bounded_int(2, LIMITS.max_steps), default=50)
+        q.add_argument("--guidance", type=bounded_number(0, 100), default=3.0)
+        q.add_argument("-o", "--output", required=True, metavar="OUT.png",
+                       help="the image to write: .png, .jpg or .webp (its JSON next to it)")
         if name == "sweep":
             q.add_argument("--t-edit", type=number, default=0.5, help="step to scale at, as a fraction of T")
             q.add_argument("--index", type=whole_numbers, default=[0, 1, 2, 3], help="singular value indices (rows), e.g. 0,1,2")
             q.add_argument("--channels", type=whole_numbers, help="latent channels to scale (default: all)")
             q.add_argument("--factors", type=numbers, default=[0.0, 0.5, 1.0, 1.5, 2.0], help="scale factors (columns)")
         elif name == "subspace":
-            q.add_argument("--k", type=int, default=4, help="subspace dimension")
+            q.add_argument("--k", type=bounded_int(1, 64), default=4, help="subspace dimension")
         else:
-            q.add_argument("--target-prompt", required=True, help="defines the direction: top singular vector of z - x")
+            q.add_argument("--target-prompt", required=True, type=prompt,
+                           help="defines the direction: top singular vector of z - x")
             q.add_argument("--t-ref", type=number, default=0.5, help="step where the direction is taken (fraction of T)")
         q.set_defaults(run=run_probe)
 
@@ -92,11 +112,19 @@ def run_learn(args: argparse.Namespace) -> int:
     from svdedit.runtime.editing.edit import Editor
     from svdedit.runtime.pipeline import Pipeline
 
+    from svdedit.runtime.errors import SvdeditError
+    from svdedit.runtime.files import check_output
+
     knobs = knobs_from(args)
+    if knobs.iters > LIMITS.max_learn_iters:
+        raise SvdeditError(f"--iters {knobs.iters}: at most {LIMITS.max_learn_iters}.")
+    if not args.source.strip() or not args.target.strip() or args.source.split() == args.target.split():
+        raise SvdeditError(f"--source {args.source!r} and --target {args.target!r} must be two different, non-empty "
+                           f"prompts: the attribute is what changes between them.")
     out = Path(args.output)
     if out.is_dir():
-        from svdedit.runtime.errors import SvdeditError
         raise SvdeditError(f"-o {out} is a folder; give a file name such as {out / 'attr.safetensors'}.")
+    check_output(out, "-o", suffixes=(".safetensors",))
     with Pipeline(args.engine, args.provider) as pipe:
         bar, update = progress_bar("learn", unit="iter")
 
@@ -135,31 +163,36 @@ def _image_list(path: str) -> list[Path]:
 def run_edit(args: argparse.Namespace) -> int:
     from svdedit.runtime.editing.avi import Attribute
     from svdedit.runtime.editing.edit import Editor
+    from svdedit.runtime.engines.manifest import read_manifest
     from svdedit.runtime.errors import SvdeditError
-    from svdedit.runtime.images import fit, load_image, save_png
+    from svdedit.runtime.files import check_output
+    from svdedit.runtime.images import IMAGE_SUFFIXES as WRITABLE
+    from svdedit.runtime.images import fit, load_image, save_image, save_png
     from svdedit.runtime.pipeline import Pipeline
     from svdedit.runtime.timing import NO_STAGES, Stages
 
-    if args.batch < 1:
-        raise SvdeditError("--batch must be at least 1.")
     files = _image_list(args.image) if args.image else None
     if files is None and not args.prompt:
         raise SvdeditError("--seeds generate their source images from --prompt; give one (e.g. --prompt "
                            "\"a small red square on the left\").")
-    loaded = [load_image(f) for f in files] if files else None  # a bad image fails before the engines load
+    if files is not None and len(files) > LIMITS.max_images:
+        raise SvdeditError(f"--image {args.image} holds {len(files)} images; one run edits at most {LIMITS.max_images}.")
     count = len(files) if files else len(args.seeds)
     out = Path(args.output)
-    single = count == 1 and out.suffix.lower() == ".png"
-    if not single and out.suffix.lower() == ".png":
-        raise SvdeditError(f"{count} images to write, but -o {out} names one PNG; give a folder instead.")
+    single = count == 1 and out.suffix.lower() in WRITABLE
+    if not single and out.suffix.lower() in WRITABLE:
+        raise SvdeditError(f"{count} images to write, but -o {out} names one image file; give a folder instead.")
+    check_output(out, "-o", folder=not single, suffixes=tuple(WRITABLE))
+    attrs = [Attribute.load(a) for a in args.attr]            # a bad attribute file fails before any network runs
+    size = read_manifest(args.engine, verify_hashes=False).image_size.default
+    images = np.stack([fit(load_image(f), size) for f in files]) if files else None  # one image at full size at a time
     stages = Stages() if args.timings else NO_STAGES
     with Pipeline(args.engine, args.provider) as pipe:
         editor = Editor(pipe, stages=stages)
-        attrs = [Attribute.load(a, engine=editor.engine_hash) for a in args.attr]
+        attrs = [Attribute.load(a, engine=editor.engine_ids) for a in args.attr]
         targets = [args.target_prompt] * count if args.target_prompt else None
         bar, progress = progress_bar("edit", unit="image")
         if files:
-            images = np.stack([fit(img, pipe.size) for img in loaded])
             result = editor.edit_images(attrs, images, [args.prompt or ""] * count, strength=args.strength,
                                         target_prompts=targets, batch=args.batch, progress=progress)
             names = [f.stem for f in files]
@@ -168,23 +201,41 @@ def run_edit(args: argparse.Namespace) -> int:
                                        target_prompts=targets, batch=args.batch, progress=progress)
             names = [f"seed{s}" for s in args.seeds]
         bar.close()
-    for i, name in enumerate(names):
-        path = out if single else out / f"{name}.png"
-        strip = path.with_name(path.stem + "_strip.png")
-        save_png(result.edited[i], path)
-        save_png(_strip(result.source[i], result.edited[i]), strip)
-        print(json.dumps({"output": str(path), "strip": str(strip), "source_prompt": result.source_prompts[i],
-                          "target_prompt": result.target_prompts[i], "strength": args.strength}))
+    written = []
+    try:
+        for i, name in enumerate(names):
+            path = out if single else out / f"{name}.png"
+            strip = path.with_name(path.stem + "_strip.png")
+            save_image(result.edited[i], path)
+            save_png(_strip(result.source[i], result.edited[i]), strip)
+            written.append(path)
+            print(json.dumps({"output": str(path), "strip": str(strip), "source_prompt": result.source_prompts[i],
+                              "target_prompt": result.target_prompts[i], "strength": args.strength}))
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted while writing: {len(written)} of {count} images written, each complete "
+                          f"({', '.join(p.name for p in written[:5])}{', ...' if len(written) > 5 else ''}); "
+                          f"no partial file was left.") from None
     if args.timings:
         print(json.dumps({"seconds_per_stage": {k: round(v, 4) for k, v in stages.seconds.items()},
                           "images": count, "providers": pipe.providers}))
     return 0
 
 
+class Interrupted(KeyboardInterrupt):
+    """An interrupt with a message of what was done (printed by the command line instead of its default)."""
+
+
 def run_probe(args: argparse.Namespace) -> int:
     from svdedit.runtime.editing import probe
+    from svdedit.runtime.errors import SvdeditError
+    from svdedit.runtime.files import check_output
+    from svdedit.runtime.images import IMAGE_SUFFIXES as WRITABLE
     from svdedit.runtime.pipeline import Pipeline
 
+    check_output(args.output, "-o", suffixes=tuple(WRITABLE))
+    if args.probe == "sweep" and len(args.index) * len(args.factors) > LIMITS.max_grid:
+        raise SvdeditError(f"--index x --factors make a grid of {len(args.index) * len(args.factors)} images; the "
+                           f"limit is {LIMITS.max_grid}.")
     common = {"seed": args.seed, "steps": args.steps, "guidance": args.guidance}
     with Pipeline(args.engine, args.provider) as pipe:
         if args.probe == "sweep":

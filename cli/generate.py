@@ -7,13 +7,15 @@ import json
 
 import numpy as np
 
-from svdedit.cli.args import command, engine_args, positive_int, progress_bar
+from svdedit.cli.args import bounded_int, bounded_number, command, engine_args, progress_bar, prompt, seed
+from svdedit.runtime.limits import LIMITS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     engine_args(p)
-    p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="where to write the PNG")
+    p.add_argument("--steps", type=bounded_int(1, LIMITS.max_steps), default=50, help="DDIM steps (default 50)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png",
+                   help="where to write the image: .png, .jpg or .webp (the suffix names the format)")
     p.add_argument("--init-noise", metavar="FILE.npy",
                    help="start from this latent (B, C, h, w) instead of seeded noise / the inverted latent, so that "
                         "another implementation can be compared exactly")
@@ -37,16 +39,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "generate", run_generate, "text to image through the engine dir (DDIM, classifier-free guidance)",
                 description=GENERATE_DESCRIPTION)
     _common(p)
-    p.add_argument("--prompt", required=True, help='the prompt; "" is the unconditional model')
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5; 1 = off)")
+    p.add_argument("--prompt", required=True, type=prompt, help='the prompt; "" is the unconditional model')
+    p.add_argument("--seed", type=seed, default=0, help="seed of the initial noise (default 0)")
+    p.add_argument("--guidance", type=bounded_number(0, 100), default=7.5,
+                   help="classifier-free guidance scale (default 7.5; 1 = off)")
 
     p = command(sub, "reconstruct", run_reconstruct, "invert an image with DDIM, resample it, report PSNR",
                 description=RECONSTRUCT_DESCRIPTION)
     _common(p)
     p.add_argument("--image", required=True, help="the input image (PNG, JPEG, WebP, ...)")
-    p.add_argument("--prompt", required=True, help="the prompt that describes the image (used for both directions)")
-    p.add_argument("--guidance", type=float, default=1.0, help="guidance of the resampling (default 1, as inverted)")
+    p.add_argument("--prompt", required=True, type=prompt,
+                   help="the prompt that describes the image (used for both directions)")
+    p.add_argument("--guidance", type=bounded_number(0, 100), default=1.0,
+                   help="guidance of the resampling (default 1, as inverted)")
 
 
 def _load_noise(path: str | None) -> np.ndarray | None:
@@ -54,16 +59,35 @@ def _load_noise(path: str | None) -> np.ndarray | None:
 
     if path is None:
         return None
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise SvdeditError(f"--init-noise {path} does not exist (or is not a file).")
+    if Path(path).stat().st_size > LIMITS.max_file_bytes:
+        raise SvdeditError(f"--init-noise {path} is {Path(path).stat().st_size} bytes; a latent is never that large "
+                           f"(limit {LIMITS.max_file_bytes}).")
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        noise = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
         raise SvdeditError(f"--init-noise {path} is not a readable .npy array ({exc}).") from None
+    if not isinstance(noise, np.ndarray) or noise.dtype.kind not in "fiu":
+        raise SvdeditError(f"--init-noise {path} holds {getattr(noise, 'dtype', type(noise).__name__)}; it must be a "
+                           f"real-valued array (float32).")
+    return noise
+
+
+def _check_output(args) -> None:
+    from svdedit.runtime.files import check_output
+    from svdedit.runtime.images import IMAGE_SUFFIXES
+
+    check_output(args.output, "-o", suffixes=tuple(IMAGE_SUFFIXES))
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from svdedit.runtime.images import save_png, to_uint8
+    from svdedit.runtime.images import save_image, to_uint8
     from svdedit.runtime.pipeline import Pipeline
 
+    _check_output(args)
     noise = _load_noise(args.init_noise)
     with Pipeline(args.engine, args.provider) as pipe:
         bar, update = progress_bar("generate")
@@ -72,16 +96,17 @@ def run_generate(args: argparse.Namespace) -> int:
         bar.close()
         image = to_uint8(pipe.decode(latent))[0]
         providers = pipe.providers
-    save_png(image, args.output)
+    save_image(image, args.output)
     print(json.dumps({"output": str(args.output), "prompt": args.prompt, "seed": args.seed, "steps": args.steps,
                       "guidance": args.guidance, "providers": providers}))
     return 0
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
-    from svdedit.runtime.images import fit, load_image, psnr, save_png, to_uint8
+    from svdedit.runtime.images import fit, load_image, psnr, save_image, to_uint8
     from svdedit.runtime.pipeline import Pipeline
 
+    _check_output(args)
     noise = _load_noise(args.init_noise)
     img = load_image(args.image)
     with Pipeline(args.engine, args.provider) as pipe:
@@ -98,7 +123,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         bar.close()
         out = to_uint8(pipe.decode(z))[0]
         providers = pipe.providers
-    save_png(out, args.output)
+    save_image(out, args.output)
     print(json.dumps({"output": str(args.output), "psnr": round(psnr(out, target), 3),
                       "vae_round_trip_psnr": round(psnr(vae_only, target), 3), "steps": args.steps,
                       "providers": providers}))

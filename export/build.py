@@ -29,6 +29,7 @@ run against a real TensorRT yet.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -168,9 +169,11 @@ def build_plans(engine_dir: str | Path, options: BuildOptions, log: Callable[[st
             log(f"  {name}: {plans[name]['precision']}, {len(plans[name]['profiles'])} profile(s), "
                 f"{plans[name]['build_seconds']} s")
         final = engine_dir / TENSORRT_DIR / key
+        old = final.with_name(f".{key}.old-{os.getpid()}")
         if final.exists():
-            shutil.rmtree(final)
+            final.rename(old)   # the old plans stay until the new ones are in place
         staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -284,7 +284,7 @@ def export_model(
     components = load_components(src)
     geo = geometry(components)
     try:
-        with atomic_dir(out_dir, replace=True) as work:                                          # 5.
+        with atomic_dir(out_dir, replace=out_dir.exists()) as work:  # 5. (out_dir exists: --force, or empty)
             networks = {}
             for i, (name, module) in enumerate(wrappers(components).items(), 1):                 # 3., 4.
                 log(f"[{i}/{len(NETWORKS)}] {name}")

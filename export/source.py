@@ -46,11 +46,14 @@ class Source:
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("it is not a JSON object")
+        return data
     except FileNotFoundError:
         raise SourceError(f"{what}: {path} is missing.") from None
-    except ValueError as exc:
-        raise SourceError(f"{what}: {path} is not valid JSON ({exc}).") from None
+    except (ValueError, RecursionError) as exc:
+        raise SourceError(f"{what}: {path} is not valid JSON ({type(exc).__name__}: {str(exc)[:200]}).") from None
 
 
 def _check_pipeline_configs(folder: Path, what: str) -> tuple[str, str, list[Path]]:
@@ -102,6 +105,17 @@ def _check_index(folder: Path, index: dict, what: str) -> None:
 def _check_architecture(folder: Path, unet: dict, vae: dict, text: dict, what: str) -> None:
     """The UNet, VAE and text encoder configs: a plain text-to-image UNet over the VAE's latents, a CLIP text
     encoder of the width the UNet attends to."""
+    for config, name, keys in ((unet, "unet", ("in_channels", "cross_attention_dim", "sample_size")),
+                               (vae, "vae", ("latent_channels",)), (text, "text_encoder", ("hidden_size", "vocab_size"))):
+        for key in keys:
+            value = config.get(key)
+            if key in config and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise SourceError(f"{what} {folder}: {name}/config.json has {key} = {value!r}; it must be a positive "
+                                  f"whole number. The config is damaged or of another kind of model.")
+    for config, name, key in ((unet, "unet", "down_block_types"), (vae, "vae", "block_out_channels")):
+        if key in config and not (isinstance(config[key], list) and config[key]):
+            raise SourceError(f"{what} {folder}: {name}/config.json has {key} = {config[key]!r}; it must be a non-empty "
+                              f"list. The config is damaged or of another kind of model.")
     if unet.get("addition_embed_type") or unet.get("class_embed_type"):
         raise SourceError(
             f"{what} {folder}: its UNet takes extra conditioning (addition_embed_type="
@@ -227,15 +241,24 @@ def load_components(src: Source) -> Components:
     _quiet_libraries()
 
     scheduler_config = _read_json(src.config_dir / "scheduler" / "scheduler_config.json", "SOURCE")
-    tokenizer = AutoTokenizer.from_pretrained(src.config_dir / "tokenizer", local_files_only=True)
+    try:  # never the folder's own Python (auto_map): trust_remote_code=False
+        tokenizer = AutoTokenizer.from_pretrained(src.config_dir / "tokenizer", local_files_only=True,
+                                                  trust_remote_code=False)
+    except Exception as exc:  # transformers raises ValueError, OSError, TypeError for broken tokenizer folders
+        raise SourceError(f"{src.config_dir / 'tokenizer'} cannot be loaded as a tokenizer ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:300]}).") from None
     if src.kind == "folder":
         kw = dict(use_safetensors=True, local_files_only=True, torch_dtype=torch.float32, output_loading_info=True)
-        unet, info = UNet2DConditionModel.from_pretrained(src.path, subfolder="unet", **kw)
-        _require_complete("unet", info, src.path / "unet")
-        vae, info = AutoencoderKL.from_pretrained(src.path, subfolder="vae", **kw)
-        _require_complete("vae", info, src.path / "vae")
-        text_encoder, info = CLIPTextModel.from_pretrained(src.path, subfolder="text_encoder", **kw)
-        _require_complete("text_encoder", info, src.path / "text_encoder")
+        loaded = {}
+        for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", CLIPTextModel)):
+            try:
+                loaded[name], info = cls.from_pretrained(src.path, subfolder=name, **kw)
+            except Exception as exc:  # diffusers/transformers: ValueError, RuntimeError (size mismatch), TypeError, ...
+                raise SourceError(f"{src.path / name} cannot be loaded ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:300]}): its config and its weights do not agree, or the "
+                                  f"config is not a {cls.__name__} config.") from None
+            _require_complete(name, info, src.path / name)
+        unet, vae, text_encoder = loaded["unet"], loaded["vae"], loaded["text_encoder"]
     else:
         from diffusers import StableDiffusionPipeline
 

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with Pipeline(args.engine) as pipe:
         editor = Editor(pipe)
-        attr = Attribute.load(args.attr, engine=editor.engine_hash)
+        attr = Attribute.load(args.attr, engine=editor.engine_ids)
         source_word = next(w for w in attr.source.split() if w not in attr.target.split())
         rng = np.random.default_rng(args.seed)
         prompts = [sample_attributes(rng).replace(**{args.attribute: source_word}).caption() for _ in range(args.n)]

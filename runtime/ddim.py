@@ -47,16 +47,36 @@ class Schedule:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Schedule":
-        try:
-            s = json.loads(Path(path).read_text(encoding="utf-8"))
-            sched = cls(np.asarray(s["alphas_cumprod"], dtype=np.float32), s["prediction_type"],
-                        s["timestep_spacing"], int(s["steps_offset"]), bool(s["set_alpha_to_one"]))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise EngineDirError(f"{path} is unreadable or incomplete ({type(exc).__name__}: {exc}); re-export the model.") from None
-        if sched.prediction_type not in PREDICTION_TYPES or sched.timestep_spacing not in SPACINGS:
-            raise EngineDirError(f"{path}: prediction type {sched.prediction_type!r} / spacing {sched.timestep_spacing!r} "
+        """schedule.json, checked: a non-empty, finite, decreasing alphas_cumprod in (0, 1]; known prediction type
+        and spacing; steps_offset a whole number below the schedule's length. EngineDirError naming the field."""
+        from svdedit.runtime.engines.manifest import read_json
+
+        s = read_json(Path(path), "a schedule")
+
+        def bad(field: str, why: str):
+            raise EngineDirError(f"{path} is corrupt: {field} {why}. Re-create the engine dir with "
+                                 f"`svdedit export MODEL -o DIR --force`.")
+        if not isinstance(s, dict):
+            bad("the file", "is not a JSON object")
+        for key, kind in (("alphas_cumprod", list), ("prediction_type", str), ("timestep_spacing", str),
+                          ("steps_offset", int), ("set_alpha_to_one", bool)):
+            if key not in s:
+                bad(key, "is missing")
+            if not isinstance(s[key], kind) or (kind is int and isinstance(s[key], bool)):
+                bad(key, f"is {json.dumps(s[key])[:40]}, not {kind.__name__}")
+        values = s["alphas_cumprod"]
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            bad("alphas_cumprod", "is empty or holds something other than numbers")
+        alphas = np.asarray(values, dtype=np.float64)
+        if not (np.all(np.isfinite(alphas)) and np.all((alphas > 0) & (alphas <= 1)) and np.all(np.diff(alphas) <= 0)):
+            bad("alphas_cumprod", "is not a decreasing sequence of numbers in (0, 1]")
+        if s["prediction_type"] not in PREDICTION_TYPES or s["timestep_spacing"] not in SPACINGS:
+            raise EngineDirError(f"{path}: prediction type {s['prediction_type']!r} / spacing {s['timestep_spacing']!r} "
                                  f"is not supported (supported: {PREDICTION_TYPES}, {SPACINGS}).")
-        return sched
+        if not 0 <= s["steps_offset"] < len(alphas):
+            bad("steps_offset", f"{s['steps_offset']} is not between 0 and {len(alphas) - 1}")
+        return cls(alphas.astype(np.float32), s["prediction_type"], s["timestep_spacing"], s["steps_offset"],
+                   s["set_alpha_to_one"])
 
 
 def timesteps(schedule: Schedule, num_steps: int) -> np.ndarray:

@@ -16,21 +16,29 @@ import numpy as np
 
 from svdedit.runtime.errors import ImageTooLargeError, SvdeditError
 from svdedit.runtime.files import atomic_write_bytes
+from svdedit.runtime.limits import LIMITS, Limits
 
-MAX_PIXELS = 64_000_000
+MAX_PIXELS = LIMITS.max_pixels
 
 
-def load_image(path: str | Path) -> "PIL.Image.Image":  # noqa: F821
+#: the formats svdedit decodes (others, PostScript or EPS among them, are never handed to their decoders)
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+
+
+def load_image(path: str | Path, limits: Limits = LIMITS) -> "PIL.Image.Image":  # noqa: F821
     """An image file as an RGB PIL image (see the module docstring), or a SvdeditError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise SvdeditError(f"image {path} does not exist (or is not a file).")
-    return decode_image(path, f"image {path}")
+    if path.stat().st_size > limits.max_file_bytes:
+        raise ImageTooLargeError(f"image {path} is {path.stat().st_size} bytes; the limit is {limits.max_file_bytes}.")
+    return decode_image(path, f"image {path}", limits)
 
 
-def decode_image(source, what: str = "the image", max_pixels: int = MAX_PIXELS) -> "PIL.Image.Image":  # noqa: F821
-    """A path, bytes or a binary file as an RGB PIL image: its size is read from the header and refused above
-    `max_pixels` before anything is decoded (decompression bombs); `what` names the image in errors."""
+def decode_image(source, what: str = "the image", limits: Limits = LIMITS) -> "PIL.Image.Image":  # noqa: F821
+    """A path, bytes or a binary file as an RGB PIL image. Its size is read from the header and refused above
+    limits.max_pixels or limits.max_aspect before anything is decoded (decompression bombs, 1 x 200000 strips);
+    16-bit and floating-point images are scaled to 8 bits by their own range; `what` names the image in errors."""
     import io
 
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -38,21 +46,37 @@ def decode_image(source, what: str = "the image", max_pixels: int = MAX_PIXELS) 
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     try:
-        with Image.open(source) as probe:
+        with Image.open(source, formats=FORMATS) as probe:
             w, h = probe.size
-            if w * h > max_pixels:
+            if w * h > limits.max_pixels:
                 raise ImageTooLargeError(f"{what} is {w}x{h} = {w * h / 1e6:.1f} megapixels; the limit is "
-                                         f"{max_pixels / 1e6:g}. Downscale it first.")
+                                         f"{limits.max_pixels / 1e6:g}. Downscale it first.")
+            if min(w, h) < 1 or max(w, h) / min(w, h) > limits.max_aspect:
+                raise ImageTooLargeError(f"{what} is {w}x{h}, an aspect ratio beyond {limits.max_aspect:g}:1; crop it "
+                                         f"first (it would be scaled up to cover the model's square).")
             img = ImageOps.exif_transpose(probe)
             img.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
         raise SvdeditError(f"{what} cannot be read ({type(exc).__name__}: {exc}). Is it a complete PNG/JPEG/WebP "
                            f"file?") from None
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F") or img.mode.startswith("I;16"):
+        img = _to_8_bits(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
     return img.convert("RGB")
+
+
+def _to_8_bits(img):
+    """A 16-bit or floating-point single-channel image, scaled to 8 bits by its real range (not clipped)."""
+    from PIL import Image
+
+    a = np.asarray(img, dtype=np.float64)
+    finite = a[np.isfinite(a)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    scaled = np.nan_to_num((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a), nan=0.0)
+    return Image.fromarray(np.rint(np.clip(scaled, 0, 1) * 255).astype(np.uint8), mode="L")
 
 
 def encode_png(image_hwc: np.ndarray) -> bytes:
@@ -87,19 +111,34 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.rint(x).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def save_png(image, path: str | Path) -> Path:
-    """Write a uint8 (H, W, 3) array or a PIL image as PNG, atomically; the folder is created if needed."""
+#: what an output's suffix asks for
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def save_image(image, path: str | Path) -> Path:
+    """Write a uint8 (H, W, 3) array or a PIL image in the format its suffix names (PNG, JPEG, WebP), atomically;
+    the folder is created if needed."""
     import io
 
     from PIL import Image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not isinstance(image, Image.Image):
-        return atomic_write_bytes(path, encode_png(image))
+    fmt = IMAGE_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise SvdeditError(f"{path}: the suffix says the format; use one of {', '.join(IMAGE_SUFFIXES)}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SvdeditError(f"cannot create the folder {path.parent}: {exc.strerror or exc}.") from None
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    picture.save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}))
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_png(image, path: str | Path) -> Path:
+    """save_image to a .png path (the project's own figures and strips)."""
+    return save_image(image, Path(path).with_suffix(".png") if Path(path).suffix.lower() != ".png" else path)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svdedit.runtime.errors import EngineDirError, PromptTruncatedWarning
+from svdedit.runtime.errors import EngineDirError, PromptTruncatedWarning, SvdeditError
 
 
 class Tokenizer:
@@ -20,9 +20,18 @@ class Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
+            if Path(path).stat().st_size > 64 * 2**20:
+                raise ValueError("it is larger than any CLIP tokenizer (64 MiB)")
             self._tok = HFTokenizer.from_file(str(path))
-        except Exception as exc:  # tokenizers raises a plain Exception for a bad file
-            raise EngineDirError(f"{path} is not a loadable tokenizer.json ({exc}); re-export the model.") from None
+        except BaseException as exc:  # noqa: BLE001  a plain Exception for a bad file; pyo3's PanicException for worse
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise EngineDirError(f"{path} is not a loadable tokenizer.json ({type(exc).__name__}: "
+                                 f"{str(exc)[:200]}); re-export the model.") from None
+        vocab = self._tok.get_vocab_size(with_added_tokens=True)
+        if not 0 <= pad_id < vocab:
+            raise EngineDirError(f"the manifest's text.pad_id {pad_id} is not an id of {path} (0 to {vocab - 1}); "
+                                 f"re-export the model.")
         self.length = length
         self.pad_id = pad_id
         self._tok.no_padding()
@@ -31,7 +40,21 @@ class Tokenizer:
     def __call__(self, prompts: list[str]) -> np.ndarray:
         """(len(prompts), length) int64 ids: BOS, tokens, EOS, then padding; cut to `length` with EOS kept."""
         out = np.full((len(prompts), self.length), self.pad_id, dtype=np.int64)
-        for row, enc in enumerate(self._tok.encode_batch(list(prompts))):
+        for p in prompts:
+            if not isinstance(p, str):
+                raise SvdeditError(f"a prompt must be text, not {type(p).__name__}.")
+            try:
+                p.encode("utf-8")
+            except UnicodeEncodeError:
+                raise SvdeditError(f"the prompt {p[:60]!r} is not valid UTF-8 text; write it again (from a UTF-8 "
+                                   f"terminal or file).") from None
+        try:
+            encoded = self._tok.encode_batch(list(prompts))
+        except BaseException as exc:  # noqa: BLE001  tokenizers panics (pyo3 PanicException) on some inputs
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise SvdeditError(f"the tokenizer cannot read the prompt ({type(exc).__name__}: {str(exc)[:200]}).") from None
+        for row, enc in enumerate(encoded):
             ids = enc.ids
             if len(ids) > self.length:
                 dropped = len(ids) - self.length

@@ -84,8 +84,8 @@ class EditService:
     # ---- lifecycle ----
     def open(self) -> "EditService":
         pipe = Pipeline(self.settings.engine_dir, self.settings.provider).__enter__()
-        identity = pipe.manifest.identity()
-        self.store = AttributeStore(self.settings.store or default_store_root() / identity[:16], identity)
+        ids = pipe.manifest.identities()
+        self.store = AttributeStore(self.settings.store or default_store_root() / ids[0][:16], ids)
         self.pipe = pipe
         self._opened.set()
         log.info("engines of %s open on %s; attribute store %s", self.settings.engine_dir, pipe.providers,

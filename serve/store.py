@@ -25,10 +25,10 @@ SUFFIX = ".safetensors"
 
 
 class AttributeStore:
-    def __init__(self, folder: str | Path, engine_hash: str):
+    def __init__(self, folder: str | Path, engine: str | tuple[str, ...]):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.engine_hash = engine_hash
+        self.engine_ids = (engine,) if isinstance(engine, str) else tuple(engine)  # Manifest.identities()
         self._loaded: dict[str, Attribute] = {}
         self._lock = threading.Lock()
 
@@ -61,7 +61,7 @@ class AttributeStore:
             attr = Attribute.load(path)
             with self._lock:
                 self._loaded[attr_id] = attr
-        if attr.engine != self.engine_hash:
+        if attr.engine not in self.engine_ids:
             raise AttributeFileError(f"attribute {attr_id} ({attr.source!r} -> {attr.target!r}) was learned on another "
                                      f"model; learn it again on this one.")
         return attr

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -214,31 +214,107 @@ class Attribute:
         return atomic_write_bytes(Path(path), blob)
 
     @classmethod
-    def load(cls, path: str | Path, engine: str | None = None) -> "Attribute":
+    def load(cls, path: str | Path, engine: str | Sequence[str] | None = None) -> "Attribute":
+        """Read and check a whole attribute file before any network runs: its metadata (every field's type, the
+        knobs in their ranges), its weights (names, float32, shapes that agree with the knobs, finite) and its
+        strength scale. `engine`: the identities (Editor.engine_ids) it must have been learned on. Any problem is
+        an AttributeFileError naming the file and the field."""
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
         path = Path(path)
         if not path.is_file():
             raise AttributeFileError(f"attribute file {path} does not exist; write one with `svdedit learn`.")
+
+        def bad(why: str):
+            raise AttributeFileError(f"{path} is not a readable svdedit attribute file: {why}. Learn it again with "
+                                     f"`svdedit learn`.")
         try:
             header = check_safetensors(path)
-            meta = json.loads(header["__metadata__"]["svdedit"])
+            meta_text = (header.get("__metadata__") or {}).get("svdedit")
+            if not isinstance(meta_text, str):
+                bad("it has no svdedit metadata")
+            meta = json.loads(meta_text)
             params = load_file(path)
-        except (SvdeditError, SafetensorError, ValueError, KeyError, TypeError, OSError) as exc:
-            raise AttributeFileError(f"{path} is not a readable svdedit attribute file ({type(exc).__name__}: {exc}); "
-                                     f"learn it again with `svdedit learn`.") from None
+        except (SvdeditError, SafetensorError, ValueError, KeyError, TypeError, OSError, RecursionError) as exc:
+            if isinstance(exc, AttributeFileError):
+                raise
+            text = str(exc).removeprefix(f"{path} ")
+            bad(text[:300] if isinstance(exc, SvdeditError) else f"{type(exc).__name__}: {text[:200]}")
+        if not isinstance(meta, dict):
+            bad("its metadata is not a JSON object")
         if meta.get("format_version") != FORMAT_VERSION:
             raise AttributeFileError(f"{path} has attribute format version {meta.get('format_version')!r}; this svdedit "
                                      f"reads version {FORMAT_VERSION}. Learn it again with this version.")
-        if set(params) != {"W1", "b1", "W2", "b2"}:
-            raise AttributeFileError(f"{path} lacks MLP weights (has {sorted(params)}); learn it again.")
-        if engine is not None and meta["engine_manifest_sha256"] != engine:
-            raise AttributeFileError(f"{path} was learned on another model (engine manifest "
-                                     f"{meta['engine_manifest_sha256'][:12]}, this engine is {engine[:12]}); attributes "
-                                     f"do not transfer between models. Learn it again on this engine.")
-        known = {f.name for f in fields(Knobs)}
-        knobs = Knobs(**{n: v for n, v in meta["knobs"].items() if n in known})
-        strength_map = tuple((float(s), float(a)) for s, a in meta.get("strength_map", []))  # absent before 0.1.1
-        return cls(params, meta["source"], meta["target"], knobs, meta["engine_manifest_sha256"],
-                   tuple(meta["latent_shape"]), int(meta["seed"]), meta["losses"], strength_map)
+        for key, kind in (("source", str), ("target", str), ("engine_manifest_sha256", str), ("seed", int),
+                          ("latent_shape", list), ("losses", dict), ("knobs", dict)):
+            value = meta.get(key)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                bad(f"metadata field {key!r} is {json.dumps(value)[:40]}, not a {kind.__name__}")
+        shape = meta["latent_shape"]
+        if len(shape) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 100_000 for d in shape):
+            bad(f"metadata field 'latent_shape' is {shape}, not three positive sizes (channels, height, width)")
+        ids = (engine,) if isinstance(engine, str) else tuple(engine or ())
+        if ids and meta["engine_manifest_sha256"] not in ids:
+            raise AttributeFileError(f"{path} was learned on another model (engine {meta['engine_manifest_sha256'][:12]}, "
+                                     f"this engine is {ids[0][:12]}); attributes do not transfer between models. "
+                                     f"Learn it again on this engine.")
+        knobs = _knobs_of(meta["knobs"], path)
+        _check_weights(params, knobs, shape, bad)
+        return cls(params, meta["source"], meta["target"], knobs, meta["engine_manifest_sha256"], tuple(shape),
+                   meta["seed"], meta["losses"], _strength_map_of(meta.get("strength_map", []), bad))
+
+
+def _knobs_of(stored: dict, path: Path) -> Knobs:
+    """The knobs a file records, each of its default's type, in its range (unknown names: of a newer version)."""
+    defaults = Knobs()
+    values = {}
+    for f in fields(Knobs):
+        if f.name not in stored:
+            continue
+        value, kind = stored[f.name], type(getattr(defaults, f.name))
+        ok = (isinstance(value, bool) if kind is bool else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+              isinstance(value, int) and not isinstance(value, bool) if kind is int else isinstance(value, kind))
+        if not ok:
+            raise AttributeFileError(f"{path}: knob {f.name} is {json.dumps(value)[:40]}, not a {kind.__name__}; learn "
+                                     f"the attribute again with `svdedit learn`.")
+        values[f.name] = float(value) if kind is float else value
+    try:
+        return Knobs(**values).check(source=str(path))
+    except AttributeFileError:
+        raise
+    except SvdeditError as exc:
+        raise AttributeFileError(f"{exc} Learn the attribute again with `svdedit learn`.") from None
+
+
+def _check_weights(params: dict, knobs: Knobs, latent_shape: list, bad) -> None:
+    if set(params) != {"W1", "b1", "W2", "b2"}:
+        bad(f"its tensors are {sorted(params)}, not the MLP's W1, b1, W2, b2")
+    k = min(knobs.k, min(latent_shape[1:]))
+    n_in = latent_shape[0] * 2 * k
+    want = {"W1": (n_in, knobs.hidden), "b1": (knobs.hidden,), "W2": (knobs.hidden, n_in), "b2": (n_in,)}
+    for name, shape in want.items():
+        a = params[name]
+        if a.dtype != np.float32:
+            bad(f"tensor {name} is {a.dtype}, not float32")
+        if a.shape != shape:
+            bad(f"tensor {name} has shape {a.shape}; its knobs (k {knobs.k}, hidden {knobs.hidden}) and latent shape "
+                f"{tuple(latent_shape)} make it {shape}")
+        if not np.all(np.isfinite(a)):
+            bad(f"tensor {name} holds NaN or inf")
+
+
+def _strength_map_of(pairs, bad) -> tuple:
+    """The stored strength scale: [strength, alpha] pairs, strengths from 0 to 1 and both increasing; or ()."""
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and
+                                              all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+                                              for p in pairs):
+        bad("its strength_map is not a list of [strength, alpha] pairs")
+    if not pairs:
+        return ()
+    s, a = np.array(pairs, dtype=np.float64).T
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(a)) and s[0] == 0 and s[-1] == 1 and np.all(np.diff(s) > 0)
+            and np.all(np.diff(a) >= 0)):
+        bad("its strength_map is not increasing from strength 0 to 1")
+    return tuple((float(x), float(y)) for x, y in pairs)

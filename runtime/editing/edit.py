@@ -85,7 +85,8 @@ def edit_step(schedule: ddim.Schedule, knobs: Knobs) -> tuple[int, int]:
     i_x = ddim.step_nearest(schedule, knobs.steps, knobs.t_edit)
     i_z = i_x - knobs.dtau
     if not 0 <= i_z < knobs.steps:
-        raise SvdeditError(f"--dtau {knobs.dtau} puts z outside the {knobs.steps} steps (T_x is step {i_x}).")
+        raise SvdeditError(f"dtau {knobs.dtau} puts z outside the {knobs.steps} steps (T_x is step {i_x}); learn the "
+                           f"attribute again with a smaller --dtau.")
     return i_x, i_z
 
 
@@ -143,7 +144,9 @@ class Editor:
     def __init__(self, pipe: Pipeline, stages=NO_STAGES):
         self.pipe = pipe
         self.stages = stages
-        self.engine_hash = pipe.manifest.identity()
+        #: what attribute files of this model are keyed on (the first: new ones; the second: svdedit 0.1.0's)
+        self.engine_ids = pipe.manifest.identities()
+        self.engine_hash = self.engine_ids[0]
 
     # ---- 2. the pair at T_x ----
     def sample_pair(self, x_T: np.ndarray, e_src: np.ndarray, e_tgt: np.ndarray, knobs: Knobs):
@@ -275,7 +278,7 @@ class Editor:
         first = recipes[0].attributes[0].knobs
         for r in recipes:
             for a in r.attributes:
-                if a.engine != self.engine_hash:
+                if a.engine not in self.engine_ids:
                     raise AttributeFileError(f"attribute {a.source!r} -> {a.target!r} was learned on another model; "
                                              f"learn it again on this engine.")
                 if (a.knobs.steps, a.knobs.t_edit, a.knobs.dtau, a.knobs.guidance) != \

@@ -9,10 +9,17 @@ benchmarks/sweep_edit_knobs.py; `svdedit learn --help` lists every knob as an op
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from svdedit.runtime.errors import SvdeditError
 
+
+#: the range of every numeric knob: what a user may ask for (the service's limits are tighter where they say so)
+BOUNDS = {"steps": (1, 1000), "guidance": (0, 100), "t_edit": (0, 1), "dtau": (-999, 999), "k": (1, 64),
+          "window": (1, 1000), "inversion_guidance": (0, 100), "uncaptioned_guidance": (0, 100), "hidden": (1, 4096),
+          "w_target": (0, 1e6), "w_source": (0, 1e6), "w_target_sv": (0, 1e6), "w_source_sv": (0, 1e6),
+          "iters": (0, 100_000), "lr": (0, 10), "calibration_seeds": (0, 64)}
 
 #: the knobs of the edit, as opposed to those of the learning
 EDIT_KNOBS = ("steps", "guidance", "t_edit", "dtau", "k", "tail", "continuation", "window", "inversion_guidance",
@@ -44,26 +51,30 @@ class Knobs:
     lr: float = 1e-2
     calibration_seeds: int = 4      # seeds of the learning pair that calibrate the strength scale (0 = none)
 
-    def check(self) -> "Knobs":
+    def check(self, source: str | None = None) -> "Knobs":
+        """Every knob in its range, or a SvdeditError naming it: as the command-line option (--t-edit 5: ...), or
+        as the knob of the file `source` it was read from (FILE: knob t_edit = 5: ...)."""
         def bad(name, why):
-            raise SvdeditError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {why}")
+            value = getattr(self, name)
+            where = f"{source}: knob {name} = {value!r}" if source else f"--{name.replace('_', '-')} {value!r}"
+            raise SvdeditError(f"{where}: {why}")
+        for name, (lo, hi) in BOUNDS.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and lo <= value <= hi):
+                bad(name, f"must be a number from {lo:g} to {hi:g}.")
         if not 0.0 < self.t_edit < 1.0:
             bad("t_edit", "must be a fraction of the schedule strictly between 0 and 1 (e.g. 0.5).")
-        if self.k < 1:
-            bad("k", "must be at least 1.")
+        if not -self.steps < self.dtau < self.steps:
+            bad("dtau", f"must be between {1 - self.steps} and {self.steps - 1} (it counts DDIM steps of {self.steps}).")
         if self.continuation not in ("target", "source"):
             bad("continuation", "must be 'target' or 'source'.")
-        if self.window < 1:
-            bad("window", "must be at least 1.")
-        if self.calibration_seeds < 0:
-            bad("calibration_seeds", "must be 0 (no calibration) or more.")
-        if self.hidden < 1 or self.iters < 0 or self.lr <= 0:
-            bad("hidden" if self.hidden < 1 else "iters" if self.iters < 0 else "lr", "must be positive.")
-        for name in ("w_target", "w_source", "w_target_sv", "w_source_sv"):
-            if getattr(self, name) < 0:
-                bad(name, "a loss weight cannot be negative (0 switches the loss off).")
+        if self.window > self.steps:
+            bad("window", f"must be at most the number of steps ({self.steps}).")
+        if self.lr <= 0:
+            bad("lr", "must be positive.")
         if self.w_target + self.w_source == 0:
-            raise SvdeditError("--w-target and --w-source are both 0: nothing ties the edit to either image.")
+            raise SvdeditError(f"{source + ': knobs ' if source else '--'}w-target and w-source are both 0: nothing ties "
+                               f"the edit to either image.")
         return self
 
     def edit_key(self) -> tuple:

@@ -25,6 +25,9 @@ from svdedit.runtime.files import write_json
 from svdedit.runtime.images import save_png, to_uint8
 from svdedit.runtime.pipeline import Pipeline
 
+#: images denoised at once by `sweep` (a large grid runs in batches)
+GRID_BATCH = 16
+
 
 def _trajectory(pipe: Pipeline, prompt: str, seed: int, steps: int, guidance: float, stop: int | None = None) -> list:
     """[x at step 0 (noise), x after step 1, ..., x at `stop`]: xs[i] sits at the noise level of step i."""
@@ -61,8 +64,9 @@ def sweep(pipe: Pipeline, prompt: str, output: str | Path, *, seed: int = 0, ste
             S2[:, channels, i] *= np.float32(f)
             latents.append(reconstruct(U, S2, Vh))
     batch = np.concatenate(latents)
-    out = pipe.denoise(batch, pipe.encode_prompt([prompt] * len(batch)), steps, guidance, start=i_x).latent
-    imgs = to_uint8(pipe.decode(out))
+    imgs = np.concatenate([to_uint8(pipe.decode(pipe.denoise(part, pipe.encode_prompt([prompt] * len(part)), steps,
+                                                             guidance, start=i_x).latent))
+                           for part in np.array_split(batch, max(1, -(-len(batch) // GRID_BATCH)))])
     h, w = imgs.shape[1:3]
     scale = max(1, 128 // h)
     cw, ch, left, top = w * scale, h * scale, 70, 22
@@ -109,6 +113,9 @@ def _heatmap(matrix: np.ndarray, labels: list[int], path: Path, title: str) -> P
 def subspace(pipe: Pipeline, prompt: str, output: str | Path, *, seed: int = 0, steps: int = 50,
              guidance: float = 3.0, k: int = 4) -> dict:
     """Grassmann distance between the top-k left singular subspaces of x_t at every pair of steps: heatmap + JSON."""
+    side = pipe.size // pipe.vae_factor
+    if steps < 2 or not 1 <= k <= side:
+        raise SvdeditError(f"subspace needs at least 2 steps (got {steps}) and k from 1 to {side} (got {k}).")
     xs = _trajectory(pipe, prompt, seed, steps, guidance)[:-1]  # noisy levels only
     ts = [int(t) for t in ddim.timesteps(pipe.schedule, steps)]
     bases = [channel_svd(x)[0][0][..., :k] for x in xs]  # (C, h, k) per step

@@ -15,12 +15,14 @@ hashes, so that the identity is that of the file whatever this version of the da
 from __future__ import annotations
 
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-from svdedit.runtime.engines.contract import FORMAT_VERSION, MANIFEST_FILE, NETWORKS, axis_sizes
+from svdedit.runtime.engines.contract import DYNAMIC_AXES, FAMILIES, FORMAT_VERSION, MANIFEST_FILE, NETWORKS, axis_sizes
 from svdedit.runtime.errors import EngineDirError, ManifestFieldError
 from svdedit.runtime.files import sha256_file, sha256_json, write_json
 
@@ -141,9 +143,19 @@ class Manifest:
         return json.loads(json.dumps(self.raw))
 
     def identity(self) -> str:
-        """sha256 of what the engine dir computes: the manifest without the TensorRT plans built from it, so that
-        `svdedit build` on any GPU leaves the identity (and the attribute files learned on it) unchanged."""
-        return sha256_json({k: v for k, v in self.raw.items() if k != "tensorrt"})
+        """sha256 of what decides the latents: the source model (the hash of its files), its family, prediction
+        type and latent and text contract. Attribute files are keyed on it, so the same model exported again,
+        in another precision, or with TensorRT plans built from it, keeps them (a variant's latents differ
+        only as its precision does: benchmarks/results/export_sd15_shape_fp16.json)."""
+        r = self.raw
+        return sha256_json({"source": (r.get("source") or {}).get("sha256"), "family": r.get("family"),
+                            "prediction_type": r.get("prediction_type"), "latent": r.get("latent"),
+                            "text": {k: (r.get("text") or {}).get(k) for k in ("sequence_length", "hidden_size")}})
+
+    def identities(self) -> tuple[str, str]:
+        """(identity, the identity of svdedit 0.1.0: the whole manifest but its TensorRT plans), which attribute
+        files learned before keep."""
+        return self.identity(), sha256_json({k: v for k, v in self.raw.items() if k != "tensorrt"})
 
     def with_tensorrt_build(self, key: str, build: dict) -> "Manifest":
         """This manifest with one more TensorRT build recorded under `key` (checked like the rest)."""
@@ -167,21 +179,102 @@ class Manifest:
         return out
 
 
+def _problems(m: Manifest, engine_dir: Path | None) -> list[str]:
+    """Every value of the typed manifest that is out of its range, and every file name that is not a plain
+    name inside the engine dir (symlinks resolved)."""
+    from svdedit.runtime.engines.contract import EXPORT_PRECISIONS
+
+    out = []
+
+    def need(ok: bool, text: str) -> None:
+        if not ok:
+            out.append(text)
+
+    need(m.family in FAMILIES, f"family {m.family!r} is not one of {', '.join(FAMILIES)}")
+    need(m.prediction_type in ("epsilon", "v_prediction"), f"prediction_type {m.prediction_type!r} is not epsilon or v_prediction")
+    need(m.precision in EXPORT_PRECISIONS, f"precision {m.precision!r} is not one of {', '.join(EXPORT_PRECISIONS)}")
+    lat, text, size = m.latent, m.text, m.image_size
+    need(1 <= lat.channels <= 64, f"latent.channels {lat.channels} is not 1 to 64")
+    need(1 <= lat.vae_scale_factor <= 64, f"latent.vae_scale_factor {lat.vae_scale_factor} is not 1 to 64")
+    need(math.isfinite(lat.vae_scaling_factor) and lat.vae_scaling_factor > 0,
+         f"latent.vae_scaling_factor {lat.vae_scaling_factor} is not a positive number")
+    need(1 <= text.sequence_length <= 4096, f"text.sequence_length {text.sequence_length} is not 1 to 4096")
+    need(1 <= text.hidden_size <= 65536, f"text.hidden_size {text.hidden_size} is not 1 to 65536")
+    for name in ("pad_id", "bos_id", "eos_id"):
+        need(0 <= getattr(text, name) < 2**31, f"text.{name} {getattr(text, name)} is not a token id")
+    need(1 <= size.multiple_of <= 4096 and size.multiple_of % max(1, lat.vae_scale_factor) == 0,
+         f"image_size.multiple_of {size.multiple_of} is not a positive multiple of latent.vae_scale_factor")
+    need(1 <= size.min <= size.default <= size.max <= 65536,
+         f"image_size needs 1 <= min <= default <= max <= 65536 (min {size.min}, default {size.default}, max {size.max})")
+    need(size.default % max(1, size.multiple_of) == 0,
+         f"image_size.default {size.default} is not a multiple of image_size.multiple_of {size.multiple_of}")
+    for name, spec in NETWORKS.items():
+        net = m.networks.get(name)
+        if net is None:
+            out.append(f"networks lists no {name!r}")
+            continue
+        for role, declared, wanted in (("inputs", net.inputs, spec.inputs), ("outputs", net.outputs, spec.outputs)):
+            got = [(t.name, t.dtype, len(t.shape)) for t in declared]
+            want = [(t.name, t.dtype, len(t.dims)) for t in wanted]
+            need(got == want, f"networks.{name}.{role} are {got}, the contract says {want} (name, dtype, rank)")
+            for t in declared:
+                need(all(d in DYNAMIC_AXES if isinstance(d, str) else 1 <= d <= 1_000_000 for d in t.shape),
+                     f"networks.{name}.{role} {t.name!r} has a shape {list(t.shape)} with a bad dimension")
+    for field_name, rel, digest in _files_with_fields(m):
+        need(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None,
+             f"{field_name}'s sha256 {_shown(digest)} is not 64 hex digits")
+        problem = _outside(engine_dir, rel)
+        if problem:
+            out.append(f"{field_name} {rel!r} {problem}")
+    return out
+
+
+def _files_with_fields(m: Manifest) -> list[tuple[str, str, str]]:
+    """(field, relative name, sha256) of every file the manifest names, TensorRT plans included."""
+    out = [("schedule.file", m.schedule.file, m.schedule.sha256), ("text.file", m.text.file, m.text.sha256)]
+    for name, net in m.networks.items():
+        out.append((f"networks.{name}.file", net.file, net.sha256))
+        if net.external_data:
+            out.append((f"networks.{name}.external_data", net.external_data, net.external_data_sha256))
+    for key, build in m.builds.items():
+        for name, plan in build.networks.items():
+            out.append((f"tensorrt.{key}.networks.{name}.file", plan.file, plan.sha256))
+    return out
+
+
+def _outside(engine_dir: Path | None, rel: str) -> str | None:
+    """Why `rel` is not a plain relative name inside `engine_dir` (None when it is)."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or "\\" in rel or any(p in ("..", "") for p in parts) or rel.startswith("~"):
+        return "is not a plain relative file name (no absolute paths, no '..')"
+    if engine_dir is not None:
+        root = engine_dir.resolve()
+        target = (engine_dir / rel).resolve()
+        if target != root and root not in target.parents:
+            return f"resolves outside the engine dir (to {target}): a symlink leads out of it"
+    return None
+
+
 def _typed(cls, value, where: str, raw: dict | None = None):
     """`value` (parsed JSON) as an instance of the dataclass `cls`, every field's type checked."""
     if not isinstance(value, dict):
         raise ManifestFieldError(f"{where} should be an object, not {_shown(value)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    kwargs, problems = {}, []
     for f in fields(cls):
         if f.name == "raw":
             kwargs["raw"] = raw
             continue
         if f.name not in value:
-            if _optional(hints[f.name]):
-                continue  # the dataclass's default (None)
-            raise ManifestFieldError(f"{where}.{f.name} is missing")
-        kwargs[f.name] = _as(hints[f.name], value[f.name], f"{where}.{f.name}")
+            if not _optional(hints[f.name]):  # else the dataclass's default (None)
+                problems.append(f"{where}.{f.name} is missing")
+            continue
+        try:
+            kwargs[f.name] = _as(hints[f.name], value[f.name], f"{where}.{f.name}")
+        except ManifestFieldError as exc:  # go on: every problem is reported, not the first
+            problems.append(str(exc))
+    if problems:
+        raise ManifestFieldError("; ".join(problems))
     return cls(**kwargs)
 
 
@@ -235,11 +328,26 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def read_json(path: Path, what: str) -> object:
+    """Parse a JSON file (of at most 64 MiB); EngineDirError naming it when it is unreadable, not JSON, or nested
+    too deep to parse."""
+    try:
+        if path.stat().st_size > 64 * 2**20:
+            raise ValueError(f"it is {path.stat().st_size} bytes; {what} is never that large")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise EngineDirError(f"{path} is corrupt: its JSON is nested too deep to be {what}.") from None
+    except (OSError, ValueError) as exc:
+        raise EngineDirError(f"{path} is corrupt ({type(exc).__name__}: {exc}).") from None
+
+
 def read_manifest(engine_dir: str | Path, verify_hashes: bool = True) -> Manifest:
     """Open an engine dir's manifest and check that the dir holds what the manifest says.
 
-    Raises EngineDirError naming the missing, mistyped or mismatching field or file, and what to do
-    about it. With ``verify_hashes`` every file's sha256 is recomputed (seconds for SD-size models).
+    Raises EngineDirError naming every missing, mistyped or out-of-range field, every file name that is not a
+    plain name inside the engine dir, and the first missing or mismatching file, with what to do about it.
+    With ``verify_hashes`` every file's sha256 is recomputed (seconds for SD-size models); a mismatch is
+    checked once more after a second, since a re-export may have swapped the dir in meanwhile.
     """
     engine_dir = Path(engine_dir)
     redo = f"Re-create it with `svdedit export MODEL -o {engine_dir} --force`."
@@ -251,10 +359,12 @@ def read_manifest(engine_dir: str | Path, verify_hashes: bool = True) -> Manifes
     if not path.is_file():
         raise EngineDirError(f"{engine_dir} is not an engine dir: it has no {MANIFEST_FILE}. {redo}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        version = data["format_version"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise EngineDirError(f"{path} is corrupt ({type(exc).__name__}: {exc}). {redo}") from None
+        data = read_json(path, "a manifest")
+        if not isinstance(data, dict) or "format_version" not in data:
+            raise EngineDirError(f"{path} is corrupt: it is not a JSON object with a format_version.")
+    except EngineDirError as exc:
+        raise EngineDirError(f"{exc} {redo}") from None
+    version = data["format_version"]
     if version != FORMAT_VERSION:
         raise EngineDirError(
             f"{path} has format version {version!r}; this svdedit reads version {FORMAT_VERSION}. "
@@ -264,21 +374,42 @@ def read_manifest(engine_dir: str | Path, verify_hashes: bool = True) -> Manifes
         manifest = Manifest.from_dict(data)
     except ManifestFieldError as exc:
         raise EngineDirError(f"{path} is corrupt: {exc}. {redo}") from None
-    for name in NETWORKS:
-        if name not in manifest.networks:
-            raise EngineDirError(f"{path} lists no {name!r} network; the engine dir is incomplete. {redo}")
+    problems = _problems(manifest, engine_dir)
+    if problems:
+        raise EngineDirError(f"{path} is corrupt: {'; '.join(problems)}. {redo}")
     for rel, _ in manifest.files():
         if not (engine_dir / rel).is_file():
             raise EngineDirError(f"Engine dir {engine_dir} is incomplete: {rel} is missing. {redo}")
     if verify_hashes:
-        for rel, expected in manifest.files():
-            actual = sha256_file(engine_dir / rel)
-            if actual != expected:
-                raise EngineDirError(
-                    f"{engine_dir / rel} does not match the manifest (sha256 {actual[:12]}..., manifest says "
-                    f"{expected[:12]}...): the file was changed or damaged after export. {redo}"
-                )
+        mismatch = _first_mismatch(engine_dir, manifest)
+        if mismatch and _swapped_meanwhile(path, data):
+            return read_manifest(engine_dir, verify_hashes)
+        if mismatch:
+            rel, actual, expected = mismatch
+            raise EngineDirError(
+                f"{engine_dir / rel} does not match the manifest (sha256 {actual[:12]}..., manifest says "
+                f"{expected[:12]}...): the file was changed or damaged after export. {redo}"
+            )
     return manifest
+
+
+def _first_mismatch(engine_dir: Path, manifest: Manifest) -> tuple[str, str, str] | None:
+    for rel, expected in manifest.files():
+        actual = sha256_file(engine_dir / rel)
+        if actual != expected:
+            return rel, actual, expected
+    return None
+
+
+def _swapped_meanwhile(path: Path, data: dict) -> bool:
+    """Whether the manifest changed while its files were hashed (a re-export renamed a new dir into place)."""
+    import time
+
+    time.sleep(1.0)
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) != data
+    except (OSError, ValueError, RecursionError):
+        return False
 
 
 def write_manifest(engine_dir: str | Path, manifest: Manifest) -> Path:

@@ -21,6 +21,9 @@ log = logging.getLogger("svdedit.runtime")
 
 #: preference order when the provider is "auto"
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+#: onnxruntime's element type names, as NumPy names them
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+             "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "ort-tensorrt": "TensorrtExecutionProvider"}
 
 
@@ -92,6 +95,7 @@ class OrtRunner(Runner):
                 f"onnxruntime cannot load {path} ({str(exc).splitlines()[0][:300]}). The graph is damaged or was "
                 f"written by an incompatible exporter; re-create the engine dir with `svdedit export ... --force`."
             ) from None
+        self._check_graph(path)
         self.provider = self.session.get_providers()[0]
         log.info("%s: onnxruntime session on %s", self.network, self.provider)
         if self.provider != wanted[0]:
@@ -99,8 +103,28 @@ class OrtRunner(Runner):
             log.warning("%s: asked for %s but onnxruntime gave %s (its libraries could not be loaded); running on %s.",
                         self.network, wanted[0], self.provider, self.provider)
 
+    def _check_graph(self, path: Path) -> None:
+        """The graph's real inputs and outputs (names, element types, ranks) against the manifest's, so that
+        another network's graph under this name is refused now, naming the file, not at its first call."""
+        for role, real, declared in (("inputs", self.session.get_inputs(), self.entry.inputs),
+                                     ("outputs", self.session.get_outputs(), self.entry.outputs)):
+            got = [(a.name, ORT_TYPES.get(a.type, a.type), len(a.shape)) for a in real]
+            want = [(t.name, t.dtype, len(t.shape)) for t in declared]
+            if got != want:
+                self.session = None
+                raise EngineDirError(f"{path} is not the {self.network} the manifest describes: its {role} are {got}, "
+                                     f"the manifest says {want} (name, dtype, rank). Re-create the engine dir with "
+                                     f"`svdedit export ... --force`.")
+
     def _infer(self, feeds: dict) -> dict:
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        try:
+            return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        except Exception as exc:  # onnxruntime's InvalidArgument / Fail / RuntimeException: a graph at odds with its data
+            if type(exc).__module__.startswith("onnxruntime"):
+                raise EngineDirError(f"{self.network} ({self.engine_dir / self.entry.file}) failed on inputs of shapes "
+                                     f"{ {n: tuple(a.shape) for n, a in feeds.items()} }: "
+                                     f"{str(exc).splitlines()[0][:300]}") from None
+            raise
 
     def _deactivate(self) -> None:
         self.session = None

@@ -34,7 +34,7 @@ def fast_attr(shapes_engine, store):
 
     with Pipeline(shapes_engine) as pipe:
         attr = Editor(pipe).learn(SOURCE, TARGET, knobs=Knobs(steps=20, iters=100))
-        return AttributeStore(store, pipe.manifest.identity()).save(attr), attr
+        return AttributeStore(store, pipe.manifest.identities()).save(attr), attr
 
 
 def test_concurrent_edits_share_batches_and_equal_edits_alone(shapes_engine, store, fast_attr):

@@ -34,7 +34,7 @@ def test_edit_changes_the_colour_and_keeps_the_rest(shapes_engine, learned):
 
     with Pipeline(shapes_engine) as pipe:
         editor = Editor(pipe)
-        attr = Attribute.load(learned, engine=editor.engine_hash)
+        attr = Attribute.load(learned, engine=editor.engine_ids)
         seeds = list(range(500, 500 + len(HELD_OUT)))
         r = editor.edit_seeds([attr], HELD_OUT, seeds)
         again = editor.edit_seeds([attr], HELD_OUT[:2], seeds[:2])

@@ -25,7 +25,10 @@ def test_fields_are_typed_and_the_raw_json_is_kept(engine_dirs):
     assert (m.latent.channels, m.latent.vae_scale_factor) == (4, 4)
     assert isinstance(m.latent.vae_scaling_factor, float) and isinstance(m.image_size.default, int)
     assert m.networks["unet"].inputs[0].shape == ("batch", 4, "latent_height", "latent_width")
-    assert m.identity() == sha256_json(raw)  # what attribute files are keyed on, unchanged by the typing
+    assert m.identities()[1] == sha256_json(raw)  # svdedit 0.1.0's identity: attribute files learned then still load
+    assert m.identity() == sha256_json({"source": raw["source"]["sha256"], "family": raw["family"],
+                                        "prediction_type": raw["prediction_type"], "latent": raw["latent"],
+                                        "text": {k: raw["text"][k] for k in ("sequence_length", "hidden_size")}})
     assert m.axis_sizes(3) == {"batch": 3, "height": 32, "width": 32, "latent_height": 8, "latent_width": 8}
     assert m.axis_sizes(1, size=64)["latent_width"] == 16
     assert m.builds == {} and m.files()[0] == ("schedule.json", m.schedule.sha256)
