@@ -234,7 +234,7 @@ def load_test(engine: Path, clients: int, n: int, deadline: float, tolerance: in
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
             serve.start(http_options={"host": "127.0.0.1", "port": ray_port})
         try:
-            run_ray(ServeSettings(engine, store=store, max_upload_bytes=max_upload), port=ray_port, replicas=ray_replicas,
+            run_ray(ServeSettings.make(engine, store=store, max_file_bytes=max_upload), port=ray_port, replicas=ray_replicas,
                     cpus_per_replica=0.5, blocking=False)
             url = f"http://127.0.0.1:{ray_port}"
             wait_ready(url)
@@ -250,7 +250,7 @@ def load_test(engine: Path, clients: int, n: int, deadline: float, tolerance: in
                 ray.shutdown()
     else:
         port = free_port()
-        proc = start_uvicorn(engine, store, port, "--max-upload-bytes", str(max_upload))
+        proc = start_uvicorn(engine, store, port, "--max-file-bytes", str(max_upload))
         try:
             wait_ready(f"http://127.0.0.1:{port}")
             wall = run_load(f"http://127.0.0.1:{port}", attr_id, requests, clients, deadline, max_upload)

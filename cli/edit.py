@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-prompt", type=prompt, help="the target prompt, instead of deriving it from the attribute")
     p.add_argument("--strength", type=bounded_number(-10, 10), default=1.0,
                    help="0 = unchanged, 1 = the learned edit, >1 extrapolates (default 1; -10 to 10)")
-    p.add_argument("--batch", type=bounded_int(1, LIMITS.max_batch), default=16, help="images per UNet call (default 16)")
+    p.add_argument("--batch", type=bounded_int(1, LIMITS.max_batch_size), default=16, help="images per UNet call (default 16)")
     p.add_argument("--timings", action="store_true",
                    help="print one more JSON line: seconds spent in each stage (text, vae_encode, invert, "
                         "sample_to_edit, svd_avi, sample_rest, vae_decode) over all images")

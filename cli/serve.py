@@ -22,15 +22,18 @@ SETTING_HELP = {
     "store": "the attribute store folder (default: ~/.local/share/svdedit/attributes/<engine identity>)",
     "provider": "what runs the networks (see svdedit generate --help)",
     "max_batch": "most images in one batch", "max_wait_ms": "longest wait of a request for others to batch with",
-    "max_queue": "most images waiting; beyond, 503", "max_upload_bytes": "largest image upload",
-    "max_pixels": "largest image, in pixels (read from its header before decoding)",
+    "max_queue": "most images waiting; beyond, 503",
+    "request_timeout_s": "a request still unanswered after this many seconds gets 504",
+    "max_file_bytes": "largest image upload", "max_pixels": "largest image, in pixels (read from its header)",
+    "max_aspect": "largest aspect ratio of an image", "max_images": "(command line only: images of one edit run)",
     "max_seeds": "most seeds in one edit request", "max_prompt_chars": "longest prompt",
     "max_steps": "most DDIM steps a request may ask for", "max_learn_iters": "most Adam steps of a learn request",
-    "request_timeout_s": "a request still unanswered after this many seconds gets 504",
+    "max_batch_size": "(command line only: largest --batch)", "max_grid": "(command line only: largest probe grid)",
 }
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from svdedit.runtime.limits import Limits
     from svdedit.serve.settings import ServeSettings
 
     p = command(sub, "serve", run, "serve an engine dir over HTTP: API, web page, metrics (extra svdedit[serve])",
@@ -38,10 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="an engine dir written by `svdedit export`")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=positive_int, default=8000, help="port to listen on")
-    g = p.add_argument_group("service settings")
-    for f in fields(ServeSettings):
-        if f.name == "engine_dir":
-            continue
+    g = p.add_argument_group("service settings (the limits are runtime/limits.py's, shared with the command line)")
+    for f in [f for f in fields(ServeSettings) if f.name not in ("engine_dir", "limits")] + list(fields(Limits)):
         kind = {"int": positive_int, "float": number}.get(f.type.split(" ")[0], str)
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default,
                        help=SETTING_HELP[f.name])
@@ -67,10 +68,13 @@ def run(args: argparse.Namespace) -> int:
         raise SvdeditError(f"serving needs the serve extra ({exc.name} is missing): pip install 'svdedit[serve]'"
                            f"{' or svdedit[ray]' if args.ray else ''}.") from None
     read_manifest(args.engine_dir, verify_hashes=False)  # a wrong engine dir is an error now, not in a replica
-    settings = ServeSettings(Path(args.engine_dir), **{f.name: getattr(args, f.name) for f in fields(ServeSettings)
-                                                       if f.name != "engine_dir"}).check()
-    if settings.store is not None:
-        settings = ServeSettings(**{**settings.__dict__, "store": Path(settings.store)})
+    from svdedit.runtime.limits import Limits
+
+    names = [f.name for f in fields(ServeSettings) if f.name not in ("engine_dir", "limits")]
+    names += [f.name for f in fields(Limits)]
+    options = {n: getattr(args, n) for n in names}
+    options["store"] = Path(options["store"]) if options["store"] else None
+    settings = ServeSettings.make(Path(args.engine_dir), **options).check()
     if not args.ray:
         serving.run_uvicorn(settings, args.host, args.port)
         return 0

@@ -21,7 +21,7 @@ class Limits:
     max_prompt_chars: int = 1_000         # the text encoder reads 77 tokens; longer prompts are cut anyway
     max_steps: int = 1_000                # DDIM steps (a schedule has 1000)
     max_learn_iters: int = 100_000        # Adam steps of one `learn`
-    max_batch: int = 256                  # images per UNet call (--batch)
+    max_batch_size: int = 256             # images per UNet call (--batch)
     max_grid: int = 1_024                 # images of one `probe sweep` grid (run in batches)
 
 

@@ -309,7 +309,7 @@ class ServiceError(SvdeditError):
 async def _edit_request(request: Request) -> EditRequest:
     """The edit's fields from JSON or from a multipart form (whose image file is read into base64)."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        limit = backend_of(request).settings.max_upload_bytes
+        limit = backend_of(request).settings.limits.max_file_bytes
         form = await request.form(max_files=1, max_fields=10)
         upload = form.get("image")
         if upload is None or isinstance(upload, str):
@@ -415,7 +415,7 @@ class BodyLimit:
 
     async def _refuse(self, scope, receive, send):
         response = error_response(413, f"the request body is over {self.limit} bytes, this service's limit "
-                                       f"(--max-upload-bytes, plus base64's third).")
+                                       f"(--max-file-bytes, plus base64's third).")
         await response(scope, receive, send)
 
 
@@ -451,6 +451,6 @@ def create_app(backend: Backend) -> FastAPI:
         backend.metrics.observe(request.method, route, response.status_code, time.perf_counter() - t0)
         return response
 
-    limit = backend.settings.max_upload_bytes * 4 // 3 + 2**20  # base64's third, and room for the rest
+    limit = backend.settings.limits.max_file_bytes * 4 // 3 + 2**20  # base64's third, and room for the rest
     app.add_middleware(BodyLimit, limit=limit)
     return app

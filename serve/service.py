@@ -16,6 +16,7 @@ front end's one worker thread.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass, fields
 from typing import Sequence
@@ -125,8 +126,9 @@ class EditService:
         if seeds is not None and not prompt:
             raise InvalidRequestError("prompt", "seeds are generated from the prompt; give one (an image may come "
                                                 "without a caption, seeds may not).")
-        if seeds is not None and not 1 <= len(seeds) <= s.max_seeds:
-            raise InvalidRequestError("seeds", f"{len(seeds)} seeds given; one request takes 1 to {s.max_seeds} "
+        most = min(s.limits.max_seeds, s.max_queue)
+        if seeds is not None and not 1 <= len(seeds) <= most:
+            raise InvalidRequestError("seeds", f"{len(seeds)} seeds given; one request takes 1 to {most} "
                                                f"(send several requests for more).")
         if not np.isfinite(strength) or abs(strength) > 10:
             raise InvalidRequestError("strength", f"strength {strength} is out of range; give a number from -10 to 10 "
@@ -149,16 +151,20 @@ class EditService:
                     raise InvalidRequestError("prompt", str(exc)) from None
         fitted = None
         if image is not None:
-            if len(image) > s.max_upload_bytes:
+            if len(image) > s.limits.max_file_bytes:
                 raise InvalidRequestError("image", f"the image is {len(image)} bytes; the limit is "
-                                                   f"{s.max_upload_bytes} bytes.")
-            fitted = fit(decode_image(image, "the uploaded image", s.max_pixels), self.pipe.size)
+                                                   f"{s.limits.max_file_bytes} bytes.")
+            fitted = fit(decode_image(image, "the uploaded image", s.limits), self.pipe.size)
         return EditJob(recipe, prompt, target_prompt, list(seeds) if seeds is not None else None, fitted)
 
     def _check_prompt(self, field: str, prompt: str) -> None:
-        if len(prompt) > self.settings.max_prompt_chars:
+        if len(prompt) > self.settings.limits.max_prompt_chars:
             raise InvalidRequestError(field, f"the {field} is {len(prompt)} characters long; the limit is "
-                                             f"{self.settings.max_prompt_chars} (the text encoder reads 77 tokens).")
+                                             f"{self.settings.limits.max_prompt_chars} (the text encoder reads 77 tokens).")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequestError(field, f"the {field} is not valid UTF-8 text.") from None
 
     # ---- the batched work ----
     def run_batch(self, jobs: Sequence[EditJob]) -> list[EditOutcome | Exception]:
@@ -228,9 +234,13 @@ class EditService:
             k = Knobs(**(knobs or {})).check()
         except TypeError as exc:
             raise InvalidRequestError("knobs", f"a knob has a value of the wrong type ({exc}).") from None
-        if k.steps > self.settings.max_steps or k.iters > self.settings.max_learn_iters:
+        lim = self.settings.limits
+        if k.steps > lim.max_steps or k.iters > lim.max_learn_iters:
             raise InvalidRequestError("knobs", f"steps {k.steps} / iters {k.iters}: this service allows at most "
-                                               f"{self.settings.max_steps} steps and {self.settings.max_learn_iters} iters.")
+                                               f"{lim.max_steps} steps and {lim.max_learn_iters} iters.")
+        if not source.strip() or not target.strip() or source.split() == target.split():
+            raise InvalidRequestError("target", "source and target must be two different, non-empty prompts: the "
+                                                "attribute is what changes between them.")
         attr = Editor(self.pipe).learn(source, target, seed=seed, knobs=k)
         return self.store.describe(self.store.save(attr))
 
@@ -238,7 +248,10 @@ class EditService:
         """Text to image (PNG)."""
         self._require_ready()
         self._check_prompt("prompt", prompt)
-        if not 1 <= steps <= self.settings.max_steps:
-            raise InvalidRequestError("steps", f"steps {steps}: give 1 to {self.settings.max_steps}.")
+        if not 1 <= steps <= self.settings.limits.max_steps:
+            raise InvalidRequestError("steps", f"steps {steps}: give 1 to {self.settings.limits.max_steps}.")
+        if not 0 <= seed < 2**63 or not math.isfinite(guidance) or not 0 <= guidance <= 100:
+            raise InvalidRequestError("seed" if not 0 <= seed < 2**63 else "guidance",
+                                      f"seed {seed} / guidance {guidance}: a seed is 0 to 2**63 - 1, guidance 0 to 100.")
         latent = self.pipe.generate(prompt, seed=seed, steps=steps, guidance=guidance)
         return encode_png(to_uint8(self.pipe.decode(latent))[0])

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from svdedit.runtime.errors import SvdeditError
+from svdedit.runtime.limits import LIMITS, Limits
 
 
 def default_store_root() -> Path:
@@ -29,20 +30,23 @@ class ServeSettings:
     max_batch: int = 8              # images per batch: concurrent requests share every UNet call
     max_wait_ms: float = 25.0       # how long the first request of a batch waits for others
     max_queue: int = 64             # images waiting (queued or running); beyond it: 503 with Retry-After
-    # ---- limits of one request ----
-    max_upload_bytes: int = 10 * 2**20
-    max_pixels: int = 16_000_000    # checked from the image header, before decoding (decompression bombs)
-    max_seeds: int = 16
-    max_prompt_chars: int = 300     # CLIP reads 77 tokens; longer prompts are cut anyway
-    max_steps: int = 200
-    max_learn_iters: int = 2000
     request_timeout_s: float = 120.0
+    #: the bounds of one request: the same object, and defaults, as the command line's (runtime/limits.py)
+    limits: Limits = LIMITS
+
+    @classmethod
+    def make(cls, engine_dir: Path, **options) -> "ServeSettings":
+        """Settings from flat options: those named like Limits' fields go into `limits`."""
+        limit_names = {f.name for f in fields(Limits)}
+        limits = Limits(**{k: v for k, v in options.items() if k in limit_names})
+        return cls(Path(engine_dir), **{k: v for k, v in options.items() if k not in limit_names}, limits=limits)
 
     def check(self) -> "ServeSettings":
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-                raise SvdeditError(f"--{f.name.replace('_', '-')} {value}: must be positive.")
+        for owner in (self, self.limits):
+            for f in fields(owner):
+                value = getattr(owner, f.name)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+                    raise SvdeditError(f"--{f.name.replace('_', '-')} {value}: must be positive.")
         if self.max_queue < self.max_batch:
             raise SvdeditError(f"--max-queue {self.max_queue} is smaller than --max-batch {self.max_batch}; a full batch "
                                f"could never wait. Give a queue at least as long as a batch.")

@@ -64,8 +64,10 @@ class Knobs:
                 bad(name, f"must be a number from {lo:g} to {hi:g}.")
         if not 0.0 < self.t_edit < 1.0:
             bad("t_edit", "must be a fraction of the schedule strictly between 0 and 1 (e.g. 0.5).")
-        if not -self.steps < self.dtau < self.steps:
-            bad("dtau", f"must be between {1 - self.steps} and {self.steps - 1} (it counts DDIM steps of {self.steps}).")
+        i_x = round(self.steps * (1 - self.t_edit))  # T_x's step index (edit_step finds it exactly on the schedule)
+        if not i_x - self.steps < self.dtau <= i_x:
+            bad("dtau", f"with {self.steps} steps and t_edit {self.t_edit:g}, z would be taken at step {i_x - self.dtau}, "
+                        f"outside the trajectory; give {i_x - self.steps + 1} to {i_x}.")
         if self.continuation not in ("target", "source"):
             bad("continuation", "must be 'target' or 'source'.")
         if self.window > self.steps:

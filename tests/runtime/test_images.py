@@ -61,3 +61,45 @@ def test_png_round_trip_and_psnr(tmp_path):
     assert np.array_equal(np.asarray(Image.open(path)), u8)
     assert psnr(u8, u8) == float("inf")
     assert 20 < psnr(u8, np.clip(u8.astype(int) + 10, 0, 255).astype(np.uint8)) < 30
+
+
+# ---- property-based: any bytes, any small image of any mode (issue 18) ----
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.fuzzing import FUZZ  # noqa: E402
+
+
+def _png_of(mode: str, w: int, h: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    if mode == "F":
+        img = Image.fromarray(rng.normal(0, 1e6, (h, w)).astype(np.float32), mode="F")
+        fmt = "TIFF"
+    elif mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, (h, w)).astype(np.uint16))
+        fmt = "PNG"
+    else:
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 4)).astype(np.uint8), "RGBA").convert(mode)
+        fmt = "PNG"
+    import io
+
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@FUZZ
+@given(data=st.binary(max_size=600), mode=st.sampled_from(["1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "I;16", "F"]),
+       w=st.integers(1, 90), h=st.integers(1, 90), seed=st.integers(0, 9), cut=st.integers(0, 400))
+def test_any_bytes_or_image_decode_to_rgb_or_a_clear_error(data, mode, w, h, seed, cut):
+    from svdedit.runtime.images import decode_image
+
+    good = _png_of(mode, w, h, seed) if mode != "CMYK" else _png_of("RGB", w, h, seed)
+    for blob in (data, good, good[:cut], good[:16] + data):
+        try:
+            img = decode_image(blob, "the fuzzed image")
+        except SvdeditError as exc:
+            assert "the fuzzed image" in str(exc)
+        else:
+            assert img.mode == "RGB" and img.size[0] * img.size[1] >= 1
+            assert fit(img, 32).shape == (3, 32, 32)

@@ -1,5 +1,6 @@
 """runtime/text.py: SD's tokenization from tokenizer.json alone (transformers is the oracle)."""
 
+import json
 import warnings
 
 import numpy as np
@@ -43,3 +44,57 @@ def test_a_broken_tokenizer_file_is_a_clear_error(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(EngineDirError, match="not a loadable tokenizer.json"):
         Tokenizer(tmp_path / "tokenizer.json", 77, 49407)
+
+
+# ---- property-based: damaged tokenizer files and any prompt (issue 18) ----
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.fuzzing import FUZZ, mutate, mutations  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tokenizer_json(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from svdedit.export.clip_tokenizer import build_clip_tokenizer
+
+    folder = tmp_path_factory.mktemp("tok")
+    build_clip_tokenizer().save_pretrained(folder)
+    return json.loads((folder / "tokenizer.json").read_text())
+
+
+@FUZZ
+@given(changes=mutations(), garbage=st.binary(max_size=200))
+def test_any_damaged_tokenizer_file_loads_or_is_a_clear_error(tmp_path_factory, tokenizer_json, changes, garbage):
+    from svdedit.runtime.errors import EngineDirError
+
+    tok = dict(tokenizer_json)
+    tok["model"] = {k: v for k, v in tok["model"].items() if k not in ("vocab", "merges")}  # keep the mutations cheap
+    folder = tmp_path_factory.getbasetemp()
+    for i, text in enumerate((json.dumps(mutate(tok, changes)), garbage.decode("latin-1"))):
+        path = folder / f"tok{i}.json"
+        path.write_text(text)
+        try:
+            Tokenizer(path, 77, 0)
+        except EngineDirError as exc:
+            assert str(path) in str(exc) or "pad_id" in str(exc)
+
+
+@FUZZ
+@given(prompt=st.text(max_size=300))
+def test_any_prompt_is_tokenized_or_refused_clearly(tmp_path_factory, tokenizer_json, prompt):
+    import warnings
+
+    from svdedit.runtime.errors import SvdeditError
+
+    path = tmp_path_factory.getbasetemp() / "clip.json"
+    if not path.exists():
+        path.write_text(json.dumps(tokenizer_json))
+    tok = Tokenizer(path, 77, 49407)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ids = tok([prompt, prompt + "\udcff"])[0]
+            assert ids.shape == (77,) and ids.min() >= 0
+        except SvdeditError as exc:
+            assert "UTF-8" in str(exc)

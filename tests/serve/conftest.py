@@ -16,7 +16,7 @@ from tests.conftest import requires_torch
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 #: small limits, so that the tests can reach them cheaply
-TEST_LIMITS = dict(max_upload_bytes=300_000, max_pixels=4_000_000, max_seeds=4, max_prompt_chars=120)
+TEST_LIMITS = dict(max_file_bytes=300_000, max_pixels=4_000_000, max_seeds=4, max_prompt_chars=120)
 
 
 class ThreadServer:
@@ -47,7 +47,7 @@ def local_server(engine: Path, store: Path, **settings) -> ThreadServer:
     from svdedit.serve.app import LocalBackend, create_app
     from svdedit.serve.settings import ServeSettings
 
-    return ThreadServer(create_app(LocalBackend(ServeSettings(engine, store=store, **settings)))).start()
+    return ThreadServer(create_app(LocalBackend(ServeSettings.make(engine, store=store, **settings)))).start()
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +70,7 @@ def ray_server(port: int, engine: Path, store: Path, replicas: int = 2, **settin
     from svdedit.serve.run import run_ray
     from svdedit.serve.settings import ServeSettings
 
-    run_ray(ServeSettings(engine, store=store, **settings), port=port, replicas=replicas, cpus_per_replica=0.5,
+    run_ray(ServeSettings.make(engine, store=store, **settings), port=port, replicas=replicas, cpus_per_replica=0.5,
             blocking=False)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url)

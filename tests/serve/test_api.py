@@ -145,7 +145,7 @@ def test_bad_edit_requests_get_a_clear_4xx(client, attr_id, body, status, field,
 def test_other_bad_requests(client, attr_id):
     r = client.post("/v1/edits", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"]["field"] == "body"
-    huge = client.post("/v1/edits", content=b"x" * (TEST_LIMITS["max_upload_bytes"] * 2 + 2**20),
+    huge = client.post("/v1/edits", content=b"x" * (TEST_LIMITS["max_file_bytes"] * 2 + 2**20),
                        headers={"content-type": "application/json"})
     assert huge.status_code == 413 and "limit" in huge.json()["error"]["message"]
     up = client.post("/v1/edits", data={"prompt": PROMPT, "attributes": attr_id},

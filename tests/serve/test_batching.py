@@ -64,7 +64,7 @@ def test_a_full_queue_answers_503_and_a_slow_request_504(shapes_engine, store, f
     from svdedit.serve.settings import ServeSettings
     from tests.serve.conftest import ThreadServer
 
-    backend = LocalBackend(ServeSettings(shapes_engine, store=store, max_batch=1, max_queue=1, request_timeout_s=1.5))
+    backend = LocalBackend(ServeSettings.make(shapes_engine, store=store, max_batch=1, max_queue=1, request_timeout_s=1.5))
     release = threading.Event()
     real = backend.service.run_batch
     backend.service.run_batch = lambda jobs: (release.wait(30), real(jobs))[1]  # the engines are busy until released

@@ -15,18 +15,16 @@ import os
 import shutil
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import given
 
 from svdedit.runtime.ddim import Schedule
 from svdedit.runtime.engines.manifest import read_manifest
 from svdedit.runtime.errors import EngineDirError, SvdeditError
 from tests.cli import assert_clear_error, run_cli
 from tests.conftest import requires_torch
+from tests.fuzzing import FUZZ, mutate, mutations
 
 pytestmark = requires_torch  # the engine fixtures are exported with torch
-FUZZ = settings(max_examples=200, derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
@@ -152,50 +150,13 @@ def test_the_identity_is_the_models_not_the_exports(engine_dirs, raw):
 
 
 # ---- property-based: any mutation of a valid manifest or schedule ----
-def _mutations():
-    leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True),
-                     st.text(max_size=20), st.just("../" * 8 + "etc/passwd"), st.just("/etc/passwd"),
-                     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
-    return st.lists(st.tuples(st.sampled_from(["delete", "set", "nest"]), st.integers(0, 10_000), leaf),
-                    min_size=1, max_size=4)
-
-
-def _paths(obj, prefix=()):
-    yield prefix
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj[:4]):
-            yield from _paths(v, prefix + (i,))
-
-
-def _mutate(obj, mutations):
-    obj = copy.deepcopy(obj)
-    for kind, pick, value in mutations:
-        paths = [p for p in _paths(obj) if p]
-        if not paths:
-            break
-        path = paths[pick % len(paths)]
-        parent = obj
-        for k in path[:-1]:
-            parent = parent[k]
-        if kind == "delete":
-            del parent[path[-1]]
-        elif kind == "set":
-            parent[path[-1]] = value
-        else:
-            parent[path[-1]] = [[[value]]]
-    return obj
-
-
 @FUZZ
-@given(mutations=_mutations())
-def test_any_mutation_of_a_manifest_is_accepted_or_a_clear_error(engine_dirs, tmp_path_factory, raw, mutations):
+@given(changes=mutations())
+def test_any_mutation_of_a_manifest_is_accepted_or_a_clear_error(engine_dirs, tmp_path_factory, raw, changes):
     d = tmp_path_factory.getbasetemp() / "fuzz-manifest"
     if not d.exists():
         shutil.copytree(engine_dirs["sd1"], d)
-    m = _mutate(raw, mutations)
+    m = mutate(raw, changes)
     (d / "manifest.json").write_text(json.dumps(m, allow_nan=True))
     try:
         read_manifest(d, verify_hashes=True)
@@ -207,14 +168,28 @@ def test_any_mutation_of_a_manifest_is_accepted_or_a_clear_error(engine_dirs, tm
 
 
 @FUZZ
-@given(mutations=_mutations())
-def test_any_mutation_of_a_schedule_is_accepted_or_a_clear_error(engine_dirs, tmp_path_factory, mutations):
+@given(changes=mutations())
+def test_any_mutation_of_a_schedule_is_accepted_or_a_clear_error(engine_dirs, tmp_path_factory, changes):
     base = json.loads((engine_dirs["sd1"] / "schedule.json").read_text())
     base["alphas_cumprod"] = base["alphas_cumprod"][:50]
     path = tmp_path_factory.getbasetemp() / "fuzz-schedule.json"
-    path.write_text(json.dumps(_mutate(base, mutations), allow_nan=True))
+    path.write_text(json.dumps(mutate(base, changes), allow_nan=True))
     try:
         s = Schedule.from_json(path)
         assert len(s.alphas_cumprod) > 0 and all(math.isfinite(a) for a in s.alphas_cumprod)
     except SvdeditError as exc:
         assert "schedule" in str(exc) or str(path) in str(exc)
+
+
+def test_mutated_manifests_through_the_command_line_exit_0_or_2(engine_dirs, tmp_path, raw):
+    """The property end to end, on a fixed sample: `svdedit check` exits 0 or 2, never with a traceback."""
+    from tests.fuzzing import sample_mutations
+
+    d = _with_manifest(engine_dirs, tmp_path, raw)
+    codes = []
+    for changes in sample_mutations(12, seed=18):
+        (d / "manifest.json").write_text(json.dumps(mutate(raw, changes), allow_nan=True))
+        proc = run_cli("check", d)
+        assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr, (changes, proc.stderr)
+        codes.append(proc.returncode)
+    assert 2 in codes
