@@ -94,6 +94,20 @@ def numbers(text: str) -> list[float]:
     return values
 
 
+def bounded_numbers(lo: float, hi: float, most: int):
+    """A comma-separated list of at most `most` finite numbers from lo to hi (e.g. --strength 0,0.5,1)."""
+    one = bounded_number(lo, hi)
+
+    def parse(text: str) -> list[float]:
+        values = [one(t) for t in text.split(",") if t.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r} names no numbers; write e.g. 1 or 0,0.5,1")
+        if len(values) > most:
+            raise argparse.ArgumentTypeError(f"{len(values)} values; give at most {most}")
+        return values
+    return parse
+
+
 def whole_numbers(text: str) -> list[int]:
     try:
         values = [int(t) for t in text.split(",") if t.strip()]

@@ -13,6 +13,7 @@ import numpy as np
 from svdedit.cli.args import (
     bounded_int,
     bounded_number,
+    bounded_numbers,
     command,
     engine_args,
     knob_args,
@@ -28,6 +29,8 @@ from svdedit.cli.args import (
 from svdedit.runtime.limits import LIMITS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+#: strengths one `svdedit edit` run may ask for (each is a re-edit through the cache: a strip of them)
+MAX_STRENGTHS = 16
 
 LEARN_DESCRIPTION = """\
 Learn an attribute from ONE pair of prompts: sample both from the same seed to T_x, take the
@@ -44,6 +47,9 @@ attribute's word change applied (red -> blue), unless --target-prompt gives it; 
 does not contain the attribute's word (or has none) is edited along the attribute's own prompt pair
 instead, at the attribute's --uncaptioned-guidance. Writes the edited image and a 'source | edited'
 strip per image, and prints one JSON line per image saying which prompts were used.
+With several strengths (--strength 0,0.25,0.5,0.75,1) each image is inverted (or sampled) once and
+re-edited at each strength through the edit cache; the files are <name>_s<strength>.png and the strip
+'source | each strength' (-o OUT.png with one image: OUT.png is the strip).
 """
 
 
@@ -70,8 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--seeds", type=seeds, dest="seeds", help="several seeds: 0-99, 1,5,9")
     what.add_argument("--image", metavar="IMG|DIR", help="a real image, or a folder of images")
     p.add_argument("--target-prompt", type=prompt, help="the target prompt, instead of deriving it from the attribute")
-    p.add_argument("--strength", type=bounded_number(-10, 10), default=1.0,
-                   help="0 = unchanged, 1 = the learned edit, >1 extrapolates (default 1; -10 to 10)")
+    p.add_argument("--strength", type=bounded_numbers(-10, 10, MAX_STRENGTHS), default=[1.0],
+                   help="0 = unchanged, 1 = the learned edit, >1 extrapolates (default 1; -10 to 10). Several, "
+                        "e.g. 0,0.25,0.5,0.75,1: each image is inverted once and re-edited at each strength "
+                        "(runtime/editing/cache.py); the strip shows them left to right")
     p.add_argument("--batch", type=bounded_int(1, LIMITS.max_batch_size), default=16, help="images per UNet call (default 16)")
     p.add_argument("--timings", action="store_true",
                    help="print one more JSON line: seconds spent in each stage (text, vae_encode, invert, "
@@ -139,11 +147,14 @@ def run_learn(args: argparse.Namespace) -> int:
     return 0
 
 
-def _strip(source: np.ndarray, edited: np.ndarray) -> np.ndarray:
-    """source | edited, side by side with a 2 px white gap, enlarged to at least 256 px high."""
+def _strip(source: np.ndarray, *edited: np.ndarray) -> np.ndarray:
+    """source | edited | ..., side by side with a 2 px white gap, enlarged to at least 256 px high."""
     h = source.shape[0]
     gap = np.full((h, 2, 3), 255, np.uint8)
-    strip = np.concatenate([source, gap, edited], axis=1)
+    parts = [source]
+    for e in edited:
+        parts += [gap, e]
+    strip = np.concatenate(parts, axis=1)
     scale = max(1, 256 // h)
     return strip.repeat(scale, 0).repeat(scale, 1)
 
@@ -162,6 +173,7 @@ def _image_list(path: str) -> list[Path]:
 
 def run_edit(args: argparse.Namespace) -> int:
     from svdedit.runtime.editing.avi import Attribute
+    from svdedit.runtime.editing.cache import EditCache
     from svdedit.runtime.editing.edit import Editor
     from svdedit.runtime.engines.manifest import read_manifest
     from svdedit.runtime.errors import SvdeditError
@@ -187,37 +199,54 @@ def run_edit(args: argparse.Namespace) -> int:
     size = read_manifest(args.engine, verify_hashes=False).image_size.default
     images = np.stack([fit(load_image(f), size) for f in files]) if files else None  # one image at full size at a time
     stages = Stages() if args.timings else NO_STAGES
+    strengths = args.strength
     with Pipeline(args.engine, args.provider) as pipe:
-        editor = Editor(pipe, stages=stages)
+        editor = Editor(pipe, stages=stages, cache=EditCache() if len(strengths) > 1 else None)
         attrs = [Attribute.load(a, engine=editor.engine_ids) for a in args.attr]
         targets = [args.target_prompt] * count if args.target_prompt else None
         bar, progress = progress_bar("edit", unit="image")
-        if files:
-            result = editor.edit_images(attrs, images, [args.prompt or ""] * count, strength=args.strength,
-                                        target_prompts=targets, batch=args.batch, progress=progress)
-            names = [f.stem for f in files]
-        else:
-            result = editor.edit_seeds(attrs, [args.prompt] * count, args.seeds, strength=args.strength,
-                                       target_prompts=targets, batch=args.batch, progress=progress)
-            names = [f"seed{s}" for s in args.seeds]
+        results = []
+        for k, strength in enumerate(strengths):  # the first inverts (or samples); the others re-edit
+            def report(done, total, k=k):
+                progress(k * total + done, total * len(strengths))
+            if files:
+                results.append(editor.edit_images(attrs, images, [args.prompt or ""] * count, strength=strength,
+                                                  target_prompts=targets, batch=args.batch, progress=report))
+            else:
+                results.append(editor.edit_seeds(attrs, [args.prompt] * count, args.seeds, strength=strength,
+                                                 target_prompts=targets, batch=args.batch, progress=report))
+        names = [f.stem for f in files] if files else [f"seed{s}" for s in args.seeds]
         bar.close()
     written = []
     try:
         for i, name in enumerate(names):
-            path = out if single else out / f"{name}.png"
-            strip = path.with_name(path.stem + "_strip.png")
-            save_image(result.edited[i], path)
-            save_png(_strip(result.source[i], result.edited[i]), strip)
-            written.append(path)
-            print(json.dumps({"output": str(path), "strip": str(strip), "source_prompt": result.source_prompts[i],
-                              "target_prompt": result.target_prompts[i], "strength": args.strength}))
+            source = results[0].source[i]
+            strip_image = _strip(source, *(r.edited[i] for r in results))
+            if len(strengths) == 1:
+                path = out if single else out / f"{name}.png"
+                strip = path.with_name(path.stem + "_strip.png")
+                save_image(results[0].edited[i], path)
+                outputs = [(path, strengths[0])]
+            else:
+                strip = out if single else out / f"{name}_strip.png"
+                outputs = [] if single else [(out / f"{name}_s{s:g}.png", s) for s in strengths]
+                for (path, _), r in zip(outputs, results):
+                    save_image(r.edited[i], path)
+            (save_png if strip.suffix.lower() == ".png" else save_image)(strip_image, strip)
+            written.append(strip)
+            for k, s in enumerate(strengths):
+                line = {"output": str(outputs[k][0]) if outputs else None, "strip": str(strip),
+                        "source_prompt": results[k].source_prompts[i], "target_prompt": results[k].target_prompts[i],
+                        "strength": s}
+                print(json.dumps(line))
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted while writing: {len(written)} of {count} images written, each complete "
                           f"({', '.join(p.name for p in written[:5])}{', ...' if len(written) > 5 else ''}); "
                           f"no partial file was left.") from None
     if args.timings:
         print(json.dumps({"seconds_per_stage": {k: round(v, 4) for k, v in stages.seconds.items()},
-                          "images": count, "providers": pipe.providers}))
+                          "images": count, "strengths": len(strengths), "providers": pipe.providers,
+                          **({"cache": asdict(editor.cache.stats)} if editor.cache is not None else {})}))
     return 0
 
 

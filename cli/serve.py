@@ -24,6 +24,7 @@ SETTING_HELP = {
     "max_batch": "most images in one batch", "max_wait_ms": "longest wait of a request for others to batch with",
     "max_queue": "most images waiting; beyond, 503",
     "request_timeout_s": "a request still unanswered after this many seconds gets 504",
+    "edit_cache_mb": "MiB of inverted images kept, so that re-editing one skips its inversion (0 = off)",
     "max_file_bytes": "largest image upload", "max_pixels": "largest image, in pixels (read from its header)",
     "max_aspect": "largest aspect ratio of an image", "max_images": "(command line only: images of one edit run)",
     "max_seeds": "most seeds in one edit request", "max_prompt_chars": "longest prompt",

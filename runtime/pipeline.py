@@ -64,6 +64,11 @@ class Pipeline:
             self._opened.close()
             self._opened = None
 
+    def numerics_key(self) -> tuple:
+        """What, besides the engine and the inputs, changes the numbers this pipeline computes (the key of cached
+        latents, runtime/editing/cache.py): the providers that run the networks."""
+        return tuple(sorted(self.providers.items()))
+
     @property
     def providers(self) -> dict[str, str]:
         """What runs each network: the onnxruntime provider its session really got (after any silent fallback),

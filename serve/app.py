@@ -96,7 +96,7 @@ class LocalBackend(Backend):
     def __init__(self, settings: ServeSettings):
         self.settings = settings.check()
         self.service = EditService(settings)
-        self.metrics = Metrics(self.queue_images)
+        self.metrics = Metrics(self.queue_images, self.service.cache)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svdedit-engines")
         self.batcher: MicroBatcher | None = None
 

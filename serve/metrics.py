@@ -12,7 +12,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class Metrics:
-    def __init__(self, queue_images: Callable[[], int]):
+    def __init__(self, queue_images: Callable[[], int], cache=None):
         self.registry = CollectorRegistry()
         self.requests = Counter("svdedit_requests", "HTTP requests by route, method and status",
                                 ["route", "method", "status"], registry=self.registry)
@@ -20,6 +20,11 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.queue = Gauge("svdedit_queue_images", "images waiting for or in a batch", registry=self.registry)
         self.queue.set_function(queue_images)
+        if cache is not None:  # runtime/editing/cache.py's EditCache of the service
+            for name, doc, read in (("hits", "latents (per image and stage) the edit cache gave back", lambda: cache.stats.hits),
+                                    ("misses", "latents the edit cache did not hold", lambda: cache.stats.misses),
+                                    ("bytes", "bytes of latents kept by the edit cache", lambda: cache.bytes)):
+                Gauge(f"svdedit_edit_cache_{name}", doc, registry=self.registry).set_function(read)
         self.batch_images = Histogram("svdedit_batch_images", "images in the batch each edit request ran in",
                                       buckets=BATCH_BUCKETS, registry=self.registry)
 

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from svdedit.runtime.editing.cache import EditCache
 from svdedit.runtime.editing.edit import Editor, Recipe
 from svdedit.runtime.editing.knobs import Knobs
 from svdedit.runtime.errors import InvalidRequestError, SvdeditError
@@ -80,6 +81,8 @@ class EditService:
         self.settings = settings.check()
         self.pipe: Pipeline | None = None
         self.store: AttributeStore | None = None
+        #: each image's inversion and pair, reused by the next edit of the same image (strength slider)
+        self.cache = EditCache(settings.edit_cache_mb << 20) if settings.edit_cache_mb else None
         self._opened = threading.Event()
 
     # ---- lifecycle ----
@@ -195,7 +198,7 @@ class EditService:
 
     def _run_group(self, group: list[EditJob]) -> list[EditOutcome]:
         stages = Stages()
-        editor = Editor(self.pipe, stages=stages)
+        editor = Editor(self.pipe, stages=stages, cache=self.cache)
         recipes = [j.recipe for j in group for _ in range(j.n_images)]
         prompts = [j.prompt for j in group for _ in range(j.n_images)]
         targets = [j.target_prompt for j in group for _ in range(j.n_images)]

@@ -31,6 +31,9 @@ class ServeSettings:
     max_wait_ms: float = 25.0       # how long the first request of a batch waits for others
     max_queue: int = 64             # images waiting (queued or running); beyond it: 503 with Retry-After
     request_timeout_s: float = 120.0
+    #: invert once, edit many: MiB of latents kept per process so that re-editing an image (the web page's
+    #: strength slider, another attribute) skips its inversion (runtime/editing/cache.py); 0 = off
+    edit_cache_mb: int = 256
     #: the bounds of one request: the same object, and defaults, as the command line's (runtime/limits.py)
     limits: Limits = LIMITS
 
@@ -45,6 +48,8 @@ class ServeSettings:
         for owner in (self, self.limits):
             for f in fields(owner):
                 value = getattr(owner, f.name)
+                if f.name == "edit_cache_mb" and value == 0:
+                    continue  # 0 turns the cache off
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
                     raise SvdeditError(f"--{f.name.replace('_', '-')} {value}: must be positive.")
         if self.max_queue < self.max_batch:

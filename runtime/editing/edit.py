@@ -24,6 +24,8 @@ The target prompt of a new image comes from its own prompt by the attribute's wo
 "blue" turns "a small red square on the right" into "a small blue square on the right"), see
 ``retarget``; ``target_prompts=`` overrides it. Every sampling and inversion goes through the
 Pipeline's DDIM driver (``Pipeline.denoise`` / ``invert_latents``), which stops at the first NaN.
+With an ``EditCache`` (cache.py) steps 1 and 2 are kept per image: editing it again at another strength runs
+3 to 5 only, with another attribute 2's z, 3, 4 and 5.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 from svdedit.runtime import ddim
 from svdedit.runtime.editing import avi
 from svdedit.runtime.editing.avi import Attribute
+from svdedit.runtime.editing.cache import EditCache, digest
 from svdedit.runtime.editing.knobs import Knobs
 from svdedit.runtime.errors import AttributeFileError, SvdeditError
 from svdedit.runtime.images import to_uint8
@@ -139,11 +142,14 @@ class Editor:
 
     `stages`: a runtime.timing.Stages to collect the wall time of each stage of an edit (text,
     vae_encode, invert, sample_to_edit, svd_avi, sample_rest, vae_decode); by default nothing is timed.
+    `cache`: an EditCache (runtime/editing/cache.py) that keeps each image's inversion and pair, so that
+    editing it again (another strength, another attribute) runs only what changed; None: nothing is kept.
     """
 
-    def __init__(self, pipe: Pipeline, stages=NO_STAGES):
+    def __init__(self, pipe: Pipeline, stages=NO_STAGES, cache: EditCache | None = None):
         self.pipe = pipe
         self.stages = stages
+        self.cache = cache
         #: what attribute files of this model are keyed on (the first: new ones; the second: svdedit 0.1.0's)
         self.engine_ids = pipe.manifest.identities()
         self.engine_hash = self.engine_ids[0]
@@ -161,12 +167,21 @@ class Editor:
     def invert_pair(self, latent0: np.ndarray, e_src: np.ndarray, e_tgt: np.ndarray, knobs: Knobs):
         """For real images (latents `latent0`): x = their DDIM inversion at T_x, z = the target prompt sampled
         from their inverted noise down to T_x + dtau."""
-        i_x, i_z = edit_step(self.pipe.schedule, knobs)
+        x, x_T = self.invert_to_edit(latent0, e_src, knobs)
+        return x, self.sample_z(x_T, e_tgt, knobs)
+
+    def invert_to_edit(self, latent0: np.ndarray, e_src: np.ndarray, knobs: Knobs):
+        """The DDIM inversion of image latents with their prompts: (x at T_x, x_T at the end of the inversion)."""
+        i_x, _ = edit_step(self.pipe.schedule, knobs)
         with self.stages("invert"):
             trajectory = self.pipe.invert_latents(latent0, e_src, knobs.steps, knobs.inversion_guidance)
+        return trajectory[knobs.steps - i_x], trajectory[-1]  # trajectory[k] sits at sampling step steps - k
+
+    def sample_z(self, x_T: np.ndarray, e_tgt: np.ndarray, knobs: Knobs):
+        """z: the target prompt sampled from inverted noise x_T down to T_x + dtau."""
+        _, i_z = edit_step(self.pipe.schedule, knobs)
         with self.stages("sample_to_edit"):
-            z = self.pipe.denoise(trajectory[-1], e_tgt, knobs.steps, knobs.guidance, stop=i_z, keep=(i_z,)).kept[i_z]
-        return trajectory[knobs.steps - i_x], z  # trajectory[k] sits at sampling step steps - k
+            return self.pipe.denoise(x_T, e_tgt, knobs.steps, knobs.guidance, stop=i_z, keep=(i_z,)).kept[i_z]
 
     # ---- 3. y ----
     def inject(self, recipes: Sequence[Recipe], x: np.ndarray, z: np.ndarray, knobs: Knobs):
@@ -324,12 +339,24 @@ class Editor:
         sources, edits = [], []
         for sl, e_src, e_tgt in self._batches(prompts, tgts, recipes, batch, progress):
             x_T = np.concatenate([self.pipe.noise(int(s)) for s in seeds[sl]])                         # 1.
+            keys = [self._key("seed pair", knobs, x_T[i], e_src[i], e_tgt[i]) for i in range(len(x_T))]
+            cached = self.cache.get_all(keys) if self.cache is not None else None
+            if cached is not None:  # a re-edit: the pair and the source image are known; y alone goes on
+                x, z, source = (np.stack(parts) for parts in zip(*cached))
+                y, _ = self.edit_latents(recipes[sl], x, z, e_src, e_tgt, knobs)                        # 3., 4.
+                with self.stages("vae_decode"):                                                          # 5.
+                    sources.append(source)
+                    edits.append(self.pipe.decode(y))
+                continue
             x, z = self.sample_pair(x_T, e_src, e_tgt, knobs)                                            # 2.
             y, x_0 = self.edit_latents(recipes[sl], x, z, e_src, e_tgt, knobs, with_source=True)        # 3., 4.
             with self.stages("vae_decode"):                                                              # 5.
                 images = self.pipe.decode(np.concatenate([x_0, y]))
             sources.append(images[:len(x_T)])
             edits.append(images[len(x_T):])
+            if self.cache is not None:
+                for i, key in enumerate(keys):
+                    self.cache.put(key, (x[i], z[i], images[i]))
         return EditResult(to_uint8(np.concatenate(sources)), to_uint8(np.concatenate(edits)), prompts, tgts)
 
     def edit_images_with(self, recipes: Sequence[Recipe], images: np.ndarray, prompts: Sequence[str],
@@ -350,14 +377,47 @@ class Editor:
             rs, ps, ts = [recipes[i] for i in group], [prompts[i] for i in group], [tgts[i] for i in group]
             report = None if progress is None else (lambda k, _n, base=done: progress(base + k, len(prompts)))
             for sl, e_src, e_tgt in self._batches(ps, ts, rs, batch, report):
-                with self.stages("vae_encode"):                                                          # 1.
-                    latent0 = self.pipe.encode(images[group[sl]])
-                x, z = self.invert_pair(latent0, e_src, e_tgt, group_knobs)                              # 2.
+                x, z = self._image_pair(images[group[sl]], e_src, e_tgt, group_knobs)                    # 1., 2.
                 y, _ = self.edit_latents(rs[sl], x, z, e_src, e_tgt, group_knobs)                        # 3., 4.
                 with self.stages("vae_decode"):                                                          # 5.
                     edits[group[sl]] = self.pipe.decode(y)
             done += len(group)
         return EditResult(to_uint8(images), to_uint8(edits), prompts, [UNCAPTIONED if t is None else t for t in tgts])
+
+    def _image_pair(self, images: np.ndarray, e_src: np.ndarray, e_tgt: np.ndarray, knobs: Knobs):
+        """Encode and invert the images, then sample z (steps 1 and 2 for real images), through the cache: the
+        inversion is keyed by the pixels, the source embedding and the inversion's knobs; z by those and the target
+        embedding. A batch is computed whole when any of its images is missing (same calls as without a cache)."""
+        def encode_and_invert():
+            with self.stages("vae_encode"):
+                latent0 = self.pipe.encode(images)
+            return self.invert_to_edit(latent0, e_src, knobs)
+        if self.cache is None:
+            x, x_T = encode_and_invert()
+            return x, self.sample_z(x_T, e_tgt, knobs)
+        inv_keys = [self._key("inversion", knobs.replace(guidance=0.0), images[i], e_src[i]) for i in range(len(images))]
+        inverted = self.cache.get_all(inv_keys)
+        if inverted is None:
+            x, x_T = encode_and_invert()
+            for i, key in enumerate(inv_keys):
+                self.cache.put(key, (x[i], x_T[i]))
+        else:
+            x, x_T = (np.stack(parts) for parts in zip(*inverted))
+        z_keys = [digest("z", key, e_tgt[i], knobs.guidance) for i, key in enumerate(inv_keys)]
+        zs = self.cache.get_all(z_keys)
+        if zs is not None:
+            return x, np.stack([v[0] for v in zs])
+        z = self.sample_z(x_T, e_tgt, knobs)
+        for i, key in enumerate(z_keys):
+            self.cache.put(key, (z[i],))
+        return x, z
+
+    def _key(self, kind: str, knobs: Knobs, *arrays: np.ndarray) -> str:
+        """The cache key of one image's latents before the injection: the engine, the pipeline's numerics settings,
+        the knobs that shape the trajectory up to T_x, and the image's own arrays (noise or pixels, embeddings)."""
+        i_x, i_z = edit_step(self.pipe.schedule, knobs)
+        return digest(kind, self.engine_hash, self.pipe.numerics_key(), knobs.steps, knobs.guidance,
+                      knobs.inversion_guidance, i_x, i_z, *arrays)
 
     def _prepare(self, recipes, prompts, target_prompts, images: bool = False) -> tuple[Knobs, list[str], list]:
         """The shared knobs, the prompts, and each image's target prompt: given, or the prompt with its attributes'

@@ -182,3 +182,24 @@ def test_an_attribute_of_another_model_is_a_409(client, server, engine_dirs):
     assert r.status_code == 409 and "another model" in r.json()["error"]["message"], r.text
     assert client.get(f"/v1/attributes/{other_id}").status_code == 409
     assert other_id not in {a["id"] for a in client.get("/v1/attributes").json()}
+
+
+def test_a_re_edit_of_the_same_image_reuses_its_inversion(client, attr_id):
+    """The web page's strength slider: the same image at another strength is served from the edit cache."""
+    data = base64.b64encode(png_bytes(render(Attributes("circle", "red", "large", "right"), np.random.default_rng(9))))
+    body = {"prompt": "a large red circle on the right", "attributes": [attr_id], "image": data.decode()}
+
+    def hits() -> float | None:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith("svdedit_edit_cache_hits "):
+                return float(line.split()[1])
+        return None
+    if hits() is None:
+        pytest.skip("Ray's gateway does not see its replicas' caches (each replica keeps its own)")
+    first = client.post("/v1/edits", json={**body, "strength": 1.0})
+    before = hits()
+    second = client.post("/v1/edits", json={**body, "strength": 0.5})
+    assert first.status_code == 200 and second.status_code == 200, (first.text, second.text)
+    assert hits() >= before + 2                     # the inversion and z, both reused
+    a, b = png(first.json()["edits"][0]["image"]), png(second.json()["edits"][0]["image"])
+    assert np.abs(a.astype(int) - b).max() > 0       # another strength, another image
