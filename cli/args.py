@@ -146,6 +146,23 @@ def engine_args(p: argparse.ArgumentParser) -> None:
                    help="what runs the networks: auto (TensorRT plans from `svdedit build` when this GPU has them, "
                         "else onnxruntime's TensorRT, CUDA, then CPU provider), tensorrt (the plans), "
                         "ort-tensorrt, cuda or cpu")
+    p.add_argument("--cache-interval", type=bounded_int(1, 1000), metavar="N",
+                   help="step caching (an engine exported with --step-cache): the UNet's deep branch runs every N "
+                        "sampling steps, the steps between reuse it. 1 = exact. Default: the engine's own (2 for "
+                        "--step-cache engines, benchmarks/results/speed_shapes_cpu.md; 1 otherwise)")
+    p.add_argument("--invert-cache-interval", type=bounded_int(1, 1000), metavar="N",
+                   help="the same for the DDIM inversion of real images. Default: the engine's own (1)")
+
+
+def open_pipeline(args: argparse.Namespace):
+    """The Pipeline of --engine, --provider and the step-cache intervals (not yet entered)."""
+    from svdedit.runtime.pipeline import Pipeline
+
+    pipe = Pipeline(args.engine, args.provider)
+    default = pipe.default_intervals
+    pipe.intervals = pipe.check_intervals(type(default)(
+        args.cache_interval or default.sample, args.invert_cache_interval or default.invert))
+    return pipe
 
 
 KNOB_HELP = {

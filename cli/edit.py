@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from svdedit.cli.args import (
+    open_pipeline,
     bounded_int,
     bounded_number,
     bounded_numbers,
@@ -118,7 +119,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_learn(args: argparse.Namespace) -> int:
     from svdedit.runtime.editing.edit import Editor
-    from svdedit.runtime.pipeline import Pipeline
 
     from svdedit.runtime.errors import SvdeditError
     from svdedit.runtime.files import check_output
@@ -133,7 +133,7 @@ def run_learn(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise SvdeditError(f"-o {out} is a folder; give a file name such as {out / 'attr.safetensors'}.")
     check_output(out, "-o", suffixes=(".safetensors",))
-    with Pipeline(args.engine, args.provider) as pipe:
+    with open_pipeline(args) as pipe:
         bar, update = progress_bar("learn", unit="iter")
 
         def progress(it, total, losses):
@@ -180,7 +180,6 @@ def run_edit(args: argparse.Namespace) -> int:
     from svdedit.runtime.files import check_output
     from svdedit.runtime.images import IMAGE_SUFFIXES as WRITABLE
     from svdedit.runtime.images import fit, load_image, save_image, save_png
-    from svdedit.runtime.pipeline import Pipeline
     from svdedit.runtime.timing import NO_STAGES, Stages
 
     files = _image_list(args.image) if args.image else None
@@ -200,7 +199,7 @@ def run_edit(args: argparse.Namespace) -> int:
     images = np.stack([fit(load_image(f), size) for f in files]) if files else None  # one image at full size at a time
     stages = Stages() if args.timings else NO_STAGES
     strengths = args.strength
-    with Pipeline(args.engine, args.provider) as pipe:
+    with open_pipeline(args) as pipe:
         editor = Editor(pipe, stages=stages, cache=EditCache() if len(strengths) > 1 else None)
         attrs = [Attribute.load(a, engine=editor.engine_ids) for a in args.attr]
         targets = [args.target_prompt] * count if args.target_prompt else None
@@ -259,14 +258,13 @@ def run_probe(args: argparse.Namespace) -> int:
     from svdedit.runtime.errors import SvdeditError
     from svdedit.runtime.files import check_output
     from svdedit.runtime.images import IMAGE_SUFFIXES as WRITABLE
-    from svdedit.runtime.pipeline import Pipeline
 
     check_output(args.output, "-o", suffixes=tuple(WRITABLE))
     if args.probe == "sweep" and len(args.index) * len(args.factors) > LIMITS.max_grid:
         raise SvdeditError(f"--index x --factors make a grid of {len(args.index) * len(args.factors)} images; the "
                            f"limit is {LIMITS.max_grid}.")
     common = {"seed": args.seed, "steps": args.steps, "guidance": args.guidance}
-    with Pipeline(args.engine, args.provider) as pipe:
+    with open_pipeline(args) as pipe:
         if args.probe == "sweep":
             info = probe.sweep(pipe, args.prompt, args.output, t_edit=args.t_edit, index=args.index,
                                channels=args.channels, factors=args.factors, **common)

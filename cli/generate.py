@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from svdedit.cli.args import bounded_int, bounded_number, command, engine_args, progress_bar, prompt, seed
+from svdedit.cli.args import bounded_int, bounded_number, command, engine_args, open_pipeline, progress_bar, prompt, seed
 from svdedit.runtime.limits import LIMITS
 
 
@@ -85,11 +85,10 @@ def _check_output(args) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     from svdedit.runtime.images import save_image, to_uint8
-    from svdedit.runtime.pipeline import Pipeline
 
     _check_output(args)
     noise = _load_noise(args.init_noise)
-    with Pipeline(args.engine, args.provider) as pipe:
+    with open_pipeline(args) as pipe:
         bar, update = progress_bar("generate")
         latent = pipe.generate(args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
                                init_noise=noise, progress=update)
@@ -104,12 +103,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     from svdedit.runtime.images import fit, load_image, psnr, save_image, to_uint8
-    from svdedit.runtime.pipeline import Pipeline
 
     _check_output(args)
     noise = _load_noise(args.init_noise)
     img = load_image(args.image)
-    with Pipeline(args.engine, args.provider) as pipe:
+    with open_pipeline(args) as pipe:
         x = fit(img, pipe.size)[None]
         target = to_uint8(x)[0]
         z0 = pipe.encode(x)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from svdedit.runtime.engines.contract import BUILD_PRECISIONS, NETWORKS, TENSORRT_DIR, TIMING_CACHE, network_precision, resolve_shape
+from svdedit.runtime.engines.contract import BUILD_PRECISIONS, TENSORRT_DIR, TIMING_CACHE, network_precision, resolve_shape
 from svdedit.runtime.engines.manifest import Manifest, read_manifest, write_manifest
 from svdedit.runtime.engines.tensorrt import current_device, device_key, import_tensorrt
 from svdedit.runtime.errors import SvdeditError, TensorrtError
@@ -113,7 +113,7 @@ def typing(network: str, graph_precision: str, requested: str, trt_version: str)
 def batch_ranges(network: str, options: BuildOptions) -> list[tuple[int, int, int]]:
     """(min, opt, max) batch per optimisation profile of a network."""
     n = options.max_batch
-    if network == "unet":
+    if network.startswith("unet"):  # the whole UNet, or each part of a split one (--step-cache)
         return [(1, n, n), (2, 2 * n, 4 * n)]          # inversion; guided sampling (two trajectories)
     if network == "text_encoder":
         return [(1, 2 * n, 2 * n + 1)]                 # sources, targets (and the empty prompt)
@@ -164,7 +164,7 @@ def build_plans(engine_dir: str | Path, options: BuildOptions, log: Callable[[st
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
         plans = {}
-        for name in NETWORKS:
+        for name in manifest.networks:
             plans[name] = _build_network(trt, builder, logger, engine_dir, manifest, name, options, device, staging)
             log(f"  {name}: {plans[name]['precision']}, {len(plans[name]['profiles'])} profile(s), "
                 f"{plans[name]['build_seconds']} s")

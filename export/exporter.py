@@ -53,6 +53,10 @@ from svdedit.runtime.errors import EngineDirError, ExportError, ManifestFieldErr
 from svdedit.runtime.files import atomic_dir, sha256_file, sha256_json, write_json
 
 PARITY_SEED = 1234
+#: the intervals an engine exported with --step-cache uses unless a run says otherwise: measured in
+#: benchmarks/results/speed_*.md (sampling every 2nd step deep; the inversion, which the edit rests on, exact)
+STEP_CACHE_INTERVAL = 2
+STEP_CACHE_INVERT_INTERVAL = 1
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class ExportOptions:
     opset: int | None = None  # None: the exporter's default
     force: bool = False
     fuse: bool = True  # attention -> onnxruntime's MultiHeadAttention (export/fusion.py); False for TensorRT
+    step_cache: bool = False  # the UNet split in three for step caching (export/step_cache.py)
 
     def check(self) -> "ExportOptions":
         if self.precision not in EXPORT_PRECISIONS:
@@ -108,13 +113,17 @@ def _parity(spec: NetworkSpec, module, path: Path, feeds: dict, precision: str) 
     import torch
 
     with torch.no_grad():
-        ref = module(*(torch.from_numpy(feeds[t.name]) for t in spec.inputs)).numpy()
-    out = _ort_session(path).run([spec.outputs[0].name], feeds)[0]
-    if out.shape != ref.shape:
-        raise ExportError(f"{spec.name}: onnxruntime returned shape {out.shape}, torch {ref.shape}; the export is broken.")
-    max_abs = float(np.max(np.abs(out.astype(np.float64) - ref))) if np.all(np.isfinite(out)) else float("inf")
-    ref_max = float(np.max(np.abs(ref)))
-    tol = spec.tolerance(ref_max, precision)
+        refs = module(*(torch.from_numpy(feeds[t.name]) for t in spec.inputs))
+    refs = [r.numpy() for r in (refs if isinstance(refs, tuple) else (refs,))]
+    outs = _ort_session(path).run([t.name for t in spec.outputs], feeds)
+    max_abs, ref_max = 0.0, float("inf")
+    for t, out, ref in zip(spec.outputs, outs, refs):  # every output (the split UNet's parts have several)
+        if out.shape != ref.shape:
+            raise ExportError(f"{spec.name}: onnxruntime returned {t.name} of shape {out.shape}, torch {ref.shape}; the "
+                              f"export is broken.")
+        diff = float(np.max(np.abs(out.astype(np.float64) - ref))) if np.all(np.isfinite(out)) else float("inf")
+        max_abs, ref_max = max(max_abs, diff), min(ref_max, float(np.max(np.abs(ref))))
+    tol = spec.tolerance(ref_max, precision)  # of the output with the smallest values: the strictest
     return {
         "max_abs": max_abs,
         "reference_max_abs": ref_max,
@@ -275,21 +284,25 @@ def export_model(
     src = inspect_source(source, config)                                                          # 1.
     source_sha = src.sha256()
     cache_key = sha256_json({"format": FORMAT_VERSION, "svdedit": SVDEDIT_VERSION, "source": source_sha,
-                             "precision": options.precision, "opset": options.opset, "fuse": options.fuse})
+                             "precision": options.precision, "opset": options.opset, "fuse": options.fuse,
+                             **({"step_cache": True} if options.step_cache else {})})
     if _up_to_date(out_dir, cache_key, options.force):                                            # 2.
         log(f"{out_dir} is up to date (same model, same options); nothing to do. Pass --force to export again.")
         return read_manifest(out_dir, verify_hashes=False)
     _require_onnxruntime()
     log(f"source: {src.path} ({FAMILIES[src.family]}, {src.prediction_type})")
     components = load_components(src)
-    geo = geometry(components)
+    geo = geometry(components, step_cache=options.step_cache)
+    modules = wrappers(components, step_cache=options.step_cache)
     try:
         with atomic_dir(out_dir, replace=out_dir.exists()) as work:  # 5. (out_dir exists: --force, or empty)
             networks = {}
-            for i, (name, module) in enumerate(wrappers(components).items(), 1):                 # 3., 4.
-                log(f"[{i}/{len(NETWORKS)}] {name}")
+            for i, (name, module) in enumerate(modules.items(), 1):                                 # 3., 4.
+                log(f"[{i}/{len(modules)}] {name}")
                 networks[name] = _network_entry(name, _export_network(name, module, geo, work, options, log), geo, work)
-            manifest = _write_engine_files(work, src, source_sha, components, geo, networks, cache_key, options, t_start)
+            step_cache = _step_cache_entry(components, geo, work, log) if options.step_cache else None
+            manifest = _write_engine_files(work, src, source_sha, components, geo, networks, cache_key, options, t_start,
+                                           step_cache)
     except OSError as exc:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         raise ExportError(
@@ -298,6 +311,33 @@ def export_model(
         ) from None
     log(f"wrote {out_dir} in {manifest.raw['export_seconds']:.1f} s")
     return manifest
+
+
+def _step_cache_entry(c: Components, geo: Geometry, work: Path, log) -> dict:
+    """The split UNet composed in onnxruntime (unet_in -> unet_deep -> unet_out) against the whole torch UNet, on the
+    parity check's inputs; the manifest's step_cache record. Over tolerance, the export fails."""
+    import torch
+
+    spec = NETWORKS["unet"]
+    feeds = geo.feeds(spec, batch=1, image_side=geo.default_size, rng=np.random.default_rng(PARITY_SEED))
+    with torch.no_grad():
+        ref = wrappers(c)["unet"](*(torch.from_numpy(feeds[t.name]) for t in spec.inputs)).numpy()
+    first = dict(zip(("hidden", "skips", "emb"), _ort_session(work / "unet_in.onnx").run(None, feeds)))
+    text = feeds["encoder_hidden_states"]
+    deep = _ort_session(work / "unet_deep.onnx").run(None, {"hidden": first["hidden"], "emb": first["emb"],
+                                                              "encoder_hidden_states": text})[0]
+    out = _ort_session(work / "unet_out.onnx").run(None, {"deep": deep, "skips": first["skips"], "emb": first["emb"],
+                                                           "encoder_hidden_states": text})[0]
+    max_abs = float(np.max(np.abs(out.astype(np.float64) - ref))) if np.all(np.isfinite(out)) else float("inf")
+    tol = spec.tolerance(float(np.max(np.abs(ref))), "fp32")
+    log(f"  step cache: unet_in -> unet_deep -> unet_out against the whole UNet: max|ort - torch| = {max_abs:.2e} "
+        f"(tolerance {tol:.1e}) {'ok' if max_abs <= tol else 'FAILED'}")
+    if not max_abs <= tol:
+        raise ExportError(f"the split UNet differs from the whole by {max_abs:.3g} (tolerance {tol:.3g}); this UNet "
+                          f"cannot be split for step caching. Export it without --step-cache.")
+    return {"interval": STEP_CACHE_INTERVAL, "invert_interval": STEP_CACHE_INVERT_INTERVAL,
+            "composed_parity": {"max_abs": max_abs, "tolerance": tol, "passed": True,
+                                "input_shapes": {k: list(v.shape) for k, v in feeds.items()}}}
 
 
 def _up_to_date(out_dir: Path, cache_key: str, force: bool) -> bool:
@@ -354,7 +394,7 @@ def _network_entry(name: str, entry: dict, geo: Geometry, work: Path) -> dict:
 
 
 def _write_engine_files(work: Path, src: Source, source_sha: str, c: Components, geo: Geometry, networks: dict,
-                        cache_key: str, options: ExportOptions, t_start: float) -> Manifest:
+                        cache_key: str, options: ExportOptions, t_start: float, step_cache: dict | None) -> Manifest:
     """tokenizer.json, schedule.json and manifest.json beside the graphs; the manifest is checked before it is
     written, so that the export never writes one the runtime would refuse."""
     tokenizer = _write_tokenizer(c, work)
@@ -374,9 +414,11 @@ def _write_engine_files(work: Path, src: Source, source_sha: str, c: Components,
                        "max": 2 * geo.default_size},
         "schedule": {"file": SCHEDULE_FILE, "sha256": sha256_file(work / SCHEDULE_FILE)},
         "networks": networks,
-        "fp16": {"networks": [n for n in NETWORKS if network_precision(n, "fp16") == "fp16"],
+        "fp16": {"networks": [n for n in networks if network_precision(n, "fp16") == "fp16"],
                  "kept_fp32_ops": FP16_KEEP_FP32_OPS} if options.precision == "fp16" else None,
-        "options": {"precision": options.precision, "opset": options.opset, "fuse": options.fuse},
+        "options": {"precision": options.precision, "opset": options.opset, "fuse": options.fuse,
+                    "step_cache": options.step_cache},
+        **({"step_cache": step_cache} if step_cache else {}),
         "versions": _versions(),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
         "export_seconds": round(time.perf_counter() - t_start, 1),

@@ -12,8 +12,9 @@ from svdedit.export.source import Components
 from svdedit.runtime.engines.contract import ModelDims, NetworkSpec, axis_sizes, resolve_shape
 
 
-def wrappers(c: Components) -> dict:
-    """Each network as a torch module whose forward() has exactly the contract's inputs and outputs."""
+def wrappers(c: Components, step_cache: bool = False) -> dict:
+    """Each network as a torch module whose forward() has exactly the contract's inputs and outputs; with
+    `step_cache`, the UNet as the three parts of export/step_cache.py instead of one."""
     import torch
 
     class TextEncoder(torch.nn.Module):
@@ -49,12 +50,14 @@ def wrappers(c: Components) -> dict:
         def forward(self, latent):
             return self.m.decode(latent, return_dict=False)[0]
 
-    return {
-        "text_encoder": TextEncoder(c.text_encoder),
-        "unet": UNet(c.unet),
-        "vae_encoder": VaeEncoder(c.vae),
-        "vae_decoder": VaeDecoder(c.vae),
-    }
+    if step_cache:
+        from svdedit.export.step_cache import modules
+
+        unet = modules(c.unet)
+    else:
+        unet = {"unet": UNet(c.unet)}
+    return {"text_encoder": TextEncoder(c.text_encoder), **unet, "vae_encoder": VaeEncoder(c.vae),
+            "vae_decoder": VaeDecoder(c.vae)}
 
 
 @dataclass(frozen=True)
@@ -84,16 +87,21 @@ class Geometry:
         return feeds
 
 
-def geometry(c: Components) -> Geometry:
-    """The sizes of the model, from its configs."""
+def geometry(c: Components, step_cache: bool = False) -> Geometry:
+    """The sizes of the model, from its configs (with those of the split UNet, `step_cache`)."""
     vae_factor = 2 ** (len(c.vae.config.block_out_channels) - 1)
     unet_factor = 2 ** (len(c.unet.config.down_block_types) - 1)
+    dims = ModelDims(
+        sequence_length=int(c.tokenizer.model_max_length),
+        hidden_size=int(c.text_encoder.config.hidden_size),
+        latent_channels=int(c.vae.config.latent_channels),
+    )
+    if step_cache:
+        from svdedit.export.step_cache import split_dims
+
+        dims = split_dims(c.unet, dims)
     return Geometry(
-        dims=ModelDims(
-            sequence_length=int(c.tokenizer.model_max_length),
-            hidden_size=int(c.text_encoder.config.hidden_size),
-            latent_channels=int(c.vae.config.latent_channels),
-        ),
+        dims=dims,
         vae_scale_factor=vae_factor,
         multiple_of=vae_factor * unet_factor,
         default_size=int(c.unet.config.sample_size) * vae_factor,

@@ -13,12 +13,17 @@ call on [uncond, cond]) -> DDIM (runtime/ddim.py) -> vae_decoder.
 ``denoise`` and ``invert_latents`` are the one DDIM driver of the runtime: generation, reconstruction,
 editing and the probes all sample and invert through them, on text embeddings, and they own the NaN
 guard (NaN or inf in the latents stops the run and names the step) and the progress reports.
+
+Step caching (an engine exported with --step-cache, export/step_cache.py): the UNet is three networks, and
+its deep branch is recomputed every ``intervals.sample`` steps of a sampling run (``intervals.invert`` of an
+inversion); the steps between reuse the last deep feature. Interval 1 is the exact path.
 """
 
 from __future__ import annotations
 
 import functools
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -37,11 +42,22 @@ class Denoised(NamedTuple):
     kept: dict[int, np.ndarray]      # {step index: latent at that step's noise level} for the indices asked to keep
 
 
+@dataclass(frozen=True)
+class Intervals:
+    """Step caching: the deep branch of the UNet runs every `sample` steps of sampling and every `invert` steps of
+    an inversion (1 = every step: the exact path). Only an engine with a split UNet (--step-cache) takes > 1."""
+
+    sample: int = 1
+    invert: int = 1
+
+
 class Pipeline:
-    def __init__(self, engine_dir: str | Path, provider: str = "auto"):
+    def __init__(self, engine_dir: str | Path, provider: str = "auto", intervals: Intervals | None = None):
+        """`intervals`: step caching (default: the engine's own, recorded at export; 1 and 1 without --step-cache)."""
         self.engine_dir = Path(engine_dir)
         self.manifest = read_manifest(self.engine_dir)
         m = self.manifest
+        self.intervals = self.check_intervals(intervals or self.default_intervals)
         self.schedule = ddim.Schedule.from_json(self.engine_dir / m.schedule.file)
         self.tokenizer = Tokenizer(self.engine_dir / m.text.file, m.text.sequence_length, m.text.pad_id)
         self.scaling = m.latent.vae_scaling_factor
@@ -66,8 +82,52 @@ class Pipeline:
 
     def numerics_key(self) -> tuple:
         """What, besides the engine and the inputs, changes the numbers this pipeline computes (the key of cached
-        latents, runtime/editing/cache.py): the providers that run the networks."""
-        return tuple(sorted(self.providers.items()))
+        latents, runtime/editing/cache.py): the providers that run the networks, and the step caching."""
+        return tuple(sorted(self.providers.items())) + (self.intervals,)
+
+    # ---- step caching ----
+    @property
+    def default_intervals(self) -> Intervals:
+        sc = self.manifest.step_cache
+        return Intervals(sc.interval, sc.invert_interval) if sc is not None else Intervals()
+
+    def check_intervals(self, intervals: Intervals) -> Intervals:
+        for name in ("sample", "invert"):
+            value = getattr(intervals, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+                raise SvdeditError(f"the step-cache interval ({name}) must be a whole number from 1 to 1000, not {value!r}.")
+        if intervals != Intervals() and not self.manifest.split_unet:
+            raise SvdeditError(f"{self.engine_dir} was exported without --step-cache, so its UNet cannot skip its deep "
+                               f"branch: use a cache interval of 1, or export the model again with --step-cache.")
+        return intervals
+
+    @contextmanager
+    def using(self, intervals: Intervals):
+        """Run with other step-cache intervals inside the block (the service sets each batch's)."""
+        before, self.intervals = self.intervals, self.check_intervals(intervals)
+        try:
+            yield self
+        finally:
+            self.intervals = before
+
+    def unet_fn(self, interval: int = 1) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+        """The UNet as one function (x, timesteps, text) -> model output, for one run of steps. With a split UNet it
+        keeps the deep feature: a call computes it when its index in the run is a multiple of `interval` (or the
+        batch changed), and the calls between reuse it."""
+        if not self.manifest.split_unet:
+            unet = self.engines["unet"]
+            return lambda x, ts, e: unet(sample=x, timestep=ts, encoder_hidden_states=e)["model_output"]
+        first, deep_net, last = (self.engines[n] for n in ("unet_in", "unet_deep", "unet_out"))
+        state = {"calls": 0, "deep": None}
+
+        def call(x, ts, e):
+            a = first(sample=x, timestep=ts, encoder_hidden_states=e)
+            deep = state["deep"]
+            if state["calls"] % interval == 0 or deep is None or deep.shape[0] != x.shape[0]:
+                deep = state["deep"] = deep_net(hidden=a["hidden"], emb=a["emb"], encoder_hidden_states=e)["deep"]
+            state["calls"] += 1
+            return last(deep=deep, skips=a["skips"], emb=a["emb"], encoder_hidden_states=e)["model_output"]
+        return call
 
     @property
     def providers(self) -> dict[str, str]:
@@ -85,14 +145,13 @@ class Pipeline:
         """The empty prompt's embedding (1, L, D): encoded once, reused by every guided eps_fn."""
         return self.encode_prompt([""])
 
-    def eps_fn(self, cond: np.ndarray, guidance: float) -> ddim.EpsFn:
+    def eps_fn(self, cond: np.ndarray, guidance: float, interval: int = 1) -> ddim.EpsFn:
         """The model as the sampler sees it, for text embeddings (B, L, D) (those of prompts, or a blend of two).
-        With guidance != 1, uncond and cond go in one UNet call."""
-        unet = self.engines["unet"]
+        With guidance != 1, uncond and cond go in one UNet call. `interval`: step caching (unet_fn)."""
+        unet = self.unet_fn(interval)
         if guidance == 1.0:
             def eps(x, t):
-                ts = np.full((x.shape[0],), t, np.float32)
-                return unet(sample=x, timestep=ts, encoder_hidden_states=cond)["model_output"]
+                return unet(x, np.full((x.shape[0],), t, np.float32), cond)
             return eps
         n = len(cond)
         uncond = np.broadcast_to(self.unconditional_embedding, cond.shape)
@@ -102,7 +161,7 @@ class Pipeline:
         def eps_guided(x, t):
             x2 = np.concatenate([x, x])
             ts = np.full((2 * n,), t, np.float32)
-            out = unet(sample=x2, timestep=ts, encoder_hidden_states=both)["model_output"]
+            out = unet(x2, ts, both)
             out_uncond, out_cond = out[:n], out[n:]
             return out_uncond + g * (out_cond - out_uncond)  # classifier-free guidance (Ho & Salimans 2022)
         return eps_guided
@@ -126,15 +185,15 @@ class Pipeline:
             if i + 1 in keep:
                 kept[i + 1] = xi
         with _overflow_is_reported_by_the_guard():
-            x = ddim.sample(self.eps_fn(cond, guidance), x, self.schedule, steps, start=start, stop=stop,
-                            callback=callback)
+            x = ddim.sample(self.eps_fn(cond, guidance, self.intervals.sample), x, self.schedule, steps, start=start,
+                            stop=stop, callback=callback)
         return Denoised(x, kept)
 
     def invert_latents(self, latent0: np.ndarray, cond: np.ndarray, steps: int, guidance: float = 1.0,
                        progress: Progress | None = None) -> list[np.ndarray]:
         """DDIM inversion with text embeddings `cond`: the trajectory [z_0, ..., z_T] (ddim.invert)."""
         with _overflow_is_reported_by_the_guard():
-            return ddim.invert(self.eps_fn(cond, guidance), latent0, self.schedule, steps,
+            return ddim.invert(self.eps_fn(cond, guidance, self.intervals.invert), latent0, self.schedule, steps,
                                callback=self._guard(steps, progress))
 
     def _guard(self, steps: int, progress: Progress | None, offset: int = 0) -> ddim.Callback:

@@ -176,6 +176,9 @@ class EditRequest(BaseModel):
     seeds: list[int] | None = Field(None, description="edit generated images: one per seed")
     image: str | None = Field(None, description="or edit this image: base64 of a PNG/JPEG/WebP file")
     target_prompt: str | None = Field(None, description="default: the prompt with the attributes' word changes")
+    cache_interval: int | None = Field(None, description="step caching (an engine exported with --step-cache): the "
+                                                          "UNet's deep branch every N sampling steps; 1 = exact; "
+                                                          "default: the engine's own")
 
 
 class EditedImage(BaseModel):
@@ -210,7 +213,7 @@ EDIT_BODY = {"requestBody": {"content": {
     "application/json": {"schema": EditRequest.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "required": ["prompt", "attributes", "image"], "properties": {
         "prompt": {"type": "string"}, "attributes": {"type": "string", "description": "ids, comma-separated"},
-        "strength": {"type": "number"}, "target_prompt": {"type": "string"},
+        "strength": {"type": "number"}, "target_prompt": {"type": "string"}, "cache_interval": {"type": "integer"},
         "image": {"type": "string", "format": "binary"}}}}}}}
 
 
@@ -263,7 +266,8 @@ async def create_edit(request: Request) -> dict:
     backend = backend_of(request)
     body = await _edit_request(request)
     image = _base64_image(body.image) if body.image is not None else None
-    fields = EditRequestFields(body.prompt, body.attributes, body.strength, body.seeds, image, body.target_prompt)
+    fields = EditRequestFields(body.prompt, body.attributes, body.strength, body.seeds, image, body.target_prompt,
+                               body.cache_interval)
     outcome = await _timed(backend, backend.edit(fields))
     backend.metrics.batch_images.observe(outcome.batch_images)
     seeds = body.seeds or [None]

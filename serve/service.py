@@ -28,7 +28,7 @@ from svdedit.runtime.editing.edit import Editor, Recipe
 from svdedit.runtime.editing.knobs import Knobs
 from svdedit.runtime.errors import InvalidRequestError, SvdeditError
 from svdedit.runtime.images import decode_image, encode_png, fit, to_uint8
-from svdedit.runtime.pipeline import Pipeline
+from svdedit.runtime.pipeline import Intervals, Pipeline
 from svdedit.runtime.timing import Stages
 from svdedit.serve.settings import ServeSettings, default_store_root
 from svdedit.serve.store import AttributeStore
@@ -46,6 +46,7 @@ class EditRequestFields:
     seeds: list[int] | None = None
     image: bytes | None = None         # the file's bytes
     target_prompt: str | None = None
+    cache_interval: int | None = None  # step caching of sampling; None: the engine's own
 
 
 @dataclass
@@ -57,6 +58,7 @@ class EditJob:
     target_prompt: str | None          # None: an image without a usable caption (Editor.edit_images_with)
     seeds: list[int] | None = None
     image: np.ndarray | None = None    # float32 (3, H, W) in [-1, 1], fitted to the model's size
+    intervals: Intervals = Intervals()  # step caching: only jobs with the same intervals share a batch
 
     @property
     def n_images(self) -> int:
@@ -64,7 +66,8 @@ class EditJob:
 
     def batch_key(self) -> tuple:
         """Jobs with the same key can share one batch."""
-        return ("seeds" if self.seeds is not None else "image",) + self.recipe.attributes[0].knobs.edit_key()
+        return ("seeds" if self.seeds is not None else "image", self.intervals) + \
+            self.recipe.attributes[0].knobs.edit_key()
 
 
 @dataclass
@@ -158,7 +161,17 @@ class EditService:
                 raise InvalidRequestError("image", f"the image is {len(image)} bytes; the limit is "
                                                    f"{s.limits.max_file_bytes} bytes.")
             fitted = fit(decode_image(image, "the uploaded image", s.limits), self.pipe.size)
-        return EditJob(recipe, prompt, target_prompt, list(seeds) if seeds is not None else None, fitted)
+        return EditJob(recipe, prompt, target_prompt, list(seeds) if seeds is not None else None, fitted,
+                       self._intervals(request.cache_interval))
+
+    def _intervals(self, cache_interval: int | None) -> Intervals:
+        default = self.pipe.default_intervals
+        if cache_interval is None:
+            return default
+        try:
+            return self.pipe.check_intervals(Intervals(cache_interval, default.invert))
+        except SvdeditError as exc:
+            raise InvalidRequestError("cache_interval", str(exc)) from None
 
     def _check_prompt(self, field: str, prompt: str) -> None:
         if len(prompt) > self.settings.limits.max_prompt_chars:
@@ -202,12 +215,13 @@ class EditService:
         recipes = [j.recipe for j in group for _ in range(j.n_images)]
         prompts = [j.prompt for j in group for _ in range(j.n_images)]
         targets = [j.target_prompt for j in group for _ in range(j.n_images)]
-        if group[0].seeds is not None:
-            seeds = [s for j in group for s in j.seeds]
-            result = editor.edit_seeds_with(recipes, prompts, seeds, targets, batch=len(recipes))
-        else:
-            images = np.stack([j.image for j in group])
-            result = editor.edit_images_with(recipes, images, prompts, targets, batch=len(recipes))
+        with self.pipe.using(group[0].intervals):
+            if group[0].seeds is not None:
+                seeds = [s for j in group for s in j.seeds]
+                result = editor.edit_seeds_with(recipes, prompts, seeds, targets, batch=len(recipes))
+            else:
+                images = np.stack([j.image for j in group])
+                result = editor.edit_images_with(recipes, images, prompts, targets, batch=len(recipes))
         seconds = {k: round(v, 4) for k, v in stages.seconds.items()}
         out, at = [], 0
         for j in group:

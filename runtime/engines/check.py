@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svdedit.runtime.engines.contract import NETWORKS, resolve_shape
+from svdedit.runtime.engines.contract import resolve_shape
 from svdedit.runtime.engines.manifest import read_manifest
 from svdedit.runtime.engines.onnxrt import OrtRunner
 from svdedit.runtime.errors import EngineDirError
@@ -19,7 +19,7 @@ def check_engine_dir(engine_dir: str | Path, provider: str = "auto") -> list[dic
     sizes = manifest.axis_sizes(batch=1)
     rng = np.random.default_rng(0)
     report = []
-    for name in NETWORKS:
+    for name in manifest.networks:
         with OrtRunner(engine_dir, name, manifest, provider) as runner:
             feeds = {t.name: (np.zeros(resolve_shape(t.shape, sizes), np.int64) + manifest.text.bos_id
                               if t.dtype == "int64"

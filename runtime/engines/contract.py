@@ -6,6 +6,7 @@ An engine dir is one folder per exported model::
     schedule.json     everything DDIM needs: betas, alphas_cumprod, spacing, prediction type, VAE scale
     tokenizer.json    the CLIP BPE tokenizer, loadable by `tokenizers` alone
     text_encoder.onnx unet.onnx vae_encoder.onnx vae_decoder.onnx   (+ one .onnx.data each above 2 GB)
+    (exported with --step-cache: unet_in.onnx unet_deep.onnx unet_out.onnx in place of unet.onnx)
     tensorrt/         TensorRT plans, when `svdedit build` made some (export/build.py)
 
 This module holds, once each:
@@ -80,6 +81,11 @@ class ModelDims:
     hidden_size: int  # text embedding width (768 SD1, 1024 SD2)
     latent_channels: int  # 4 for SD
     image_channels: int = 3
+    # the UNet split for step caching (--step-cache; 0 when the engine has no split UNet)
+    time_embed_dim: int = 0   # the timestep embedding's width (1280 for SD 1.5)
+    block_channels: int = 0   # channels of the full-resolution blocks (320)
+    skip_channels: int = 0    # the full-resolution skip connections, concatenated (conv_in + each layer: 3 x 320)
+    deep_channels: int = 0    # channels of the deep branch's output, upsampled to full resolution (640)
 
     def resolve(self, dims: tuple[str | int, ...]) -> list[str | int]:
         """Replace model-constant names by their sizes; dynamic axes stay names."""
@@ -110,6 +116,43 @@ NETWORKS: dict[str, NetworkSpec] = {
             outputs=(TensorSpec("model_output", "float32", _LATENT),),
             rtol={"fp32": 1e-3, "fp16": 2e-2},
         ),
+        # ---- the UNet split for step caching (DeepCache, Ma et al. 2024; export/step_cache.py) ----
+        # a full step: unet_in -> unet_deep -> unet_out; a cached step: unet_in -> unet_out with the last `deep`
+        NetworkSpec(
+            "unet_in",  # timestep embedding, conv_in and the first down block (without its downsampler)
+            inputs=(
+                TensorSpec("sample", "float32", _LATENT),
+                TensorSpec("timestep", "float32", ("batch",)),
+                TensorSpec("encoder_hidden_states", "float32", _TEXT),
+            ),
+            outputs=(
+                TensorSpec("hidden", "float32", ("batch", "block_channels", "latent_height", "latent_width")),
+                TensorSpec("skips", "float32", ("batch", "skip_channels", "latent_height", "latent_width")),
+                TensorSpec("emb", "float32", ("batch", "time_embed_dim")),
+            ),
+            rtol={"fp32": 1e-3, "fp16": 2e-2},
+        ),
+        NetworkSpec(
+            "unet_deep",  # the first block's downsampler, the other down blocks, the mid block, all but the last up block
+            inputs=(
+                TensorSpec("hidden", "float32", ("batch", "block_channels", "latent_height", "latent_width")),
+                TensorSpec("emb", "float32", ("batch", "time_embed_dim")),
+                TensorSpec("encoder_hidden_states", "float32", _TEXT),
+            ),
+            outputs=(TensorSpec("deep", "float32", ("batch", "deep_channels", "latent_height", "latent_width")),),
+            rtol={"fp32": 1e-3, "fp16": 2e-2},
+        ),
+        NetworkSpec(
+            "unet_out",  # the last up block (fed the skips) and the output convolution
+            inputs=(
+                TensorSpec("deep", "float32", ("batch", "deep_channels", "latent_height", "latent_width")),
+                TensorSpec("skips", "float32", ("batch", "skip_channels", "latent_height", "latent_width")),
+                TensorSpec("emb", "float32", ("batch", "time_embed_dim")),
+                TensorSpec("encoder_hidden_states", "float32", _TEXT),
+            ),
+            outputs=(TensorSpec("model_output", "float32", _LATENT),),
+            rtol={"fp32": 1e-3, "fp16": 2e-2},
+        ),
         NetworkSpec(
             "vae_encoder",
             # image in [-1, 1]; output is the posterior *mean* (never a random sample), unscaled
@@ -126,6 +169,24 @@ NETWORKS: dict[str, NetworkSpec] = {
         ),
     )
 }
+
+
+#: the UNet of an engine dir is one of these: the whole (the default) or split for step caching (--step-cache)
+UNET_WHOLE = ("unet",)
+UNET_SPLIT = ("unet_in", "unet_deep", "unet_out")
+#: every engine dir has these besides its UNet
+OTHER_NETWORKS = ("text_encoder", "vae_encoder", "vae_decoder")
+
+
+def unet_layout(names) -> tuple[str, ...] | None:
+    """Which UNet the networks `names` hold (UNET_WHOLE or UNET_SPLIT), or None if neither exactly."""
+    names = set(names)
+    has_whole, has_split = set(UNET_WHOLE) <= names, bool(set(UNET_SPLIT) & names)
+    if has_whole and not has_split:
+        return UNET_WHOLE
+    if has_split and not has_whole and set(UNET_SPLIT) <= names:
+        return UNET_SPLIT
+    return None
 
 
 def axis_sizes(batch: int, image_side: int, vae_scale_factor: int) -> dict[str, int]:

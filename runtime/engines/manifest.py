@@ -22,7 +22,17 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-from svdedit.runtime.engines.contract import DYNAMIC_AXES, FAMILIES, FORMAT_VERSION, MANIFEST_FILE, NETWORKS, axis_sizes
+from svdedit.runtime.engines.contract import (
+    DYNAMIC_AXES,
+    FAMILIES,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    NETWORKS,
+    OTHER_NETWORKS,
+    UNET_SPLIT,
+    axis_sizes,
+    unet_layout,
+)
 from svdedit.runtime.errors import EngineDirError, ManifestFieldError
 from svdedit.runtime.files import sha256_file, sha256_json, write_json
 
@@ -116,6 +126,16 @@ class TensorrtBuild:
 
 
 @dataclass(frozen=True)
+class StepCache:
+    """An engine exported with --step-cache (export/step_cache.py): its UNet is split, and these are the intervals
+    a run uses unless told otherwise (1 = every step computes the deep branch: the exact path)."""
+
+    interval: int                # sampling
+    invert_interval: int         # DDIM inversion of real images
+    composed_parity: dict        # unet_in -> unet_deep -> unet_out against the whole torch UNet
+
+
+@dataclass(frozen=True)
 class Manifest:
     format_version: int
     family: str
@@ -131,6 +151,7 @@ class Manifest:
     source: dict | None = None
     options: dict | None = None
     versions: dict | None = None
+    step_cache: StepCache | None = None
     #: the JSON as read (or as the exporter made it): what is written back, and what the identity hashes
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -162,6 +183,11 @@ class Manifest:
         raw = self.to_dict()
         raw.setdefault("tensorrt", {})[key] = build
         return Manifest.from_dict(raw)
+
+    @property
+    def split_unet(self) -> bool:
+        """True when the UNet is split for step caching (unet_in, unet_deep, unet_out)."""
+        return unet_layout(self.networks) == UNET_SPLIT
 
     @property
     def builds(self) -> dict[str, TensorrtBuild]:
@@ -208,10 +234,16 @@ def _problems(m: Manifest, engine_dir: Path | None) -> list[str]:
          f"image_size needs 1 <= min <= default <= max <= 65536 (min {size.min}, default {size.default}, max {size.max})")
     need(size.default % max(1, size.multiple_of) == 0,
          f"image_size.default {size.default} is not a multiple of image_size.multiple_of {size.multiple_of}")
-    for name, spec in NETWORKS.items():
-        net = m.networks.get(name)
-        if net is None:
-            out.append(f"networks lists no {name!r}")
+    for name in OTHER_NETWORKS:
+        need(name in m.networks, f"networks lists no {name!r}")
+    need(unet_layout(m.networks) is not None,
+         f"networks should hold either 'unet' or all of {', '.join(UNET_SPLIT)} (a UNet split for step caching), "
+         f"not {sorted(set(m.networks) - set(OTHER_NETWORKS)) or 'neither'}")
+    unknown = sorted(set(m.networks) - set(NETWORKS))
+    need(not unknown, f"networks lists {unknown}, which this runtime does not know (it knows {', '.join(NETWORKS)})")
+    for name, net in m.networks.items():
+        spec = NETWORKS.get(name)
+        if spec is None:
             continue
         for role, declared, wanted in (("inputs", net.inputs, spec.inputs), ("outputs", net.outputs, spec.outputs)):
             got = [(t.name, t.dtype, len(t.shape)) for t in declared]
@@ -220,6 +252,10 @@ def _problems(m: Manifest, engine_dir: Path | None) -> list[str]:
             for t in declared:
                 need(all(d in DYNAMIC_AXES if isinstance(d, str) else 1 <= d <= 1_000_000 for d in t.shape),
                      f"networks.{name}.{role} {t.name!r} has a shape {list(t.shape)} with a bad dimension")
+    if m.step_cache is not None:
+        need(m.split_unet, "step_cache is set but the UNet is not split (unet_in, unet_deep, unet_out)")
+        for name in ("interval", "invert_interval"):
+            need(1 <= getattr(m.step_cache, name) <= 1000, f"step_cache.{name} {getattr(m.step_cache, name)} is not 1 to 1000")
     for field_name, rel, digest in _files_with_fields(m):
         need(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None,
              f"{field_name}'s sha256 {_shown(digest)} is not 64 hex digits")

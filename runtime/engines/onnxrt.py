@@ -70,6 +70,10 @@ def session_options():
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.enable_cpu_mem_arena = False
+    # Idle worker threads sleep instead of spinning: a spinning pool of one session takes the cores from the next
+    # one (the split UNet of --step-cache runs three sessions per step: embedded model, 50 guided steps at batch 4,
+    # 1.19 s spinning against 0.75 s not; the whole UNet 0.68 against 0.73, within the noise of that run).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 

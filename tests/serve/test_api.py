@@ -129,6 +129,10 @@ BAD = [  # (what is sent, status, field or None, a phrase of the message)
     ({"prompt": PROMPT, "attributes": "ID", "image": "BOMB"}, 413, None, "megapixels"),
     ({"prompt": PROMPT, "attributes": "ID", "image": base64.b64encode(b"\0" * 350_000).decode()}, 422, "image",
      "the limit is 300000"),
+    ({"prompt": PROMPT, "attributes": "ID", "seeds": [1], "cache_interval": 2}, 422, "cache_interval",
+     "exported without --step-cache"),
+    ({"prompt": PROMPT, "attributes": "ID", "seeds": [1], "cache_interval": 0}, 422, "cache_interval",
+     "whole number from 1 to 1000"),
 ]
 
 
