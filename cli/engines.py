@@ -1,4 +1,5 @@
-"""`svdedit check` (verify an engine dir, run each network once) and `svdedit build` (TensorRT plans for it)."""
+"""`svdedit check` (verify an engine dir, run each network once), `svdedit build` (TensorRT plans for it) and
+`svdedit quantize` (an int8 UNet)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ BUILD_EXAMPLE = ("example: svdedit export sd15/ -o engines/sd15 --precision fp16
                  "svdedit build engines/sd15 --shapes 512x512 --max-batch 4")
 
 
+QUANTIZE_DESCRIPTION = """\
+Write a copy of ENGINE_DIR whose UNet is int8 (onnxruntime's quantization tools; export/quantize.py).
+static: QDQ, calibrated on the UNet's inputs recorded while the fp32 engine samples --prompts prompts
+for --steps steps each (uint8 activations, int8 weights per channel; Conv and MatMul); dynamic:
+MatMul weights int8, activations quantized per call, no calibration. The int8 graph is compared with
+the fp32 one on held-out recorded inputs; the figures go into the manifest. Attribute files of the
+fp32 engine work on the int8 one (same model identity). Torch-free. Measured speed and edit quality:
+benchmarks/results/speed_*.md.
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "check", run_check, "verify an engine dir and run each of its networks once",
                 description=CHECK_DESCRIPTION)
@@ -46,6 +58,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="one fixed image size (give one --shapes entry): faster plans, and the runner captures a "
                         "CUDA graph per input shape")
 
+    p = command(sub, "quantize", run_quantize, "write a copy of an engine dir with an int8 UNet (onnxruntime)",
+                description=QUANTIZE_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="an fp32 engine dir written by `svdedit export`")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="the int8 engine dir to write")
+    p.add_argument("--mode", choices=("static", "dynamic"), default="static", help="static (calibrated QDQ) or dynamic")
+    p.add_argument("--prompts", type=positive_int, default=2, help="calibration prompts (static)")
+    p.add_argument("--steps", type=positive_int, default=10, help="DDIM steps per calibration prompt")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="image side of the calibration samples (default: the model's own; smaller needs less memory)")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds an engine dir")
+
 
 def run_check(args: argparse.Namespace) -> int:
     from svdedit.runtime.engines.check import check_engine_dir
@@ -61,4 +84,15 @@ def run_build(args: argparse.Namespace) -> int:
     options = BuildOptions(args.precision, parse_shapes(args.shapes) if args.shapes else (), args.max_batch, args.static)
     manifest = build_plans(args.engine_dir, options, log=lambda m: print(m, file=sys.stderr))
     print(json.dumps({"engine_dir": args.engine_dir, "tensorrt": list(manifest.builds)}))
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from svdedit.export.quantize import QuantizeOptions, quantize_engine
+
+    options = QuantizeOptions(args.mode, args.prompts, args.steps, args.size, force=args.force)
+    manifest = quantize_engine(args.engine_dir, args.output, options, log=lambda m: print(m, file=sys.stderr))
+    q = manifest.raw["quantization"]
+    print(json.dumps({"engine_dir": args.output, "mode": q["mode"],
+                      "parity_int8_max_abs": {n: r["parity_int8"]["max_abs"] for n, r in q["networks"].items()}}))
     return 0

@@ -69,6 +69,10 @@ class BuildOptions:
                                    f"pixels, a multiple of {size.multiple_of}.")
         if self.static and len(shapes) != 1:
             raise SvdeditError(f"--static builds one shape; give exactly one in --shapes (got {len(shapes)}).")
+        if manifest.quantization is not None:
+            raise SvdeditError("this engine dir's UNet was quantized by `svdedit quantize` (onnxruntime int8, for its "
+                               "CPU and CUDA providers). Build TensorRT plans from the fp32/fp16 engine dir it came "
+                               "from; TensorRT's own int8 path (QDQ graph + BuilderFlag.INT8) is not built here.")
         if any(n.fused for n in manifest.networks.values()):
             raise SvdeditError("this engine dir's attention is fused into onnxruntime's MultiHeadAttention, which "
                                "TensorRT cannot parse; export the model again with `svdedit export ... --no-fuse` "

@@ -152,6 +152,7 @@ class Manifest:
     options: dict | None = None
     versions: dict | None = None
     step_cache: StepCache | None = None
+    quantization: dict | None = None  # `svdedit quantize` (export/quantize.py): mode, calibration, int8 parity
     #: the JSON as read (or as the exporter made it): what is written back, and what the identity hashes
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
