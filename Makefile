@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
 
-.PHONY: demo test clean browser
+.PHONY: demo test clean browser dist
 
 # A virtual environment with the export stage, the CPU onnxruntime, the service (uvicorn and Ray Serve) and
 # the test tools.
@@ -19,8 +19,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[export,cpu,dev,ray]"
 	touch $(STAMP)
 
-test: $(STAMP) browser
+test: $(STAMP) browser dist
 	$(PY) -m pytest -q
+
+# The distribution: the built-in engine dir svdedit:shapes (models/shapes exported in fp32; the export is a no-op
+# when build/shapes-engine is up to date) copied into the package, then the sdist and the wheel built from it
+# (python -m build: the wheel from the sdist, in a clean environment without torch). tests/test_distribution.py
+# installs the wheel into a fresh virtual environment and runs it as a user would.
+ENGINE_BUILD := build/shapes-engine
+PACKAGED := runtime/packaged/shapes
+dist: $(STAMP)
+	$(VENV)/bin/svdedit export models/shapes -o $(ENGINE_BUILD) 2>/dev/null
+	find $(PACKAGED) -maxdepth 1 -type f ! -name README.md -delete
+	cp $(ENGINE_BUILD)/*.json $(ENGINE_BUILD)/*.onnx $(PACKAGED)/
+	rm -rf dist
+	$(PY) -m build --outdir dist . >/dev/null
+	@ls -l dist
 
 # The web page's test drives Debian's chromium through chromium-driver. Installed here where the machine
 # allows it (root, apt-get); elsewhere that one test skips and says why.
@@ -44,4 +58,5 @@ demo: $(STAMP)
 	@echo "demo: images in $(DEMO)/, the edit grid in $(DEMO)/edit/grid.png, its metrics in $(DEMO)/edit/metrics.json"
 
 clean:
-	rm -rf $(DEMO) build *.egg-info .pytest_cache
+	rm -rf $(DEMO) build dist *.egg-info .pytest_cache
+	find $(PACKAGED) -maxdepth 1 -type f ! -name README.md -delete

@@ -90,7 +90,8 @@ class Svdedit:
         self.editor = Editor(self.pipe, stages=self.stages)
         self.attr = Attribute.load(spec["attr"])
         self.size = self.pipe.size
-        self.provider = self.pipe.providers["unet"]
+        providers = self.pipe.providers
+        self.provider = providers.get("unet") or providers["unet_deep"]  # a whole UNet, or a split one
 
     def edit(self, imgs: np.ndarray, ps: list[str]) -> np.ndarray:
         r = self.editor.edit_images([self.attr], imgs, ps, batch=len(imgs))

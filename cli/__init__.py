@@ -1,10 +1,11 @@
 """The ``svdedit`` command line: one console script, one module per group of subcommands.
 
     export.py    svdedit export                       (needs torch; imported only when it runs)
-    engines.py   svdedit check, svdedit build         (an engine dir: verify it; TensorRT plans for it)
+    engines.py   svdedit check, build, quantize        (an engine dir: verify it; TensorRT plans for it)
     generate.py  svdedit generate, svdedit reconstruct
     edit.py      svdedit learn, svdedit edit, svdedit probe
     serve.py     svdedit serve                         (extra svdedit[serve]; imported only when it runs)
+    tools.py     svdedit demo, svdedit env             (the quick start on the built-in engine; versions and devices)
     args.py      the argument types, option groups and progress bar they share
 
 Every argparse parser and progress bar lives here; the library below prints nothing and takes plain
@@ -21,21 +22,22 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from svdedit.cli import edit, engines, export, generate, serve
+    from svdedit.cli import edit, engines, export, generate, serve, tools
     from svdedit.runtime import __version__
 
     parser = argparse.ArgumentParser(
         prog="svdedit",
         description=(
             "Attribute editing of Stable Diffusion images through the SVD of their latents, "
-            "deployed on ONNX Runtime. First `svdedit export` a model once (needs torch), then "
-            "run the torch-free commands on the engine dir it writes."
+            "deployed on ONNX Runtime. Try it: `svdedit demo` (the built-in engine svdedit:shapes). For your "
+            "own model, `svdedit export` it once (needs torch), then run the torch-free commands on the "
+            "engine dir it writes."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"svdedit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (export, engines, generate, edit, serve):
+    for group in (tools, export, engines, generate, edit, serve):
         group.register(sub)
     return parser
 

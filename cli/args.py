@@ -141,7 +141,8 @@ def command(sub: argparse._SubParsersAction, name: str, run, summary: str, descr
 
 def engine_args(p: argparse.ArgumentParser) -> None:
     """--engine and --provider, as every command that runs an engine dir takes them."""
-    p.add_argument("--engine", required=True, metavar="DIR", help="an engine dir written by `svdedit export`")
+    p.add_argument("--engine", required=True, metavar="DIR", help="an engine dir written by `svdedit export`, or "
+                                                                    "svdedit:shapes (the embedded model, built in)")
     p.add_argument("--provider", default="auto",
                    help="what runs the networks: auto (TensorRT plans from `svdedit build` when this GPU has them, "
                         "else onnxruntime's TensorRT, CUDA, then CPU provider), tensorrt (the plans), "

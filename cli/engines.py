@@ -42,12 +42,12 @@ benchmarks/results/speed_*.md.
 def register(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "check", run_check, "verify an engine dir and run each of its networks once",
                 description=CHECK_DESCRIPTION)
-    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="a folder written by `svdedit export`")
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="a folder written by `svdedit export`, or svdedit:shapes (the embedded model, built in)")
     p.add_argument("--provider", default="auto", help="onnxruntime execution provider (default: auto)")
 
     p = command(sub, "build", run_build, "build TensorRT plans from an engine dir's ONNX graphs (NVIDIA GPU + TensorRT)",
                 description=BUILD_DESCRIPTION, epilog=BUILD_EXAMPLE)
-    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="a folder written by `svdedit export`")
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="a folder written by `svdedit export`, or svdedit:shapes (the embedded model, built in)")
     p.add_argument("--precision", choices=BUILD_PRECISIONS, default=None,
                    help="default: the engine dir's (`svdedit export --precision`); TensorRT 11 builds only that one")
     p.add_argument("--shapes", default=None, metavar="HxW,...",
@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = command(sub, "quantize", run_quantize, "write a copy of an engine dir with an int8 UNet (onnxruntime)",
                 description=QUANTIZE_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="an fp32 engine dir written by `svdedit export`")
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="an fp32 engine dir written by `svdedit export`, or svdedit:shapes")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="the int8 engine dir to write")
     p.add_argument("--mode", choices=("static", "dynamic"), default="static", help="static (calibrated QDQ) or dynamic")
     p.add_argument("--prompts", type=positive_int, default=2, help="calibration prompts (static)")

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = command(sub, "serve", run, "serve an engine dir over HTTP: API, web page, metrics (extra svdedit[serve])",
                 description=SERVE_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="an engine dir written by `svdedit export`")
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="an engine dir written by `svdedit export`, or svdedit:shapes (the embedded model, built in)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=positive_int, default=8000, help="port to listen on")
     g = p.add_argument_group("service settings (the limits are runtime/limits.py's, shared with the command line)")

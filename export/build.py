@@ -156,7 +156,13 @@ def record_build(engine_dir: Path, manifest: Manifest, device: dict, options: Bu
 # --------------------------------------------------------------------------------------------------
 def build_plans(engine_dir: str | Path, options: BuildOptions, log: Callable[[str], None] = lambda m: None) -> Manifest:
     """Build one plan per network; write them under tensorrt/<key>/ and record them in the manifest."""
-    engine_dir = Path(engine_dir)
+    from svdedit.runtime.engines.names import BUILTIN_PREFIX, resolve_engine
+
+    if str(engine_dir).startswith(BUILTIN_PREFIX):
+        raise SvdeditError(f"{engine_dir} is installed with svdedit and read-only; `svdedit build` records its plans "
+                           f"in the engine dir it builds. Export the model into a folder of yours (svdedit export "
+                           f"MODEL -o DIR --no-fuse) and build that.")
+    engine_dir = resolve_engine(engine_dir)
     manifest = read_manifest(engine_dir, verify_hashes=True)
     options = options.check(manifest)
     trt = import_tensorrt()

@@ -362,9 +362,10 @@ def _up_to_date(out_dir: Path, cache_key: str, force: bool) -> bool:
     if manifest.cache_key == cache_key and not force:
         return True
     if not force:
-        src = (manifest.source or {}).get("path")
+        src = manifest.source or {}
+        origin = f"{src.get('name') or src.get('path') or 'another model'} (source sha256 {str(src.get('sha256'))[:12]})"
         raise SvdeditError(
-            f"ENGINE_DIR {out_dir} already holds an engine dir exported from {src} with other options or another "
+            f"ENGINE_DIR {out_dir} already holds an engine dir exported from {origin} with other options or another "
             f"model version. Pass --force to replace it, or choose another -o."
         )
     return False
@@ -405,7 +406,8 @@ def _write_engine_files(work: Path, src: Source, source_sha: str, c: Components,
         "family": src.family,
         "prediction_type": src.prediction_type,
         "precision": options.precision,
-        "source": {"kind": src.kind, "path": str(src.path.resolve()), "config": str(src.config_dir.resolve()),
+        # the source by name and content, never by machine path: an engine dir is copied, packaged and shared
+        "source": {"kind": src.kind, "name": src.path.resolve().name, "config": src.config_dir.resolve().name,
                    "sha256": source_sha},
         "latent": {"channels": geo.dims.latent_channels, "vae_scale_factor": geo.vae_scale_factor,
                    "vae_scaling_factor": float(c.vae.config.scaling_factor)},

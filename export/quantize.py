@@ -191,7 +191,9 @@ def parity(src: Path, dst: Path, feeds: list[dict]) -> dict:
 # --------------------------------------------------------------------------------------------------
 def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: QuantizeOptions = QuantizeOptions(),
                     log: Callable[[str], None] = lambda message: None) -> Manifest:
-    engine_dir, out_dir = Path(engine_dir), Path(out_dir)
+    from svdedit.runtime.engines.names import resolve_engine
+
+    engine_dir, out_dir = resolve_engine(engine_dir), Path(out_dir)
     try:
         import onnxruntime.quantization  # noqa: F401
     except ImportError:

@@ -53,8 +53,11 @@ class Intervals:
 
 class Pipeline:
     def __init__(self, engine_dir: str | Path, provider: str = "auto", intervals: Intervals | None = None):
-        """`intervals`: step caching (default: the engine's own, recorded at export; 1 and 1 without --step-cache)."""
-        self.engine_dir = Path(engine_dir)
+        """`engine_dir`: a folder, or a built-in name (svdedit:shapes). `intervals`: step caching (default: the
+        engine's own, recorded at export; 1 and 1 without --step-cache)."""
+        from svdedit.runtime.engines.names import resolve_engine
+
+        self.engine_dir = resolve_engine(engine_dir)
         self.manifest = read_manifest(self.engine_dir)
         m = self.manifest
         self.intervals = self.check_intervals(intervals or self.default_intervals)

@@ -9,12 +9,14 @@ import numpy as np
 
 from svdedit.runtime.engines.contract import resolve_shape
 from svdedit.runtime.engines.manifest import read_manifest
+from svdedit.runtime.engines.names import resolve_engine
 from svdedit.runtime.engines.onnxrt import OrtRunner
 from svdedit.runtime.errors import EngineDirError
 
 
 def check_engine_dir(engine_dir: str | Path, provider: str = "auto") -> list[dict]:
     """One report per network: provider, milliseconds, precision, the export's parity; EngineDirError if not sound."""
+    engine_dir = resolve_engine(engine_dir)
     manifest = read_manifest(engine_dir, verify_hashes=True)
     sizes = manifest.axis_sizes(batch=1)
     rng = np.random.default_rng(0)

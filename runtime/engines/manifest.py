@@ -385,8 +385,11 @@ def read_manifest(engine_dir: str | Path, verify_hashes: bool = True) -> Manifes
     plain name inside the engine dir, and the first missing or mismatching file, with what to do about it.
     With ``verify_hashes`` every file's sha256 is recomputed (seconds for SD-size models); a mismatch is
     checked once more after a second, since a re-export may have swapped the dir in meanwhile.
+    `engine_dir` may be a built-in name (svdedit:shapes, names.py).
     """
-    engine_dir = Path(engine_dir)
+    from svdedit.runtime.engines.names import resolve_engine
+
+    engine_dir = resolve_engine(engine_dir)
     redo = f"Re-create it with `svdedit export MODEL -o {engine_dir} --force`."
     if not engine_dir.exists():
         raise EngineDirError(f"Engine dir {engine_dir} does not exist. Create one with `svdedit export MODEL -o {engine_dir}`.")

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from svdedit.runtime.engines.base import Runner
-from svdedit.runtime.engines.contract import TENSORRT_DIR
+from svdedit.runtime.engines.names import engine_cache_dir
 from svdedit.runtime.engines.manifest import Manifest
 from svdedit.runtime.errors import EngineDirError, SvdeditError
 
@@ -43,12 +43,13 @@ def choose_providers(requested: str = "auto") -> list[str]:
     return [name] + (["CPUExecutionProvider"] if name != "CPUExecutionProvider" else [])
 
 
-def provider_entry(name: str, engine_dir: Path, precision: str):
+def provider_entry(name: str, cache_dir: Path, precision: str):
     """What onnxruntime is given for one provider: TensorRT's EP keeps its engine and timing caches in the
-    engine dir (tensorrt/ort-cache/, created here), so that only the first session on a machine pays for the build."""
+    engine's per-user cache folder (names.engine_cache_dir: <cache>/ort-tensorrt/, created here), so that only the
+    first session on a machine pays for the build, and an installed (read-only) engine dir is never written."""
     if name != "TensorrtExecutionProvider":
         return name
-    cache = engine_dir / TENSORRT_DIR / "ort-cache"
+    cache = cache_dir / "ort-tensorrt"
     cache.mkdir(parents=True, exist_ok=True)
     return (name, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
                    "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
@@ -93,7 +94,8 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(
                 str(path), session_options(),
-                providers=[provider_entry(p, self.engine_dir, self.entry.precision) for p in wanted])
+                providers=[provider_entry(p, engine_cache_dir(self.manifest.identity(), self.manifest.cache_key),
+                                          self.entry.precision) for p in wanted])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise EngineDirError(
                 f"onnxruntime cannot load {path} ({str(exc).splitlines()[0][:300]}). The graph is damaged or was "

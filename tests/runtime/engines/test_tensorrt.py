@@ -51,11 +51,15 @@ def test_choose_profile_picks_the_range_or_names_it():
         trt_mod.choose_profile(profs, {"sample": (9, 4, 8, 8)}, "unet")
 
 
-def test_ort_tensorrt_provider_keeps_its_caches_in_the_engine_dir(tmp_path):
+def test_ort_tensorrt_provider_keeps_its_caches_in_the_users_cache(tmp_path, monkeypatch):
+    from svdedit.runtime.engines.names import engine_cache_dir
     from svdedit.runtime.engines.onnxrt import provider_entry
 
-    name, opts = provider_entry("TensorrtExecutionProvider", tmp_path, "fp16")
-    assert opts["trt_engine_cache_path"] == str(tmp_path / "tensorrt" / "ort-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    folder = engine_cache_dir("ab" * 32, "cd" * 32)
+    assert folder == tmp_path / "xdg" / "svdedit" / "engines" / f"{'ab' * 8}-{'cd' * 4}"
+    name, opts = provider_entry("TensorrtExecutionProvider", folder, "fp16")
+    assert opts["trt_engine_cache_path"] == str(folder / "ort-tensorrt") and (folder / "ort-tensorrt").is_dir()
     assert opts["trt_engine_cache_enable"] == "True" and opts["trt_fp16_enable"] == "True"
     assert provider_entry("CPUExecutionProvider", tmp_path, "fp32") == "CPUExecutionProvider"
 

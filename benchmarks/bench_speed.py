@@ -1,0 +1,203 @@
+"""Speed of one edit per configuration (exact, step caching, int8, both) against Optimum and diffusers, in one run.
+
+    python -m benchmarks.bench_speed --work /tmp/sd15 --optimum-python /tmp/optvenv/bin/python
+
+The SD 1.5-shaped model (benchmarks/export_sd15_shape.py: 512x512, random weights) on this CPU, one real image
+edited end to end (Editor.edit_images: encode, 10 inversion steps, 10 guided steps with the SVD + AVI step at
+T_x, decode) by every configuration at the same step counts; each configuration and each peer in its own
+process (its peak RSS is its own), a 2-step warm-up edit first, then the median of --repeats timed edits.
+The per-step times (inversion step; guided step = one UNet call on 2 latents) carry to 50 steps.
+
+Engine dirs under --work (made by this script when missing, from --work/pipeline):
+    engine-fp32                    svdedit export                  the exact path
+    engine-fp32-stepcache          svdedit export --step-cache      step caching at N = 2, 3, 5
+    engine-int8-static             svdedit quantize (static)        int8 UNet
+    engine-int8-dynamic            svdedit quantize --mode dynamic
+    engine-int8-static-stepcache   both
+Optimum's export (--optimum-dir, made with benchmarks/optimum_export.py in its own venv) is its peer.
+
+Writes benchmarks/results/speed_sd15_cpu.{json,md}; benchmarks/speed_report.py adds the edit quality of each
+configuration on the embedded model (benchmarks/speed_quality.py) and the plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+#: (label, engine dir name, sampling interval, inversion interval)
+CONFIGS = [
+    ("exact (fp32)", "engine-fp32", 1, 1),
+    ("step cache N=2", "engine-fp32-stepcache", 2, 1),
+    ("step cache N=3", "engine-fp32-stepcache", 3, 1),
+    ("step cache N=5", "engine-fp32-stepcache", 5, 1),
+    ("int8 static", "engine-int8-static", 1, 1),
+    ("int8 dynamic", "engine-int8-dynamic", 1, 1),
+    ("int8 static + step cache N=2", "engine-int8-static-stepcache", 2, 1),
+    ("int8 static + step cache N=3", "engine-int8-static-stepcache", 3, 1),
+]
+
+
+def prepare(work: Path, log) -> None:
+    """Every engine dir of CONFIGS under `work`, exported or quantized where missing."""
+    from benchmarks.export_sd15_shape import build_sd15_shape
+    from svdedit.export.exporter import ExportOptions, export_model
+    from svdedit.export.quantize import QuantizeOptions, quantize_engine
+
+    if not (work / "pipeline" / "model_index.json").exists():
+        build_sd15_shape(work / "pipeline")
+    for name, options in (("engine-fp32", ExportOptions()), ("engine-fp32-stepcache", ExportOptions(step_cache=True))):
+        if not (work / name / "manifest.json").exists():
+            export_model(work / "pipeline", work / name, options, log=log)
+    for name, source, mode in (("engine-int8-static", "engine-fp32", "static"),
+                               ("engine-int8-dynamic", "engine-fp32", "dynamic"),
+                               ("engine-int8-static-stepcache", "engine-fp32-stepcache", "static")):
+        if not (work / name / "manifest.json").exists():
+            quantize_engine(work / source, work / name, QuantizeOptions(mode=mode), log=log)
+
+
+# ------------------------------------------------------------------------------------------------
+# one configuration (or peer) in its own process
+# ------------------------------------------------------------------------------------------------
+def child(spec: dict) -> dict:
+    from benchmarks.edit_peers import IMPLEMENTATIONS, images, prompts
+    from svdedit.runtime.editing.avi import Attribute
+
+    impl = spec["impl"]
+    t0 = time.perf_counter()
+    runner = IMPLEMENTATIONS[impl](spec)
+    if impl == "svdedit":
+        from svdedit.runtime.pipeline import Intervals
+
+        runner.pipe.intervals = runner.pipe.check_intervals(Intervals(*spec["intervals"]))
+    load_s = time.perf_counter() - t0
+    attr = Attribute.load(spec["attr"])
+    imgs, ps = images(1, runner.size), prompts(1)
+    runner.attr = dataclasses.replace(attr, knobs=attr.knobs.replace(steps=2))
+    runner.edit(imgs, ps)                                       # warm-up: every session and kernel, 2 steps
+    runner.attr = attr
+    runs, first = [], None
+    for _ in range(spec["repeats"]):
+        runner.stages.reset()
+        t = time.perf_counter()
+        out = runner.edit(imgs, ps)
+        runs.append((time.perf_counter() - t, dict(runner.stages.seconds)))
+        first = out if first is None else first
+    np.save(spec["out"], first)
+    steps = attr.knobs.steps
+    stages = {s: statistics.median(r[1].get(s, 0.0) for r in runs) for s in runs[0][1]}
+    return {"impl": runner.name, "provider": runner.provider, "load_s": round(load_s, 2),
+            "seconds_median": statistics.median(r[0] for r in runs), "seconds_runs": [round(r[0], 3) for r in runs],
+            "stages_median_s": stages,
+            "invert_step_s": stages.get("invert", 0.0) / steps,
+            "guided_step_s": (stages.get("sample_to_edit", 0.0) + stages.get("sample_rest", 0.0)) / steps,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def run_child(spec: dict, python: str = sys.executable) -> dict:
+    proc = subprocess.run([python, "-m", "benchmarks.bench_speed", "--child", json.dumps(spec)], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{spec['impl']} {spec.get('label', '')} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------
+# the parent
+# ------------------------------------------------------------------------------------------------
+def markdown(res: dict) -> str:
+    rows = res["rows"]
+    ref = {r["label"]: r for r in rows}
+    opt, dif = ref.get("optimum (onnxruntime)"), ref["diffusers (torch)"]
+    lines = [f"# Speed of one edit per configuration: {res['model_label']}, {res['device_label']}", "",
+             f"Command: `{res['command']}`. {res['steps']} inversion + {res['steps']} guided steps (guidance "
+             f"{res['guidance']}), one 512x512 image, each row in its own process: a 2-step warm-up edit, then the "
+             f"median of {res['repeats']} edits. Per-step times carry to 50 steps. Image difference: max |uint8| "
+             f"against the exact path's edit.", "",
+             "| configuration | edit s | invert step s | guided step s | peak RSS GiB | vs Optimum | vs diffusers "
+             "| RSS / diffusers' | max diff vs exact |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        vs_opt = f"{opt['seconds_median'] / r['seconds_median']:.2f}x" if opt else "-"
+        lines.append(f"| {r['label']} | {r['seconds_median']:.1f} | {r['invert_step_s']:.2f} | {r['guided_step_s']:.2f} "
+                     f"| {r['peak_rss_gib']:.2f} | {vs_opt} | {dif['seconds_median'] / r['seconds_median']:.2f}x "
+                     f"| {r['peak_rss_gib'] / dif['peak_rss_gib']:.2f} | {r.get('max_diff_vs_exact', '-')} |")
+    lines += ["", "Speed ratios are the peer's seconds over the row's (above 1: the row is faster). Step caching "
+              "applies to sampling only here (inversion interval 1: the inversion is what the edit rests on)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/sd15"))
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--optimum-python", metavar="PYTHON")
+    ap.add_argument("--optimum-dir", type=Path, help="Optimum's export (default: WORK/optimum)")
+    ap.add_argument("--only", help="comma-separated labels to run (default: all)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
+    from benchmarks.bench_edit import SOURCE, TARGET, versions
+    from benchmarks.machine import describe
+
+    work = args.work
+    prepare(work, lambda m: print(m, file=sys.stderr))
+    attr = work / f"red2blue-{args.steps}.safetensors"
+    if not attr.exists():
+        subprocess.run([sys.executable, "-m", "svdedit.cli", "learn", "--engine", str(work / "engine-fp32"), "--source",
+                        SOURCE, "--target", TARGET, "--steps", str(args.steps), "--calibration-seeds", "0", "-o",
+                        str(attr)], check=True, stdout=subprocess.DEVNULL)
+    base = {"pipeline": str(work / "pipeline"), "attr": str(attr), "provider": "cpu", "precision": "fp32",
+            "repeats": args.repeats, "optimum": str(args.optimum_dir or work / "optimum")}
+    jobs = [dict(base, impl="svdedit", label=label, engine=str(work / engine), intervals=[n, ni])
+            for label, engine, n, ni in CONFIGS]
+    jobs.append(dict(base, impl="diffusers", label="diffusers (torch)", engine=str(work / "engine-fp32")))
+    if args.optimum_python:
+        jobs.append(dict(base, impl="optimum", label="optimum (onnxruntime)", engine=str(work / "engine-fp32"),
+                         python=args.optimum_python))
+    if args.only:
+        keep = set(args.only.split(","))
+        jobs = [j for j in jobs if j["label"] in keep or j["impl"] != "svdedit"]
+    rows = []
+    for job in jobs:
+        print(f"running {job['label']} ...", file=sys.stderr)
+        job["out"] = str(work / f"speed-{len(rows)}.npy")
+        row = run_child(job, job.pop("python", sys.executable))
+        rows.append({"label": job["label"], "engine": Path(job["engine"]).name, "intervals": job.get("intervals"),
+                     **row})
+        print(f"  {row['seconds_median']:.1f} s, {row['peak_rss_gib']:.2f} GiB", file=sys.stderr)
+    exact = np.load(work / "speed-0.npy").astype(int)
+    for i, r in enumerate(rows):
+        r["max_diff_vs_exact"] = int(np.abs(np.load(work / f"speed-{i}.npy").astype(int) - exact).max())
+    machine = describe()
+    from svdedit.runtime.editing.avi import Attribute
+
+    knobs = Attribute.load(attr).knobs
+    res = {"benchmark": "bench_speed", "command": "python -m benchmarks.bench_speed " + " ".join(sys.argv[1:]),
+           "model_label": "SD 1.5 shape (512x512, random weights)",
+           "device_label": f"{machine['cpu']}, {machine['cores']} cores", "steps": args.steps,
+           "guidance": knobs.guidance, "t_edit": knobs.t_edit, "repeats": args.repeats, "machine": machine,
+           "versions": versions(), "rows": rows}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "speed_sd15_cpu.json").write_text(json.dumps(res, indent=2) + "\n")
+    (RESULTS / "speed_sd15_cpu.md").write_text(markdown(res))
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
