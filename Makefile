@@ -33,7 +33,8 @@ dist: $(STAMP)
 	find $(PACKAGED) -maxdepth 1 -type f ! -name README.md -delete
 	cp $(ENGINE_BUILD)/*.json $(ENGINE_BUILD)/*.onnx $(PACKAGED)/
 	rm -rf dist
-	$(PY) -m build --outdir dist . >/dev/null
+	@mkdir -p build
+	$(PY) -m build --outdir dist . > build/dist.log 2>&1 || { cat build/dist.log; exit 1; }
 	@ls -l dist
 
 # The web page's test drives Debian's chromium through chromium-driver. Installed here where the machine
