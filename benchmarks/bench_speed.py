@@ -50,22 +50,21 @@ CONFIGS = [
 ]
 
 
-def prepare(work: Path, log) -> None:
-    """Every engine dir of CONFIGS under `work`, exported or quantized where missing."""
-    from benchmarks.export_sd15_shape import build_sd15_shape
+def prepare(pipeline: Path, work: Path, log) -> dict[str, Path]:
+    """Every engine dir of CONFIGS, made from the diffusers pipeline folder `pipeline` under `work` where missing:
+    {name: folder}. speed_quality.py makes the embedded model's the same way."""
     from svdedit.export.exporter import ExportOptions, export_model
     from svdedit.export.quantize import QuantizeOptions, quantize_engine
 
-    if not (work / "pipeline" / "model_index.json").exists():
-        build_sd15_shape(work / "pipeline")
     for name, options in (("engine-fp32", ExportOptions()), ("engine-fp32-stepcache", ExportOptions(step_cache=True))):
         if not (work / name / "manifest.json").exists():
-            export_model(work / "pipeline", work / name, options, log=log)
+            export_model(pipeline, work / name, options, log=log)
     for name, source, mode in (("engine-int8-static", "engine-fp32", "static"),
                                ("engine-int8-dynamic", "engine-fp32", "dynamic"),
                                ("engine-int8-static-stepcache", "engine-fp32-stepcache", "static")):
         if not (work / name / "manifest.json").exists():
             quantize_engine(work / source, work / name, QuantizeOptions(mode=mode), log=log)
+    return {name: work / name for _, name, _, _ in CONFIGS}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.bench_edit import SOURCE, TARGET, versions
     from benchmarks.machine import describe
 
+    from benchmarks.export_sd15_shape import build_sd15_shape
+
     work = args.work
-    prepare(work, lambda m: print(m, file=sys.stderr))
+    if not (work / "pipeline" / "model_index.json").exists():
+        build_sd15_shape(work / "pipeline")
+    prepare(work / "pipeline", work, lambda m: print(m, file=sys.stderr))
     attr = work / f"red2blue-{args.steps}.safetensors"
     if not attr.exists():
         subprocess.run([sys.executable, "-m", "svdedit.cli", "learn", "--engine", str(work / "engine-fp32"), "--source",

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench_edit_quality import PAIRS, SEED0, prompts_for, summarise
+from benchmarks.bench_speed import CONFIGS as SPEED_CONFIGS
+from benchmarks.bench_speed import prepare
 from benchmarks.machine import describe
 from models.shapes_data import render, sample_attributes, score_edit
 
@@ -33,31 +35,7 @@ MODEL = Path(__file__).parent.parent / "models" / "shapes"
 RENDER_SEED = 40_000
 
 #: (label, engine, sampling interval, inversion interval): bench_speed's, and the inversion cached too
-CONFIGS = [
-    ("exact (fp32)", "fp32", 1, 1),
-    ("step cache N=2", "fp32-stepcache", 2, 1),
-    ("step cache N=3", "fp32-stepcache", 3, 1),
-    ("step cache N=5", "fp32-stepcache", 5, 1),
-    ("step cache N=2, inversion N=2", "fp32-stepcache", 2, 2),
-    ("int8 static", "int8-static", 1, 1),
-    ("int8 dynamic", "int8-dynamic", 1, 1),
-    ("int8 static + step cache N=2", "int8-static-stepcache", 2, 1),
-    ("int8 static + step cache N=3", "int8-static-stepcache", 3, 1),
-]
-
-
-def engines(work: Path, log) -> dict[str, Path]:
-    from svdedit.export.exporter import ExportOptions, export_model
-    from svdedit.export.quantize import QuantizeOptions, quantize_engine
-
-    out = {name: work / name for name in ("fp32", "fp32-stepcache", "int8-static", "int8-dynamic",
-                                           "int8-static-stepcache")}
-    export_model(MODEL, out["fp32"], log=log)
-    export_model(MODEL, out["fp32-stepcache"], ExportOptions(step_cache=True), log=log)
-    quantize_engine(out["fp32"], out["int8-static"], QuantizeOptions(), log=log)
-    quantize_engine(out["fp32"], out["int8-dynamic"], QuantizeOptions(mode="dynamic"), log=log)
-    quantize_engine(out["fp32-stepcache"], out["int8-static-stepcache"], QuantizeOptions(), log=log)
-    return out
+CONFIGS = SPEED_CONFIGS[:4] + [("step cache N=2, inversion N=2", "engine-fp32-stepcache", 2, 2)] + SPEED_CONFIGS[4:]
 
 
 def renders(n: int, seed: int, attribute: str | None = None, value: str | None = None):
@@ -144,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     work = args.work or Path(tempfile.mkdtemp(prefix="speed-quality-"))
-    dirs = engines(work, lambda m: None)
-    with Pipeline(dirs["fp32"]) as pipe:
+    dirs = prepare(MODEL, work, lambda m: None)
+    with Pipeline(dirs["engine-fp32"]) as pipe:
         editor = Editor(pipe)
         attrs = {p.attribute: editor.learn(p.learn_prompt, p.learn_prompt.replace(p.source, p.target), seed=0,
                                            knobs=Knobs()) for p in PAIRS}

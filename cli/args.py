@@ -157,12 +157,12 @@ def engine_args(p: argparse.ArgumentParser) -> None:
 
 def open_pipeline(args: argparse.Namespace):
     """The Pipeline of --engine, --provider and the step-cache intervals (not yet entered)."""
-    from svdedit.runtime.pipeline import Pipeline
+    from svdedit.runtime.pipeline import Intervals, Pipeline
 
     pipe = Pipeline(args.engine, args.provider)
     default = pipe.default_intervals
-    pipe.intervals = pipe.check_intervals(type(default)(
-        args.cache_interval or default.sample, args.invert_cache_interval or default.invert))
+    pipe.intervals = pipe.check_intervals(Intervals(args.cache_interval or default.sample,
+                                                    args.invert_cache_interval or default.invert))
     return pipe
 
 

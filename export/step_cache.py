@@ -56,21 +56,26 @@ def modules(unet) -> dict:
 
     check_splittable(unet)
 
-    def cross(block) -> bool:
-        return getattr(block, "has_cross_attention", False)
+    def call(block, text, *args, **kwargs):
+        """A diffusers block, given the text embedding only where it has cross-attention (as UNet2DConditionModel
+        calls them)."""
+        if getattr(block, "has_cross_attention", False):
+            kwargs["encoder_hidden_states"] = text
+        return block(*args, **kwargs)
 
-    class UnetIn(torch.nn.Module):
+    class Part(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
             self.m = m
 
+    class UnetIn(Part):
         def forward(self, sample, timestep, encoder_hidden_states):
             m = self.m
             emb = m.time_embedding(m.get_time_embed(sample=sample, timestep=timestep), None)
             h = m.conv_in(sample)
             skips = [h]
             block = m.down_blocks[0]
-            attentions = block.attentions if cross(block) else [None] * len(block.resnets)
+            attentions = block.attentions if getattr(block, "has_cross_attention", False) else [None] * len(block.resnets)
             for resnet, attention in zip(block.resnets, attentions):
                 h = resnet(h, emb)
                 if attention is not None:
@@ -78,50 +83,30 @@ def modules(unet) -> dict:
                 skips.append(h)
             return h, torch.cat(skips, dim=1), emb
 
-    class UnetDeep(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
+    class UnetDeep(Part):
         def forward(self, hidden, emb, encoder_hidden_states):
-            m = self.m
+            m, text = self.m, encoder_hidden_states
             h = hidden
             for down in m.down_blocks[0].downsamplers:
                 h = down(h)
             res = (h,)
             for block in m.down_blocks[1:]:
-                if cross(block):
-                    h, r = block(hidden_states=h, temb=emb, encoder_hidden_states=encoder_hidden_states)
-                else:
-                    h, r = block(hidden_states=h, temb=emb)
+                h, r = call(block, text, hidden_states=h, temb=emb)
                 res += r
             if m.mid_block is not None:
-                h = m.mid_block(h, emb, encoder_hidden_states=encoder_hidden_states) if cross(m.mid_block) \
-                    else m.mid_block(h, emb)
+                h = call(m.mid_block, text, h, emb)
             for block in m.up_blocks[:-1]:
                 n = len(block.resnets)
                 r, res = res[-n:], res[:-n]
-                if cross(block):
-                    h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=r,
-                              encoder_hidden_states=encoder_hidden_states)
-                else:
-                    h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=r)
+                h = call(block, text, hidden_states=h, temb=emb, res_hidden_states_tuple=r)
             return h
 
-    class UnetOut(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
+    class UnetOut(Part):
         def forward(self, deep, skips, emb, encoder_hidden_states):
             m = self.m
             block = m.up_blocks[-1]
             r = tuple(torch.chunk(skips, len(block.resnets), dim=1))
-            if cross(block):
-                h = block(hidden_states=deep, temb=emb, res_hidden_states_tuple=r,
-                          encoder_hidden_states=encoder_hidden_states)
-            else:
-                h = block(hidden_states=deep, temb=emb, res_hidden_states_tuple=r)
+            h = call(block, encoder_hidden_states, hidden_states=deep, temb=emb, res_hidden_states_tuple=r)
             if m.conv_norm_out is not None:
                 h = m.conv_act(m.conv_norm_out(h))
             return m.conv_out(h)

@@ -336,11 +336,14 @@ class Editor:
         knobs, prompts, tgts = self._prepare(recipes, prompts, target_prompts)
         if len(prompts) != len(seeds):
             raise SvdeditError(f"{len(prompts)} prompts for {len(seeds)} seeds; give one prompt per seed (or one for all).")
+        i_x, i_z = edit_step(self.pipe.schedule, knobs)
         sources, edits = [], []
         for sl, e_src, e_tgt in self._batches(prompts, tgts, recipes, batch, progress):
             x_T = np.concatenate([self.pipe.noise(int(s)) for s in seeds[sl]])                         # 1.
-            keys = [self._key("seed pair", knobs, x_T[i], e_src[i], e_tgt[i]) for i in range(len(x_T))]
-            cached = self.cache.get_all(keys) if self.cache is not None else None
+            keys = None if self.cache is None else \
+                [self._key("seed pair", knobs.steps, knobs.guidance, i_x, i_z, x_T[i], e_src[i], e_tgt[i])
+                 for i in range(len(x_T))]
+            cached = self.cache.get_all(keys) if keys else None
             if cached is not None:  # a re-edit: the pair and the source image are known; y alone goes on
                 x, z, source = (np.stack(parts) for parts in zip(*cached))
                 y, _ = self.edit_latents(recipes[sl], x, z, e_src, e_tgt, knobs)                        # 3., 4.
@@ -354,9 +357,8 @@ class Editor:
                 images = self.pipe.decode(np.concatenate([x_0, y]))
             sources.append(images[:len(x_T)])
             edits.append(images[len(x_T):])
-            if self.cache is not None:
-                for i, key in enumerate(keys):
-                    self.cache.put(key, (x[i], z[i], images[i]))
+            for i, key in enumerate(keys or ()):
+                self.cache.put(key, (x[i], z[i], images[i]))
         return EditResult(to_uint8(np.concatenate(sources)), to_uint8(np.concatenate(edits)), prompts, tgts)
 
     def edit_images_with(self, recipes: Sequence[Recipe], images: np.ndarray, prompts: Sequence[str],
@@ -395,7 +397,9 @@ class Editor:
         if self.cache is None:
             x, x_T = encode_and_invert()
             return x, self.sample_z(x_T, e_tgt, knobs)
-        inv_keys = [self._key("inversion", knobs.replace(guidance=0.0), images[i], e_src[i]) for i in range(len(images))]
+        i_x, i_z = edit_step(self.pipe.schedule, knobs)
+        inv_keys = [self._key("inversion", knobs.steps, knobs.inversion_guidance, i_x, images[i], e_src[i])
+                    for i in range(len(images))]
         inverted = self.cache.get_all(inv_keys)
         if inverted is None:
             x, x_T = encode_and_invert()
@@ -403,7 +407,7 @@ class Editor:
                 self.cache.put(key, (x[i], x_T[i]))
         else:
             x, x_T = (np.stack(parts) for parts in zip(*inverted))
-        z_keys = [digest("z", key, e_tgt[i], knobs.guidance) for i, key in enumerate(inv_keys)]
+        z_keys = [digest("z", key, knobs.guidance, i_z, e_tgt[i]) for i, key in enumerate(inv_keys)]
         zs = self.cache.get_all(z_keys)
         if zs is not None:
             return x, np.stack([v[0] for v in zs])
@@ -412,12 +416,10 @@ class Editor:
             self.cache.put(key, (z[i],))
         return x, z
 
-    def _key(self, kind: str, knobs: Knobs, *arrays: np.ndarray) -> str:
+    def _key(self, kind: str, *parts) -> str:
         """The cache key of one image's latents before the injection: the engine, the pipeline's numerics settings,
-        the knobs that shape the trajectory up to T_x, and the image's own arrays (noise or pixels, embeddings)."""
-        i_x, i_z = edit_step(self.pipe.schedule, knobs)
-        return digest(kind, self.engine_hash, self.pipe.numerics_key(), knobs.steps, knobs.guidance,
-                      knobs.inversion_guidance, i_x, i_z, *arrays)
+        and what shapes that trajectory (its knobs and step indices, the image's noise or pixels, its embeddings)."""
+        return digest(kind, self.engine_hash, self.pipe.numerics_key(), *parts)
 
     def _prepare(self, recipes, prompts, target_prompts, images: bool = False) -> tuple[Knobs, list[str], list]:
         """The shared knobs, the prompts, and each image's target prompt: given, or the prompt with its attributes'
