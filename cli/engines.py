@@ -13,15 +13,18 @@ from svdedit.runtime.engines.contract import BUILD_PRECISIONS
 CHECK_DESCRIPTION = """\
 Verify an engine dir: the manifest's format version, every file's sha256, then one onnxruntime call
 per network at the model's default size, checked against the manifest's declared outputs. Prints one
-JSON line per network.
+JSON line per network, then one per TensorRT build of the engine (`svdedit build`: where its plans
+are, and whether each is there with its recorded sha256). Exit status 1 when a build's plans are not.
 """
 
 BUILD_DESCRIPTION = """\
 Build one TensorRT plan per network from the ONNX graphs of ENGINE_DIR, for this GPU and this
-TensorRT version, and record them in its manifest. Optimisation profiles cover batch 1 to
---max-batch images (the UNet: an inversion profile and a guided-sampling profile of up to 4x that
-many latents) and the --shapes given; with fp16 the VAE stays fp32. A timing cache in
-ENGINE_DIR/tensorrt/ makes rebuilds fast. Plans are written under a temporary name and renamed.
+TensorRT version. Optimisation profiles cover batch 1 to --max-batch images (the UNet: an inversion
+profile and a guided-sampling profile of up to 4x that many latents) and the --shapes given; with
+fp16 the VAE stays fp32. ENGINE_DIR is only read: the plans, their record (builds.json) and a timing
+cache that makes rebuilds fast go to the user cache, $XDG_CACHE_HOME/svdedit/engines/<engine>/tensorrt/
+(~/.cache by default), where every svdedit command run by this user finds them. Plans are written
+under a temporary name and renamed.
 """
 
 BUILD_EXAMPLE = ("example: svdedit export sd15/ -o engines/sd15 --precision fp16 --no-fuse && "
@@ -73,17 +76,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_check(args: argparse.Namespace) -> int:
     from svdedit.runtime.engines.check import check_engine_dir
 
-    for line in check_engine_dir(args.engine_dir, provider=args.provider):
+    lines = check_engine_dir(args.engine_dir, provider=args.provider)
+    for line in lines:
         print(json.dumps(line))
-    return 0
+    return 0 if all(line["ok"] for line in lines) else 1
 
 
 def run_build(args: argparse.Namespace) -> int:
     from svdedit.export.build import BuildOptions, build_plans, parse_shapes
 
     options = BuildOptions(args.precision, parse_shapes(args.shapes) if args.shapes else (), args.max_batch, args.static)
-    manifest = build_plans(args.engine_dir, options, log=lambda m: print(m, file=sys.stderr))
-    print(json.dumps({"engine_dir": args.engine_dir, "tensorrt": list(manifest.builds)}))
+    plans = build_plans(args.engine_dir, options, log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps({"engine_dir": args.engine_dir, "device": plans.key, "plans": str(plans.root / plans.key)}))
     return 0
 
 

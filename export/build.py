@@ -2,12 +2,14 @@
 
     build_plans(engine_dir, BuildOptions(precision="fp16", shapes=(512,), max_batch=4))
 
-Like the export, an offline compile step that runs once per machine and writes into the engine dir;
-the plans are run by runtime/engines/tensorrt.py (TensorrtRunner). Layout inside the engine dir (the
-manifest records each build under its device key: GPU, compute capability, TensorRT version):
+Like the export, an offline compile step that runs once per machine; the plans are run by
+runtime/engines/tensorrt.py (TensorrtRunner). The engine dir is only read: the plans go to the user's
+cache (runtime/engines/plans.py), recorded in its builds.json under their device key (GPU, compute
+capability, TensorRT version), so read-only and installed engine dirs (svdedit:shapes) get plans too:
 
-    tensorrt/timing.cache                         shared by every build on this machine
-    tensorrt/<key>/{text_encoder,unet,vae_encoder,vae_decoder}.plan
+    <engine cache>/tensorrt/timing.cache          shared by every build of this engine
+    <engine cache>/tensorrt/<key>/{text_encoder,unet,vae_encoder,vae_decoder}.plan
+    <engine cache> = $XDG_CACHE_HOME/svdedit/engines/<identity>-<graphs>/  (~/.cache by default)
 
 Precision: the ONNX graphs carry it (`svdedit export --precision fp16`), and the plans are built strongly
 typed from them, the only way TensorRT 11 builds; TensorRT 10 can also lower fp32 graphs with a builder
@@ -21,27 +23,27 @@ networks one (text encoder: prompts for N images, their targets and the empty pr
 the image size (min = opt = max; dynamic sizes cost ~13% on TensorRT, anchors.md); the batch stays a
 range, since the last batch of a run and the empty prompt's encoding are smaller.
 
-Everything that needs neither TensorRT nor a GPU (options, profiles, the manifest record, refusals) is
+Everything that needs neither TensorRT nor a GPU (options, profiles, the build record, refusals) is
 plain Python and tested on CPU; `import tensorrt` happens only when a plan is built. The plans are
-written to a temporary folder and renamed, and the manifest is rewritten atomically. Nothing here has
+written to a temporary folder and renamed, and the record is rewritten atomically. Nothing here has
 run against a real TensorRT yet.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from svdedit.runtime.engines.contract import BUILD_PRECISIONS, TENSORRT_DIR, TIMING_CACHE, network_precision, resolve_shape
-from svdedit.runtime.engines.manifest import Manifest, read_manifest, write_manifest
+from svdedit.runtime.engines import plans as plans_mod
+from svdedit.runtime.engines.contract import BUILD_PRECISIONS, TIMING_CACHE, network_precision, resolve_shape
+from svdedit.runtime.engines.manifest import Manifest, read_manifest
+from svdedit.runtime.engines.names import resolve_engine
+from svdedit.runtime.engines.plans import Plans
 from svdedit.runtime.engines.tensorrt import current_device, device_key, import_tensorrt
 from svdedit.runtime.errors import SvdeditError, TensorrtError
-from svdedit.runtime.files import atomic_write_bytes, sha256_file
+from svdedit.runtime.files import atomic_dir, atomic_write_bytes, sha256_file
 
 
 # --------------------------------------------------------------------------------------------------
@@ -76,7 +78,8 @@ class BuildOptions:
         if any(n.fused for n in manifest.networks.values()):
             raise SvdeditError("this engine dir's attention is fused into onnxruntime's MultiHeadAttention, which "
                                "TensorRT cannot parse; export the model again with `svdedit export ... --no-fuse` "
-                               "to build TensorRT plans.")
+                               "to build TensorRT plans (svdedit:shapes is such an engine dir: from a clone of "
+                               "svdedit, `svdedit export models/shapes -o DIR --no-fuse`).")
         return BuildOptions(precision, tuple(shapes[:1]) + tuple(sorted(set(shapes[1:]) - {shapes[0]})),
                             self.max_batch, self.static, self.workspace_gib)
 
@@ -139,59 +142,44 @@ def profiles(manifest: Manifest, network: str, options: BuildOptions) -> list[di
     return out
 
 
-def record_build(engine_dir: Path, manifest: Manifest, device: dict, options: BuildOptions, plans: dict) -> Manifest:
-    """Add one build to the manifest (atomically) and return the new manifest."""
+def record_build(manifest: Manifest, device: dict, options: BuildOptions, plans: dict) -> Plans:
+    """Record one build (plans already in place under <plans dir>/<key>/) in the cache's builds.json."""
     key = device_key(device)
-    manifest = manifest.with_tensorrt_build(key, {
-        **device, "directory": f"{TENSORRT_DIR}/{key}", "precision": options.precision, "shapes": list(options.shapes),
+    return plans_mod.record_build(manifest, key, {
+        **device, "directory": key, "precision": options.precision, "shapes": list(options.shapes),
         "max_batch": options.max_batch, "static": options.static,
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "networks": plans,
     })
-    write_manifest(engine_dir, manifest)
-    return manifest
 
 
 # --------------------------------------------------------------------------------------------------
 # 2. Building (TensorRT Python API)
 # --------------------------------------------------------------------------------------------------
-def build_plans(engine_dir: str | Path, options: BuildOptions, log: Callable[[str], None] = lambda m: None) -> Manifest:
-    """Build one plan per network; write them under tensorrt/<key>/ and record them in the manifest."""
-    from svdedit.runtime.engines.names import BUILTIN_PREFIX, resolve_engine
-
-    if str(engine_dir).startswith(BUILTIN_PREFIX):
-        raise SvdeditError(f"{engine_dir} is installed with svdedit and read-only; `svdedit build` records its plans "
-                           f"in the engine dir it builds. Export the model into a folder of yours (svdedit export "
-                           f"MODEL -o DIR --no-fuse) and build that.")
+def build_plans(engine_dir: str | Path, options: BuildOptions, log: Callable[[str], None] = lambda m: None) -> Plans:
+    """Build one plan per network into the user cache (plans.plans_dir) and record them there; the engine dir
+    is only read."""
     engine_dir = resolve_engine(engine_dir)
     manifest = read_manifest(engine_dir, verify_hashes=True)
     options = options.check(manifest)
     trt = import_tensorrt()
     device = current_device()
     key = device_key(device)
-    (engine_dir / TENSORRT_DIR).mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=engine_dir / TENSORRT_DIR))
-    try:
-        logger = trt.Logger(trt.Logger.WARNING)
-        builder = trt.Builder(logger)
-        plans = {}
+    root = plans_mod.writable_plans_dir(manifest)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    plans = {}
+    with atomic_dir(root / key, replace=True) as staging:  # the old plans stay until the new ones are in
         for name in manifest.networks:
-            plans[name] = _build_network(trt, builder, logger, engine_dir, manifest, name, options, device, staging)
+            plans[name] = _build_network(trt, builder, logger, engine_dir, manifest, name, options, device, staging,
+                                         timing_cache=root / TIMING_CACHE)
             log(f"  {name}: {plans[name]['precision']}, {len(plans[name]['profiles'])} profile(s), "
                 f"{plans[name]['build_seconds']} s")
-        final = engine_dir / TENSORRT_DIR / key
-        old = final.with_name(f".{key}.old-{os.getpid()}")
-        if final.exists():
-            final.rename(old)   # the old plans stay until the new ones are in place
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return record_build(engine_dir, manifest, device, options, plans)
+    log(f"plans in {root / key}")
+    return record_build(manifest, device, options, plans)
 
 
 def _build_network(trt, builder, logger, engine_dir: Path, manifest: Manifest, name: str, options: BuildOptions,
-                   device: dict, staging: Path) -> dict:
+                   device: dict, staging: Path, timing_cache: Path) -> dict:
     """Parse one ONNX graph, set its precision and profiles, build its plan into `staging`; the plan's record."""
     t0 = time.perf_counter()
     entry = manifest.networks[name]
@@ -206,8 +194,7 @@ def _build_network(trt, builder, logger, engine_dir: Path, manifest: Manifest, n
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * 2**30))
     if flag is not None:
         config.set_flag(getattr(trt.BuilderFlag, flag))
-    cache_path = engine_dir / TENSORRT_DIR / TIMING_CACHE
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     network_profiles = profiles(manifest, name, options)
     for prof in network_profiles:
@@ -220,7 +207,7 @@ def _build_network(trt, builder, logger, engine_dir: Path, manifest: Manifest, n
         raise TensorrtError(f"TensorRT failed to build {name} (see its log above).")
     plan = staging / f"{name}.plan"
     plan.write_bytes(bytes(serialized))
-    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    return {"file": f"{TENSORRT_DIR}/{device_key(device)}/{name}.plan", "sha256": sha256_file(plan), "precision": network_precision(name, options.precision),
+    atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return {"file": f"{device_key(device)}/{name}.plan", "sha256": sha256_file(plan), "precision": network_precision(name, options.precision),
             "profiles": [{k: [list(s) for s in v] for k, v in prof.items()} for prof in network_profiles],
             "build_seconds": round(time.perf_counter() - t0, 1)}

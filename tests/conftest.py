@@ -34,6 +34,16 @@ HAS_GPU = _gpu_available()
 requires_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU with CuPy")  # use with @pytest.mark.gpu
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory) -> Path:
+    """The tests' own per-user cache ($XDG_CACHE_HOME, inherited by the CLI subprocesses): TensorRT plans and
+    onnxruntime's TensorRT caches never go to the real ~/.cache, nor come from it."""
+    root = tmp_path_factory.mktemp("xdg-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(root))
+        yield root
+
+
 @pytest.fixture(scope="session")
 def tiny_pipelines(tmp_path_factory) -> dict[str, Path]:
     """{'sd1': folder, 'sd2-v': folder}: tiny seeded diffusers pipelines saved with save_pretrained."""

@@ -24,7 +24,7 @@ __all__ = ["Manifest", "OrtRunner", "Runner", "TensorrtRunner", "open_engines", 
 def open_engines(engine_dir: str | Path, manifest: Manifest, provider: str = "auto") -> dict[str, Runner]:
     """One runner per network, not yet active: TensorRT plans when asked for (`tensorrt`), or when `auto` and
     `svdedit build` made plans for this GPU; otherwise onnxruntime sessions on the provider asked for."""
-    if provider == "tensorrt" or (provider == "auto" and plans_for_this_device(manifest)):
+    if provider == "tensorrt" or (provider == "auto" and plans_for_this_device(manifest, Path(engine_dir))):
         shared = SharedActivations()  # the networks run one after another: one activation buffer
         return {name: TensorrtRunner(engine_dir, name, manifest, shared) for name in manifest.networks}
     return {name: OrtRunner(engine_dir, name, manifest, provider) for name in manifest.networks}

@@ -1,4 +1,5 @@
-"""`svdedit check`: verify an engine dir and run every network once, at batch 1 and the model's own size."""
+"""`svdedit check`: verify an engine dir and run every network once, at batch 1 and the model's own size; then
+report the TensorRT plans built from it (checked, not run: that needs their GPU)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from svdedit.runtime.engines.contract import resolve_shape
 from svdedit.runtime.engines.manifest import read_manifest
 from svdedit.runtime.engines.names import resolve_engine
 from svdedit.runtime.engines.onnxrt import OrtRunner
-from svdedit.runtime.errors import EngineDirError
+from svdedit.runtime.engines.plans import all_plans
+from svdedit.runtime.errors import EngineDirError, TensorrtError
+from svdedit.runtime.files import sha256_file
 
 
 def check_engine_dir(engine_dir: str | Path, provider: str = "auto") -> list[dict]:
@@ -38,4 +41,24 @@ def check_engine_dir(engine_dir: str | Path, provider: str = "auto") -> list[dic
             parity = runner.entry.parity_fp16 or runner.entry.parity
             report.append({"network": name, "provider": runner.provider, "ms": round(ms, 2),
                            "precision": runner.entry.precision, "parity_max_abs": parity.get("max_abs"), "ok": True})
-    return report
+    return report + check_plans(engine_dir, manifest)
+
+
+def check_plans(engine_dir: Path, manifest) -> list[dict]:
+    """One report per TensorRT build of this engine (svdedit build: the user cache, or svdedit 0.1's in the
+    engine dir): where its plans are and whether every plan is there with its recorded sha256. Needs no GPU."""
+    try:
+        builds = all_plans(manifest, engine_dir)
+    except TensorrtError as exc:
+        return [{"tensorrt": "build record", "ok": False, "error": str(exc)}]
+    out = []
+    for key, plans in builds.items():
+        bad = [name for name, plan in plans.build.networks.items()
+               if not plans.path(name).is_file() or sha256_file(plans.path(name)) != plan.sha256]
+        line = {"tensorrt": key, "where": plans.where, "folder": str(plans.root / plans.build.directory),
+                "networks": sorted(plans.build.networks), "ok": not bad}
+        if bad:
+            line["error"] = (f"plans missing or changed since they were built: {', '.join(bad)}; run `svdedit build "
+                             f"{engine_dir}` on {plans.build.gpu} again.")
+        out.append(line)
+    return out

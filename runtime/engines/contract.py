@@ -7,7 +7,7 @@ An engine dir is one folder per exported model::
     tokenizer.json    the CLIP BPE tokenizer, loadable by `tokenizers` alone
     text_encoder.onnx unet.onnx vae_encoder.onnx vae_decoder.onnx   (+ one .onnx.data each above 2 GB)
     (exported with --step-cache: unet_in.onnx unet_deep.onnx unet_out.onnx in place of unet.onnx)
-    tensorrt/         TensorRT plans, when `svdedit build` made some (export/build.py)
+    tensorrt/         TensorRT plans of svdedit 0.1's `svdedit build` (now in the user cache: plans.py)
 
 This module holds, once each:
 

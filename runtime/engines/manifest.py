@@ -159,7 +159,7 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict) -> "Manifest":
         """Check `data` (parsed manifest.json) field by field; ManifestFieldError names the first bad one."""
-        return _typed(cls, data, "manifest", raw=data)
+        return typed_fields(cls, data, "manifest", raw=data)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(self.raw))
@@ -179,6 +179,11 @@ class Manifest:
         files learned before keep."""
         return self.identity(), sha256_json({k: v for k, v in self.raw.items() if k != "tensorrt"})
 
+    def graphs_key(self) -> str:
+        """sha256 of the network graphs (their files' hashes): what TensorRT plans and onnxruntime's TensorRT
+        caches are built from. Another export of the same model (fp16, int8, a re-export) has another key."""
+        return sha256_json({name: net.files() for name, net in sorted(self.networks.items())})
+
     def with_tensorrt_build(self, key: str, build: dict) -> "Manifest":
         """This manifest with one more TensorRT build recorded under `key` (checked like the rest)."""
         raw = self.to_dict()
@@ -192,6 +197,8 @@ class Manifest:
 
     @property
     def builds(self) -> dict[str, TensorrtBuild]:
+        """TensorRT builds recorded in the manifest itself (svdedit 0.1 wrote its plans into the engine dir; they
+        are still run). `svdedit build` now keeps plans in the user's cache: runtime/engines/plans.py."""
         return self.tensorrt or {}
 
     def axis_sizes(self, batch: int, size: int | None = None) -> dict[str, int]:
@@ -260,7 +267,7 @@ def _problems(m: Manifest, engine_dir: Path | None) -> list[str]:
     for field_name, rel, digest in _files_with_fields(m):
         need(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None,
              f"{field_name}'s sha256 {_shown(digest)} is not 64 hex digits")
-        problem = _outside(engine_dir, rel)
+        problem = outside_problem(engine_dir, rel)
         if problem:
             out.append(f"{field_name} {rel!r} {problem}")
     return out
@@ -279,7 +286,7 @@ def _files_with_fields(m: Manifest) -> list[tuple[str, str, str]]:
     return out
 
 
-def _outside(engine_dir: Path | None, rel: str) -> str | None:
+def outside_problem(engine_dir: Path | None, rel: str) -> str | None:
     """Why `rel` is not a plain relative name inside `engine_dir` (None when it is)."""
     parts = Path(rel).parts
     if not rel or Path(rel).is_absolute() or "\\" in rel or any(p in ("..", "") for p in parts) or rel.startswith("~"):
@@ -292,7 +299,7 @@ def _outside(engine_dir: Path | None, rel: str) -> str | None:
     return None
 
 
-def _typed(cls, value, where: str, raw: dict | None = None):
+def typed_fields(cls, value, where: str, raw: dict | None = None):
     """`value` (parsed JSON) as an instance of the dataclass `cls`, every field's type checked."""
     if not isinstance(value, dict):
         raise ManifestFieldError(f"{where} should be an object, not {_shown(value)}")
@@ -338,7 +345,7 @@ def _as(hint, value, where: str):
                             for o in options)
         raise ManifestFieldError(f"{where} should be {names}, not {_shown(value)}")
     if is_dataclass(hint):
-        return _typed(hint, value, where)
+        return typed_fields(hint, value, where)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple:
         if not isinstance(value, list):

@@ -4,8 +4,9 @@
 package by `make dist` (runtime/packaged/shapes/), so that an installed svdedit runs without torch and
 without a clone. A built-in name has a colon, which a folder given on the command line never needs, so it
 cannot be mistaken for one. Installed engine dirs are read-only: what the runtime derives from an engine dir
-(onnxruntime's TensorRT engine cache) goes to a per-user cache folder keyed by the engine's identity,
-``engine_cache_dir`` ($XDG_CACHE_HOME/svdedit/engines/<identity>/, ~/.cache by default), for every engine dir.
+(onnxruntime's TensorRT engine cache, `svdedit build`'s plans: plans.py) goes to a per-user cache folder keyed
+by the engine's identity and graphs, ``engine_cache_dir`` ($XDG_CACHE_HOME/svdedit/engines/<identity>-<graphs>/,
+~/.cache by default), for every engine dir.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def user_cache_root() -> Path:
     return Path(base) / "svdedit"
 
 
-def engine_cache_dir(identity: str, cache_key: str | None) -> Path:
+def engine_cache_dir(identity: str, graphs_key: str) -> Path:
     """The per-user folder for what the runtime derives from one engine dir (created on first use by its user).
-    Keyed by the model's identity and the export's cache key: two exports of one model do not share it."""
-    return user_cache_root() / "engines" / f"{identity[:16]}-{(cache_key or 'none')[:8]}"
+    Keyed by the model's identity and its graphs (Manifest.graphs_key): two exports of one model (fp16, int8, a
+    re-export) do not share it, copies of one engine dir do."""
+    return user_cache_root() / "engines" / f"{identity[:16]}-{graphs_key[:8]}"

@@ -94,7 +94,7 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(
                 str(path), session_options(),
-                providers=[provider_entry(p, engine_cache_dir(self.manifest.identity(), self.manifest.cache_key),
+                providers=[provider_entry(p, engine_cache_dir(self.manifest.identity(), self.manifest.graphs_key()),
                                           self.entry.precision) for p in wanted])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise EngineDirError(

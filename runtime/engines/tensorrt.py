@@ -3,9 +3,9 @@
     with TensorrtRunner(engine_dir, "unet", manifest) as unet:       # same interface as OrtRunner
         eps = unet(sample=x, timestep=t, encoder_hidden_states=e)["model_output"]
 
-Plans live in the engine dir under tensorrt/<key>/, recorded in the manifest under that key: the GPU's
-name, its compute capability and the TensorRT version (``device_key``). A plan runs only where its
-key matches; ``find_plans`` says what exists and how to rebuild otherwise. A model's identity, and so
+Plans live in the user's cache (plans.py: <engine cache>/tensorrt/<key>/, recorded in builds.json beside)
+under a device key: the GPU's name, its compute capability and the TensorRT version (``device_key``). A
+plan runs only where its key matches; ``find_plans`` says what exists and how to rebuild otherwise. A model's identity, and so
 its attribute files, do not depend on the plans (contract.Manifest.identity).
 
 Activation deserialises the plan and makes one execution context per optimisation profile; a call
@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from svdedit.runtime.engines.base import Runner
-from svdedit.runtime.engines.manifest import Manifest, TensorrtBuild
+from svdedit.runtime.engines.manifest import Manifest
+from svdedit.runtime.engines.plans import Plans, all_plans, plans_dir
 from svdedit.runtime.errors import TensorrtError
 from svdedit.runtime.files import sha256_file
 
@@ -69,31 +70,36 @@ def current_device() -> dict:
     return {"gpu": name, "compute_capability": f"{props['major']}.{props['minor']}", "tensorrt": trt.__version__}
 
 
-def find_plans(manifest: Manifest, device: dict, engine_dir: Path) -> TensorrtBuild:
-    """The build record for this device, or a TensorrtError saying what exists and how to rebuild."""
-    builds = manifest.builds
+def find_plans(manifest: Manifest, device: dict, engine_dir: Path) -> Plans:
+    """The plans for this device (the user cache's, or the engine dir's own from svdedit 0.1), or a TensorrtError
+    saying what exists and how to rebuild."""
+    builds = all_plans(manifest, engine_dir)
     key = device_key(device)
     if key in builds:
         return builds[key]
     if not builds:
-        raise TensorrtError(f"{engine_dir} has no TensorRT plans; build them with `svdedit build {engine_dir}`.")
-    other = "; ".join(f"{b.gpu} (compute capability {b.compute_capability}, TensorRT {b.tensorrt})"
-                      for b in builds.values())
+        raise TensorrtError(f"{engine_dir} has no TensorRT plans for this machine; build them with "
+                            f"`svdedit build {engine_dir}` (they go to {plans_dir(manifest)}).")
+    other = "; ".join(f"{p.build.gpu} (compute capability {p.build.compute_capability}, TensorRT {p.build.tensorrt})"
+                      for p in builds.values())
     raise TensorrtError(
-        f"the TensorRT plans in {engine_dir} were built for {other}; this machine has {device['gpu']} (compute "
+        f"the TensorRT plans of {engine_dir} were built for {other}; this machine has {device['gpu']} (compute "
         f"capability {device['compute_capability']}, TensorRT {device['tensorrt']}). A plan runs only on the GPU "
         f"and TensorRT version it was built with: run `svdedit build {engine_dir}` here.")
 
 
-def plans_for_this_device(manifest: Manifest) -> bool:
-    """Whether the manifest has plans this machine can run (False, quietly, without TensorRT or a GPU)."""
-    if not manifest.builds:
-        return False
+def plans_for_this_device(manifest: Manifest, engine_dir: Path | None = None) -> bool:
+    """Whether there are plans this machine can run (False, quietly, without TensorRT or a GPU; False with a
+    warning when the cache's record is damaged, so that `auto` falls back to onnxruntime)."""
     try:
         device = current_device()
     except TensorrtError:
         return False
-    return device_key(device) in manifest.builds
+    try:
+        return device_key(device) in all_plans(manifest, Path(engine_dir or "."))
+    except TensorrtError as exc:
+        log.warning("not using TensorRT plans: %s", exc)
+        return False
 
 
 def choose_profile(profiles: list[dict], shapes: dict[str, tuple[int, ...]], network: str) -> int:
@@ -142,13 +148,18 @@ class TensorrtRunner(Runner):
 
     def _activate(self) -> None:
         trt = import_tensorrt()
-        build = find_plans(self.manifest, current_device(), self.engine_dir)  # also: is there a GPU and CuPy?
+        plans = find_plans(self.manifest, current_device(), self.engine_dir)  # also: is there a GPU and CuPy?
+        build = plans.build
         import cupy
 
-        plan = build.networks[self.network]
-        path = self.engine_dir / plan.file
+        plan = build.networks.get(self.network)
+        if plan is None:
+            raise TensorrtError(f"the TensorRT build in {plans.root} has no plan for {self.network}; run "
+                                f"`svdedit build {self.engine_dir}` again.")
+        path = plans.path(self.network)
         if not path.is_file() or sha256_file(path) != plan.sha256:
-            raise TensorrtError(f"{path} is missing or does not match the manifest; run `svdedit build {self.engine_dir}` again.")
+            raise TensorrtError(f"{path} is missing or does not match its build record; run "
+                                f"`svdedit build {self.engine_dir}` again.")
         self.profiles = [{k: tuple(tuple(s) for s in v) for k, v in p.items()} for p in plan.profiles]
         if self.cuda_graphs is None:
             self.cuda_graphs = build.static

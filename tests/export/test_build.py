@@ -1,9 +1,7 @@
 """`svdedit build` (export/build.py): what to build, checked on CPU without TensorRT (options, profiles, typing,
-the manifest record); the build itself runs only where TensorRT exists (tests/runtime/engines/test_tensorrt.py)."""
+the build record); the build itself runs only where TensorRT exists (tests/runtime/engines/test_tensorrt.py)."""
 
 from __future__ import annotations
-
-import shutil
 
 import pytest
 
@@ -90,15 +88,17 @@ def test_typing_follows_the_graph_and_the_tensorrt_version():
         build.typing("unet", "fp32", "fp16", "11.4.0")
 
 
-def test_record_build_is_atomic_and_keeps_the_engine_identity(shapes_engine_plain, tmp_path):
-    d = tmp_path / "engine"
-    shutil.copytree(shapes_engine_plain, d)
-    before = read_manifest(d).identity()
-    plans = {"unet": {"file": "tensorrt/x/unet.plan", "sha256": "0" * 64, "precision": "fp16", "profiles": []}}
-    new = build.record_build(d, read_manifest(d), H100, BuildOptions("fp16", (64,)), plans)
-    assert read_manifest(d, verify_hashes=True).builds == new.builds
-    assert read_manifest(d).identity() == before  # attribute files learned before the build still load
-    assert not [p for p in d.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+def test_the_build_record_says_what_was_built_and_keeps_the_engine_dir_as_it_was(shapes_engine_plain, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    manifest_bytes = (shapes_engine_plain / "manifest.json").read_bytes()
+    m = read_manifest(shapes_engine_plain)
     key = trt_runner.device_key(H100)
-    assert trt_runner.find_plans(new, H100, d) is new.builds[key]
-    assert new.builds[key].networks["unet"].precision == "fp16"
+    plans = {"unet": {"file": f"{key}/unet.plan", "sha256": "0" * 64, "precision": "fp16", "profiles": []}}
+    rec = build.record_build(m, H100, BuildOptions("fp16", (64, 128), max_batch=2, static=False).check(m), plans)
+    assert (rec.key, rec.build.directory, rec.build.shapes, rec.build.max_batch) == (key, key, (64, 128), 2)
+    assert rec.build.networks["unet"].precision == "fp16" and rec.build.gpu == H100["gpu"] and rec.build.built
+    assert trt_runner.find_plans(m, H100, shapes_engine_plain).build == rec.build
+    assert (shapes_engine_plain / "manifest.json").read_bytes() == manifest_bytes  # the engine dir is only read
+    assert read_manifest(shapes_engine_plain).identity() == m.identity()
+    assert not [p for p in rec.root.iterdir() if ".tmp" in p.name]  # no temporary file left behind

@@ -22,14 +22,28 @@ def test_a_path_stays_a_path_and_a_builtin_name_resolves_inside_the_package(tmp_
     assert names.resolve_engine("svdedit:shapes") == tmp_path / "shapes"
 
 
-def test_unknown_builtin_names_and_building_the_builtin_engine_are_refused(tmp_path):
+def test_unknown_builtin_names_are_refused():
     with pytest.raises(EngineDirError, match="'svdedit:nope' is not a built-in engine; the built-in ones are svdedit:shapes"):
         names.resolve_engine("svdedit:nope")
     assert_clear_error(run_cli("check", "svdedit:nope"), "check", "not a built-in engine")
     from svdedit.export.build import BuildOptions, build_plans
 
-    with pytest.raises(SvdeditError, match="installed with svdedit and read-only"):
-        build_plans("svdedit:shapes", BuildOptions())
+    with pytest.raises(EngineDirError, match="not a built-in engine"):
+        build_plans("svdedit:nope", BuildOptions())
+
+
+def test_building_plans_for_the_builtin_engine_says_how_to_get_a_plain_export():
+    """svdedit:shapes is read-only, which plans no longer mind (they go to the user cache), but its attention is
+    fused for onnxruntime, which TensorRT cannot parse: the refusal says how to get an engine dir it can."""
+    from svdedit.export.build import BuildOptions
+    from svdedit.runtime.engines.manifest import read_manifest
+
+    try:
+        manifest = read_manifest("svdedit:shapes", verify_hashes=False)
+    except EngineDirError:
+        pytest.skip("this checkout has no packaged engine (make dist exports it)")
+    with pytest.raises(SvdeditError, match=r"--no-fuse.*svdedit:shapes is such an engine dir.*models/shapes"):
+        BuildOptions().check(manifest)
 
 
 def test_the_user_cache_honours_xdg_cache_home(tmp_path, monkeypatch):

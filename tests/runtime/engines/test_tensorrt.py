@@ -12,6 +12,7 @@ import pytest
 from svdedit.runtime.engines import tensorrt as trt_mod
 from svdedit.runtime.engines.contract import resolve_shape
 from svdedit.runtime.engines.manifest import read_manifest
+from svdedit.runtime.engines.plans import IN_CACHE
 from svdedit.runtime.errors import TensorrtError
 from tests.conftest import requires_torch
 
@@ -31,7 +32,7 @@ def test_device_key_names_gpu_capability_and_version():
 
 
 def test_plans_for_another_gpu_or_version_are_refused_with_rebuild(manifest, tmp_path):
-    with pytest.raises(TensorrtError, match="no TensorRT plans; build them with `svdedit build"):
+    with pytest.raises(TensorrtError, match="no TensorRT plans for this machine; build them with `svdedit build"):
         trt_mod.find_plans(manifest, H100, tmp_path)
     m = manifest.with_tensorrt_build("k", {**H100, "directory": "tensorrt/k", "precision": "fp16", "shapes": [64],
                                            "max_batch": 4, "static": False, "networks": {}})
@@ -56,7 +57,7 @@ def test_ort_tensorrt_provider_keeps_its_caches_in_the_users_cache(tmp_path, mon
     from svdedit.runtime.engines.onnxrt import provider_entry
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    folder = engine_cache_dir("ab" * 32, "cd" * 32)
+    folder = engine_cache_dir("ab" * 32, "cd" * 32)  # the model's identity, its graphs
     assert folder == tmp_path / "xdg" / "svdedit" / "engines" / f"{'ab' * 8}-{'cd' * 4}"
     name, opts = provider_entry("TensorrtExecutionProvider", folder, "fp16")
     assert opts["trt_engine_cache_path"] == str(folder / "ort-tensorrt") and (folder / "ort-tensorrt").is_dir()
@@ -98,7 +99,9 @@ def test_plans_match_onnxruntime_per_network_and_end_to_end(shapes_engine_plain,
 
     d = tmp_path / "engine"
     shutil.copytree(shapes_engine_plain, d)
-    m = build_plans(d, BuildOptions("fp32", (64,), max_batch=2))
+    plans = build_plans(d, BuildOptions("fp32", (64,), max_batch=2))
+    assert plans.where == IN_CACHE and not (d / "tensorrt").exists()   # the engine dir is only read
+    m = read_manifest(d)
     rng = np.random.default_rng(0)
     shared = trt_mod.SharedActivations()
     sizes = m.axis_sizes(batch=2, size=64)
