@@ -14,7 +14,6 @@ from svdedit.runtime.engines.names import resolve_engine
 from svdedit.runtime.engines.onnxrt import OrtRunner
 from svdedit.runtime.engines.plans import all_plans
 from svdedit.runtime.errors import EngineDirError, TensorrtError
-from svdedit.runtime.files import sha256_file
 
 
 def check_engine_dir(engine_dir: str | Path, provider: str = "auto") -> list[dict]:
@@ -53,8 +52,7 @@ def check_plans(engine_dir: Path, manifest) -> list[dict]:
         return [{"tensorrt": "build record", "ok": False, "error": str(exc)}]
     out = []
     for key, plans in builds.items():
-        bad = [name for name, plan in plans.build.networks.items()
-               if not plans.path(name).is_file() or sha256_file(plans.path(name)) != plan.sha256]
+        bad = [name for name in plans.build.networks if not plans.intact(name)]
         line = {"tensorrt": key, "where": plans.where, "folder": str(plans.root / plans.build.directory),
                 "networks": sorted(plans.build.networks), "ok": not bad}
         if bad:

@@ -29,7 +29,7 @@ from svdedit.runtime.engines.manifest import (Manifest, ManifestFieldError, Tens
                                               typed_fields)
 from svdedit.runtime.engines.names import engine_cache_dir
 from svdedit.runtime.errors import EngineDirError, SvdeditError, TensorrtError
-from svdedit.runtime.files import write_json
+from svdedit.runtime.files import sha256_file, write_json
 
 log = logging.getLogger("svdedit.runtime")
 
@@ -51,6 +51,11 @@ class Plans:
     def path(self, network: str) -> Path:
         return self.root / self.build.networks[network].file
 
+    def intact(self, network: str) -> bool:
+        """Whether the network's plan is there with the sha256 recorded when it was built."""
+        path = self.path(network)
+        return path.is_file() and sha256_file(path) == self.build.networks[network].sha256
+
 
 def plans_dir(manifest: Manifest) -> Path:
     """The folder of this engine's TensorRT plans in the user cache (not created here)."""
@@ -60,10 +65,15 @@ def plans_dir(manifest: Manifest) -> Path:
 def cached_builds(manifest: Manifest) -> dict[str, TensorrtBuild]:
     """The builds recorded in the user cache for this engine ({} when there is none); TensorrtError if the record
     is damaged or belongs to other graphs."""
+    return _read_record(manifest)[1]
+
+
+def _read_record(manifest: Manifest) -> tuple[dict, dict[str, TensorrtBuild]]:
+    """builds.json's builds as JSON and as checked TensorrtBuilds (({}, {}) when there is no record)."""
     root = plans_dir(manifest)
     path = root / BUILDS_FILE
     if not path.exists():
-        return {}
+        return {}, {}
     again = f"Delete {root} and run `svdedit build` again."
     try:
         data = read_json(path, "a TensorRT build record")
@@ -95,7 +105,7 @@ def cached_builds(manifest: Manifest) -> dict[str, TensorrtBuild]:
         builds[key] = build
     if problems:
         raise TensorrtError(f"{path} is corrupt: {'; '.join(problems)}. {again}")
-    return builds
+    return raw, builds
 
 
 def all_plans(manifest: Manifest, engine_dir: Path) -> dict[str, Plans]:
@@ -111,9 +121,8 @@ def record_build(manifest: Manifest, key: str, build: dict) -> Plans:
     on another GPU sharing the cache; the record as written is read back through the checks."""
     root = writable_plans_dir(manifest)
     with _locked(root):
-        try:
-            cached_builds(manifest)  # sound: the other GPUs' builds are kept
-            builds = {k: v for k, v in _raw_builds(root).items() if k != key}
+        try:  # a sound record: the other GPUs' builds are kept
+            builds = {k: v for k, v in _read_record(manifest)[0].items() if k != key}
         except TensorrtError as exc:
             log.warning("replacing a damaged TensorRT build record: %s", exc)
             builds = {}
@@ -134,12 +143,6 @@ def writable_plans_dir(manifest: Manifest) -> Path:
         raise SvdeditError(f"cannot write TensorRT plans into {root} ({exc.strerror or exc}). Point XDG_CACHE_HOME "
                            f"at a writable folder (the plans go to $XDG_CACHE_HOME/svdedit/).") from None
     return root
-
-
-def _raw_builds(root: Path) -> dict:
-    """builds.json's builds as JSON (call after cached_builds found the record sound)."""
-    path = root / BUILDS_FILE
-    return dict(read_json(path, "a TensorRT build record")["builds"]) if path.exists() else {}
 
 
 @contextlib.contextmanager

@@ -5,8 +5,8 @@
 
 Plans live in the user's cache (plans.py: <engine cache>/tensorrt/<key>/, recorded in builds.json beside)
 under a device key: the GPU's name, its compute capability and the TensorRT version (``device_key``). A
-plan runs only where its key matches; ``find_plans`` says what exists and how to rebuild otherwise. A model's identity, and so
-its attribute files, do not depend on the plans (contract.Manifest.identity).
+plan runs only where its key matches; ``find_plans`` says what exists and how to rebuild otherwise. A
+model's identity, and so its attribute files, do not depend on the plans (contract.Manifest.identity).
 
 Activation deserialises the plan and makes one execution context per optimisation profile; a call
 picks the first profile whose ranges hold the input shapes, binds CuPy device buffers by name
@@ -29,7 +29,6 @@ from svdedit.runtime.engines.base import Runner
 from svdedit.runtime.engines.manifest import Manifest
 from svdedit.runtime.engines.plans import Plans, all_plans, plans_dir
 from svdedit.runtime.errors import TensorrtError
-from svdedit.runtime.files import sha256_file
 
 log = logging.getLogger("svdedit.runtime")
 
@@ -88,7 +87,7 @@ def find_plans(manifest: Manifest, device: dict, engine_dir: Path) -> Plans:
         f"and TensorRT version it was built with: run `svdedit build {engine_dir}` here.")
 
 
-def plans_for_this_device(manifest: Manifest, engine_dir: Path | None = None) -> bool:
+def plans_for_this_device(manifest: Manifest, engine_dir: Path) -> bool:
     """Whether there are plans this machine can run (False, quietly, without TensorRT or a GPU; False with a
     warning when the cache's record is damaged, so that `auto` falls back to onnxruntime)."""
     try:
@@ -96,7 +95,7 @@ def plans_for_this_device(manifest: Manifest, engine_dir: Path | None = None) ->
     except TensorrtError:
         return False
     try:
-        return device_key(device) in all_plans(manifest, Path(engine_dir or "."))
+        return device_key(device) in all_plans(manifest, engine_dir)
     except TensorrtError as exc:
         log.warning("not using TensorRT plans: %s", exc)
         return False
@@ -157,7 +156,7 @@ class TensorrtRunner(Runner):
             raise TensorrtError(f"the TensorRT build in {plans.root} has no plan for {self.network}; run "
                                 f"`svdedit build {self.engine_dir}` again.")
         path = plans.path(self.network)
-        if not path.is_file() or sha256_file(path) != plan.sha256:
+        if not plans.intact(self.network):
             raise TensorrtError(f"{path} is missing or does not match its build record; run "
                                 f"`svdedit build {self.engine_dir}` again.")
         self.profiles = [{k: tuple(tuple(s) for s in v) for k, v in p.items()} for p in plan.profiles]

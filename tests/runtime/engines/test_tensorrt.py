@@ -65,10 +65,10 @@ def test_ort_tensorrt_provider_keeps_its_caches_in_the_users_cache(tmp_path, mon
     assert provider_entry("CPUExecutionProvider", tmp_path, "fp32") == "CPUExecutionProvider"
 
 
-def test_auto_uses_onnxruntime_without_plans(manifest, shapes_engine):
+def test_auto_uses_onnxruntime_without_plans(manifest, shapes_engine_plain, shapes_engine):
     from svdedit.runtime.engines import OrtRunner, open_engines
 
-    assert not trt_mod.plans_for_this_device(manifest)
+    assert not trt_mod.plans_for_this_device(manifest, shapes_engine_plain)
     assert all(isinstance(e, OrtRunner) for e in open_engines(shapes_engine, manifest, "auto").values())
 
 
