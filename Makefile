@@ -27,7 +27,7 @@ test: $(STAMP) browser dist
 # (python -m build: the wheel from the sdist, in a clean environment without torch). tests/test_distribution.py
 # installs the wheel into a fresh virtual environment and runs it as a user would.
 ENGINE_BUILD := build/shapes-engine
-PACKAGED := runtime/packaged/shapes
+PACKAGED := runtime/svdedit/runtime/packaged/shapes
 dist: $(STAMP)
 	$(VENV)/bin/svdedit export models/shapes -o $(ENGINE_BUILD) 2>/dev/null
 	find $(PACKAGED) -maxdepth 1 -type f ! -name README.md -delete

@@ -1,5 +1,5 @@
 """One attention layer on onnxruntime's CPU provider: torch's decomposed form against the fused
-MultiHeadAttention that `svdedit export` writes (export/fusion.py), with torch's SDPA as the peer.
+MultiHeadAttention that `svdedit export` writes (export/svdedit/export/fusion.py), with torch's SDPA as the peer.
 
     python -m benchmarks.bench_attention [--batch 2] [--tokens 4096] [--heads 8] [--head-dim 40]
 

@@ -8,7 +8,7 @@ position left -> right) one attribute is learned from ONE prompt pair at seed 0,
 real renders of the shapes world (DDIM-inverted first). Every method below runs on the same seeds,
 in the same run:
 
-- AVI (our defaults, runtime/editing/knobs.py Knobs) at strength 1, and at 0.25 / 0.5 / 0.75 / 1.5;
+- AVI (our defaults, runtime/svdedit/runtime/editing/knobs.py Knobs) at strength 1, and at 0.25 / 0.5 / 0.75 / 1.5;
 - AVI with each of its four losses switched off in turn (the paper's ablation);
 - AVI as the paper reads literally: continuing with the *source* prompt after T_x;
 - (a) regenerating with the target prompt from the same noise;

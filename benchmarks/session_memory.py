@@ -2,14 +2,14 @@
 
     python -m benchmarks.session_memory --engines /tmp/svdedit-sd15/engine-fp32 /tmp/svdedit-sd15/engine-fp32-nofuse
 
-For each engine dir (fused attention or not, see export/fusion.py) and each memory policy, a fresh
+For each engine dir (fused attention or not, see export/svdedit/export/fusion.py) and each memory policy, a fresh
 process opens all four sessions and runs the edit's call sequence three times (text encoder at batch
 3, VAE encoder at batch 1, UNet at batch 1 (inversion) and 2 (guided), VAE decoder at batch 1); the
 median of the last two rounds per call, and the process's peak RSS. Policies:
 
     arena      onnxruntime's default: one CPU memory arena per session
     shared     one arena shared by all sessions (create_and_register_allocator + session.use_env_allocators)
-    noarena    no arena (plain malloc/free per tensor): what runtime/engines/onnxrt.py uses
+    noarena    no arena (plain malloc/free per tensor): what runtime/svdedit/runtime/engines/onnxrt.py uses
 
 Writes benchmarks/results/session_memory_<label>.json and .md.
 """

@@ -4,7 +4,7 @@
   interpreter pulls in none of the export stage's heavy libraries;
 - dependencies point one way: cli -> export -> runtime -> kernels, and cli -> serve -> runtime; nothing
   below cli/ imports it, the runtime never imports the export stage or the service, the kernels import
-  nothing of svdedit's, and the engines (runtime/engines/) do not import the editing method;
+  nothing of svdedit's, and the engines (runtime/svdedit/runtime/engines/) do not import the editing method;
 - no module imports a private name (`_name`) of another module of this repository, or reaches one
   through an imported module (`module._name`), and no private member of a class is used from outside
   it (`obj._method`: only `self._method`).
@@ -25,19 +25,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"torch", "diffusers", "transformers", "onnx", "onnxscript", "optimum"}
-#: the source folder of each installed package (pyproject.toml's package-dir)
-PACKAGES = {"svdedit.cli": "cli", "svdedit.export": "export", "svdedit.runtime": "runtime", "svdedit.kernels": "kernels",
-            "svdedit.serve": "serve"}
+#: the stage folders: each is a source root holding its portion of the namespace package svdedit
+#: (runtime/svdedit/runtime/pipeline.py is svdedit.runtime.pipeline; pyproject.toml's package-dir)
+STAGES = ("cli", "export", "runtime", "kernels", "serve")
 #: what each folder may not import (a module name, and every module below it)
 RULES = {
     "runtime": ("svdedit.cli", "svdedit.export", "svdedit.serve"),
-    "runtime/engines": ("svdedit.cli", "svdedit.export", "svdedit.serve", "svdedit.runtime.editing"),
+    "runtime/svdedit/runtime/engines": ("svdedit.cli", "svdedit.export", "svdedit.serve", "svdedit.runtime.editing"),
     "export": ("svdedit.cli", "svdedit.serve"),
     "serve": ("svdedit.cli", "svdedit.export"),
     "kernels": ("svdedit.cli", "svdedit.export", "svdedit.runtime"),
 }
 #: every folder of Python code in the repository: checked for private imports
-CODE = ("cli", "export", "runtime", "kernels", "serve", "benchmarks", "models", "tests")
+CODE = STAGES + ("benchmarks", "models", "tests")
 PROJECT_ROOTS = ("svdedit", "benchmarks", "models", "tests")
 
 
@@ -46,11 +46,9 @@ def _files(folder: str) -> list[Path]:
 
 
 def _module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT).with_suffix("")
-    parts = list(rel.parts)
-    for pkg, folder in PACKAGES.items():
-        if parts[0] == folder:
-            parts = pkg.split(".") + parts[1:]
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[0] in STAGES:
+        parts = parts[1:]  # the source root's name is not part of the module's
     return ".".join(p for p in parts if p != "__init__")
 
 
@@ -156,8 +154,9 @@ def test_no_object_is_reached_into_from_outside():
 
 def test_the_rules_see_what_they_check():
     """The checks above are not vacuous: they find the imports they are about."""
-    edit = {m for _, m, _ in _imports(ROOT / "runtime" / "editing" / "edit.py")}
+    runtime = ROOT / "runtime" / "svdedit" / "runtime"
+    edit = {m for _, m, _ in _imports(runtime / "editing" / "edit.py")}
     assert {"svdedit.runtime.pipeline", "svdedit.runtime.editing.avi"} <= edit
-    assert _module_name(ROOT / "runtime" / "engines" / "__init__.py") == "svdedit.runtime.engines"
+    assert _module_name(runtime / "engines" / "__init__.py") == "svdedit.runtime.engines"
     assert any(m.startswith("svdedit.runtime") for p in _files("export") for _, m, _ in _imports(p))
     assert {"_guard", "_activate", "_infer", "_batches"} <= _private_members()

@@ -113,8 +113,8 @@ def test_the_sdist_carries_the_engine_and_the_torch_free_tests():
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
         manifest = json.load(tar.extractfile(next(m for m in tar.getmembers()
-                                                  if m.name.endswith("runtime/packaged/shapes/manifest.json"))))
-    for needed in ("runtime/packaged/shapes/unet.onnx", "runtime/packaged/shapes/tokenizer.json", "pyproject.toml",
+                                                  if m.name.endswith("runtime/svdedit/runtime/packaged/shapes/manifest.json"))))
+    for needed in ("runtime/svdedit/runtime/packaged/shapes/unet.onnx", "runtime/svdedit/runtime/packaged/shapes/tokenizer.json", "pyproject.toml",
                    "tests/conftest.py", "tests/runtime/test_ddim.py", "tests/kernels/test_svd.py",
                    "models/shapes_data.py", "CHANGELOG.md"):
         assert needed in names, needed

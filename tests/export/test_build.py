@@ -1,4 +1,4 @@
-"""`svdedit build` (export/build.py): what to build, checked on CPU without TensorRT (options, profiles, typing,
+"""`svdedit build` (export/svdedit/export/build.py): what to build, checked on CPU without TensorRT (options, profiles, typing,
 the build record); the build itself runs only where TensorRT exists (tests/runtime/engines/test_tensorrt.py)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The attention fusion (export/fusion.py): decomposed attention -> MultiHeadAttention, same numbers."""
+"""The attention fusion (export/svdedit/export/fusion.py): decomposed attention -> MultiHeadAttention, same numbers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`svdedit quantize` (export/quantize.py): an int8 UNet, calibrated on the model's own samples, torch-free."""
+"""`svdedit quantize` (export/svdedit/export/quantize.py): an int8 UNet, calibrated on the model's own samples, torch-free."""
 
 from __future__ import annotations
 

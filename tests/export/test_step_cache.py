@@ -1,4 +1,4 @@
-"""`svdedit export --step-cache` (export/step_cache.py) and step caching in the runtime (Pipeline.unet_fn)."""
+"""`svdedit export --step-cache` (export/svdedit/export/step_cache.py) and step caching in the runtime (Pipeline.unet_fn)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""runtime/ddim.py against diffusers' DDIMScheduler / DDIMInverseScheduler (the oracle).
+"""runtime/svdedit/runtime/ddim.py against diffusers' DDIMScheduler / DDIMInverseScheduler (the oracle).
 
 The model is replaced by a fixed smooth function of (x, t), so these tests isolate the sampler:
 timesteps, alphas at both ends, the DDIM update for epsilon and v-prediction, in both directions.

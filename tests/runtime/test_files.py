@@ -1,4 +1,4 @@
-"""runtime/files.py: atomic directory writes and safetensors header validation (no torch needed)."""
+"""runtime/svdedit/runtime/files.py: atomic directory writes and safetensors header validation (no torch needed)."""
 
 import os
 import struct

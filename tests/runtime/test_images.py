@@ -1,4 +1,4 @@
-"""runtime/images.py: what a user's image files can be, and the resize/crop policy."""
+"""runtime/svdedit/runtime/images.py: what a user's image files can be, and the resize/crop policy."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""runtime/text.py: SD's tokenization from tokenizer.json alone (transformers is the oracle)."""
+"""runtime/svdedit/runtime/text.py: SD's tokenization from tokenizer.json alone (transformers is the oracle)."""
 
 import json
 import warnings

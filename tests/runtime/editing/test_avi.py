@@ -1,4 +1,4 @@
-"""AVI's math (runtime/editing/avi.py): analytic gradients, training, the attribute file, prompt retargeting."""
+"""AVI's math (runtime/svdedit/runtime/editing/avi.py): analytic gradients, training, the attribute file, prompt retargeting."""
 
 from __future__ import annotations
 

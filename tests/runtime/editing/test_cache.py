@@ -1,4 +1,4 @@
-"""Invert once, edit many (runtime/editing/cache.py): the LRU itself, and re-edits that equal full edits."""
+"""Invert once, edit many (runtime/svdedit/runtime/editing/cache.py): the LRU itself, and re-edits that equal full edits."""
 
 from __future__ import annotations
 

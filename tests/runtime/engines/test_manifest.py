@@ -1,4 +1,4 @@
-"""The typed manifest (runtime/engines/manifest.py): fields typed and checked, the identity, the sizes of a call;
+"""The typed manifest (runtime/svdedit/runtime/engines/manifest.py): fields typed and checked, the identity, the sizes of a call;
 a manifest with a missing or mistyped field is a clear error naming the field, from every command."""
 
 from __future__ import annotations

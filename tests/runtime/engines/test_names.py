@@ -1,4 +1,4 @@
-"""Built-in engine names (runtime/engines/names.py): svdedit:shapes, and clear errors for the rest."""
+"""Built-in engine names (runtime/svdedit/runtime/engines/names.py): svdedit:shapes, and clear errors for the rest."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Where TensorRT plans live (runtime/engines/plans.py): the user cache, keyed by the engine's model and graphs;
+"""Where TensorRT plans live (runtime/svdedit/runtime/engines/plans.py): the user cache, keyed by the engine's model and graphs;
 the build record checked like a manifest; svdedit 0.1's plans in the engine dir still found. On CPU: the plans
 here are files with known hashes, recorded as `svdedit build` records them (its TensorRT part runs only with
 TensorRT: tests/runtime/engines/test_tensorrt.py)."""

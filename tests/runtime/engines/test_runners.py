@@ -1,4 +1,4 @@
-"""The runners (runtime/engines/base.py, onnxrt.py): the lifecycle, the contract checks of the base class, and
+"""The runners (runtime/svdedit/runtime/engines/base.py, onnxrt.py): the lifecycle, the contract checks of the base class, and
 the Pipeline opening them all or none."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The TensorRT runner (runtime/engines/tensorrt.py): which plans this machine can run and the refusals, on CPU;
+"""The TensorRT runner (runtime/svdedit/runtime/engines/tensorrt.py): which plans this machine can run and the refusals, on CPU;
 the builds and the runner against onnxruntime where both exist (markers gpu + tensorrt)."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from svdedit.runtime.engines.contract import ModelDims, NetworkSpec, axis_sizes,
 
 def wrappers(c: Components, step_cache: bool = False) -> dict:
     """Each network as a torch module whose forward() has exactly the contract's inputs and outputs; with
-    `step_cache`, the UNet as the three parts of export/step_cache.py instead of one."""
+    `step_cache`, the UNet as the three parts of export/svdedit/export/step_cache.py instead of one."""
     import torch
 
     class TextEncoder(torch.nn.Module):

@@ -5,7 +5,7 @@ The story, top to bottom (``export_model``):
 1. inspect the source without torch (source.py) and check that the output path may be written;
 2. compute the cache key; an engine dir with the same key is already up to date (a no-op);
 3. load the four networks in fp32 and, for each: wrap it so that its ONNX inputs/outputs are exactly
-   those of the contract (runtime/engines/contract.py; networks.py), export it with torch's dynamo exporter (dynamic batch and spatial
+   those of the contract (runtime/svdedit/runtime/engines/contract.py; networks.py), export it with torch's dynamo exporter (dynamic batch and spatial
    axes), run ``onnx.checker``, and compare onnxruntime (CPU provider) with torch on seeded random
    inputs of another batch and size than the trace used; a network over tolerance fails the export;
    (with the attention fused into onnxruntime's MultiHeadAttention unless --no-fuse, fusion.py);
@@ -13,7 +13,7 @@ The story, top to bottom (``export_model``):
    encoder and the UNet; fp32 I/O; Softmax and normalisation kept fp32, where SD overflows; the VAE
    stays fp32 for the same reason; fp16.py);
 5. write tokenizer.json, schedule.json and manifest.json (checked as the runtime reads it), all inside
-   a temporary folder that is renamed into place only when everything passed (runtime/files.py: atomic_dir).
+   a temporary folder that is renamed into place only when everything passed (runtime/svdedit/runtime/files.py: atomic_dir).
 
 `svdedit build` (build.py), the other compile step, turns an engine dir's graphs into TensorRT plans.
 """
@@ -64,8 +64,8 @@ class ExportOptions:
     precision: str = "fp32"
     opset: int | None = None  # None: the exporter's default
     force: bool = False
-    fuse: bool = True  # attention -> onnxruntime's MultiHeadAttention (export/fusion.py); False for TensorRT
-    step_cache: bool = False  # the UNet split in three for step caching (export/step_cache.py)
+    fuse: bool = True  # attention -> onnxruntime's MultiHeadAttention (export/svdedit/export/fusion.py); False for TensorRT
+    step_cache: bool = False  # the UNet split in three for step caching (export/svdedit/export/step_cache.py)
 
     def check(self) -> "ExportOptions":
         if self.precision not in EXPORT_PRECISIONS:

@@ -1,4 +1,4 @@
-"""The TensorRT runner: one network's plan (made by `svdedit build`, export/build.py), run with CuPy buffers.
+"""The TensorRT runner: one network's plan (made by `svdedit build`, export/svdedit/export/build.py), run with CuPy buffers.
 
     with TensorrtRunner(engine_dir, "unet", manifest) as unet:       # same interface as OrtRunner
         eps = unet(sample=x, timestep=t, encoder_hidden_states=e)["model_output"]

@@ -116,7 +116,7 @@ NETWORKS: dict[str, NetworkSpec] = {
             outputs=(TensorSpec("model_output", "float32", _LATENT),),
             rtol={"fp32": 1e-3, "fp16": 2e-2},
         ),
-        # ---- the UNet split for step caching (DeepCache, Ma et al. 2024; export/step_cache.py) ----
+        # ---- the UNet split for step caching (DeepCache, Ma et al. 2024; export/svdedit/export/step_cache.py) ----
         # a full step: unet_in -> unet_deep -> unet_out; a cached step: unet_in -> unet_out with the last `deep`
         NetworkSpec(
             "unet_in",  # timestep embedding, conv_in and the first down block (without its downsampler)

@@ -1,6 +1,6 @@
 """svdedit.kernels: channel-wise SVD of latents and the spectrum helpers the editing method needs.
 
-NumPy arrays run on the CPU (LAPACK), CuPy arrays on the GPU (cuSOLVER); see kernels/svd.py.
+NumPy arrays run on the CPU (LAPACK), CuPy arrays on the GPU (cuSOLVER); see kernels/svdedit/kernels/svd.py.
 """
 
 from svdedit.kernels.svd import (

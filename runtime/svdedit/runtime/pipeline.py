@@ -8,13 +8,13 @@
 
 Latents are in the UNet's space (the VAE mean times the scaling factor), float32 (B, 4, h, w).
 The story of one call, top to bottom: tokenize -> text_encoder -> (for guidance, one batched UNet
-call on [uncond, cond]) -> DDIM (runtime/ddim.py) -> vae_decoder.
+call on [uncond, cond]) -> DDIM (runtime/svdedit/runtime/ddim.py) -> vae_decoder.
 
 ``denoise`` and ``invert_latents`` are the one DDIM driver of the runtime: generation, reconstruction,
 editing and the probes all sample and invert through them, on text embeddings, and they own the NaN
 guard (NaN or inf in the latents stops the run and names the step) and the progress reports.
 
-Step caching (an engine exported with --step-cache, export/step_cache.py): the UNet is three networks, and
+Step caching (an engine exported with --step-cache, export/svdedit/export/step_cache.py): the UNet is three networks, and
 its deep branch is recomputed every ``intervals.sample`` steps of a sampling run (``intervals.invert`` of an
 inversion); the steps between reuse the last deep feature. Interval 1 is the exact path.
 """
@@ -85,7 +85,7 @@ class Pipeline:
 
     def numerics_key(self) -> tuple:
         """What, besides the engine and the inputs, changes the numbers this pipeline computes (the key of cached
-        latents, runtime/editing/cache.py): the providers that run the networks, and the step caching."""
+        latents, runtime/svdedit/runtime/editing/cache.py): the providers that run the networks, and the step caching."""
         return tuple(sorted(self.providers.items())) + (self.intervals,)
 
     # ---- step caching ----

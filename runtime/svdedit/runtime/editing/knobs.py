@@ -3,7 +3,7 @@
 The first group shapes the edit (which steps, how the pair is sampled, how y is built and continued)
 and is shared by learning and applying: attributes combined in one edit must agree on the trajectory
 knobs (steps, t_edit, dtau, guidance). The second group is the learning's (the MLP and its four
-losses, runtime/editing/avi.py). The defaults were chosen on benchmarks/bench_edit_quality.py and
+losses, runtime/svdedit/runtime/editing/avi.py). The defaults were chosen on benchmarks/bench_edit_quality.py and
 benchmarks/sweep_edit_knobs.py; `svdedit learn --help` lists every knob as an option.
 """
 

@@ -20,7 +20,7 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.queue = Gauge("svdedit_queue_images", "images waiting for or in a batch", registry=self.registry)
         self.queue.set_function(queue_images)
-        if cache is not None:  # runtime/editing/cache.py's EditCache of the service
+        if cache is not None:  # runtime/svdedit/runtime/editing/cache.py's EditCache of the service
             for name, doc, read in (("hits", "latents (per image and stage) the edit cache gave back", lambda: cache.stats.hits),
                                     ("misses", "latents the edit cache did not hold", lambda: cache.stats.misses),
                                     ("bytes", "bytes of latents kept by the edit cache", lambda: cache.bytes)):

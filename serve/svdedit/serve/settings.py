@@ -32,9 +32,9 @@ class ServeSettings:
     max_queue: int = 64             # images waiting (queued or running); beyond it: 503 with Retry-After
     request_timeout_s: float = 120.0
     #: invert once, edit many: MiB of latents kept per process so that re-editing an image (the web page's
-    #: strength slider, another attribute) skips its inversion (runtime/editing/cache.py); 0 = off
+    #: strength slider, another attribute) skips its inversion (runtime/svdedit/runtime/editing/cache.py); 0 = off
     edit_cache_mb: int = 256
-    #: the bounds of one request: the same object, and defaults, as the command line's (runtime/limits.py)
+    #: the bounds of one request: the same object, and defaults, as the command line's (runtime/svdedit/runtime/limits.py)
     limits: Limits = LIMITS
 
     @classmethod

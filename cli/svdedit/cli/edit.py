@@ -36,7 +36,7 @@ MAX_STRENGTHS = 16
 LEARN_DESCRIPTION = """\
 Learn an attribute from ONE pair of prompts: sample both from the same seed to T_x, take the
 channel-wise SVD of the two latents, and fit the small MLP that predicts the edited singular values
-(four losses, Adam, NumPy; runtime/editing/avi.py). Writes one .safetensors file: the MLP's weights,
+(four losses, Adam, NumPy; runtime/svdedit/runtime/editing/avi.py). Writes one .safetensors file: the MLP's weights,
 and the prompts, knobs, format version and the engine's manifest hash as JSON metadata.
 """
 
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=bounded_numbers(-10, 10, MAX_STRENGTHS), default=[1.0],
                    help="0 = unchanged, 1 = the learned edit, >1 extrapolates (default 1; -10 to 10). Several, "
                         "e.g. 0,0.25,0.5,0.75,1: each image is inverted once and re-edited at each strength "
-                        "(runtime/editing/cache.py); the strip shows them left to right")
+                        "(runtime/svdedit/runtime/editing/cache.py); the strip shows them left to right")
     p.add_argument("--batch", type=bounded_int(1, LIMITS.max_batch_size), default=16, help="images per UNet call (default 16)")
     p.add_argument("--timings", action="store_true",
                    help="print one more JSON line: seconds spent in each stage (text, vae_encode, invert, "

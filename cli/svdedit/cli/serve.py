@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="an engine dir written by `svdedit export`, or svdedit:shapes (the embedded model, built in)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=positive_int, default=8000, help="port to listen on")
-    g = p.add_argument_group("service settings (the limits are runtime/limits.py's, shared with the command line)")
+    g = p.add_argument_group("service settings (the limits are runtime/svdedit/runtime/limits.py's, shared with the command line)")
     for f in [f for f in fields(ServeSettings) if f.name not in ("engine_dir", "limits")] + list(fields(Limits)):
         kind = {"int": positive_int, "float": number}.get(f.type.split(" ")[0], str)
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default,

@@ -9,7 +9,7 @@ nearest knobs.t_edit of the schedule, ``edit_step``):
        batched UNet call per step, down to T_x (x) and T_x + dtau (z). For an image, ``invert_pair``:
        x is its own inversion at T_x, z the target prompt sampled from its inverted noise;
     3. ``inject``: decompose x and z channel-wise (kernels.channel_svd), let each attribute's MLP predict
-       the singular values, rebuild y (runtime/editing/avi.py), blend y(alpha) = x + alpha (y - x);
+       the singular values, rebuild y (runtime/svdedit/runtime/editing/avi.py), blend y(alpha) = x + alpha (y - x);
     4. ``finish``: continue denoising y(alpha) to the end. The continuation's text embedding is the
        source's blended towards the target's by the same alpha (knobs.continuation = "target", our
        default), or the source's alone (= "source", the paper's literal reading; measured in
@@ -142,7 +142,7 @@ class Editor:
 
     `stages`: a runtime.timing.Stages to collect the wall time of each stage of an edit (text,
     vae_encode, invert, sample_to_edit, svd_avi, sample_rest, vae_decode); by default nothing is timed.
-    `cache`: an EditCache (runtime/editing/cache.py) that keeps each image's inversion and pair, so that
+    `cache`: an EditCache (runtime/svdedit/runtime/editing/cache.py) that keeps each image's inversion and pair, so that
     editing it again (another strength, another attribute) runs only what changed; None: nothing is kept.
     """
 
@@ -232,7 +232,7 @@ class Editor:
     # ---- learning ----
     def learn(self, source: str, target: str, seed: int = 0, knobs: Knobs = Knobs(),
               progress: Callable[[int, int, dict], None] | None = None) -> Attribute:
-        """Learn the attribute source -> target from the one pair sampled from `seed` (runtime/editing/avi.py)."""
+        """Learn the attribute source -> target from the one pair sampled from `seed` (runtime/svdedit/runtime/editing/avi.py)."""
         knobs = knobs.check()
         e = self.pipe.encode_prompt([source, target])
         x, z = self.sample_pair(self.pipe.noise(seed), e[:1], e[1:], knobs)

@@ -1,7 +1,7 @@
 """Engine dirs by name, and where the runtime keeps what it derives from one.
 
 ``svdedit:shapes`` is the embedded model's engine dir (models/shapes exported in fp32), shipped inside the
-package by `make dist` (runtime/packaged/shapes/), so that an installed svdedit runs without torch and
+package by `make dist` (runtime/svdedit/runtime/packaged/shapes/), so that an installed svdedit runs without torch and
 without a clone. A built-in name has a colon, which a folder given on the command line never needs, so it
 cannot be mistaken for one. Installed engine dirs are read-only: what the runtime derives from an engine dir
 (onnxruntime's TensorRT engine cache, `svdedit build`'s plans: plans.py) goes to a per-user cache folder keyed
@@ -23,7 +23,7 @@ PACKAGED = {"shapes": "the embedded model (models/shapes: 64x64 coloured shapes,
 
 
 def packaged_root() -> Path:
-    """The folder of the engine dirs shipped with the package (runtime/packaged/)."""
+    """The folder of the engine dirs shipped with the package (runtime/svdedit/runtime/packaged/)."""
     return Path(__file__).resolve().parent.parent / "packaged"
 
 

@@ -13,7 +13,7 @@ a diffusers UNet2DConditionModel into three graphs whose weights are disjoint (n
 A full step runs the three in turn and equals the whole UNet (the export checks the composition against
 torch); a cached step runs unet_in and unet_out with the last step's `deep`. On SD 1.5 the full-resolution
 blocks are 38.6% of a UNet call on this CPU (measured with torch, 64x64 latent), so a cached step costs
-about 0.39 of a full one. The interval N is a run-time setting (runtime/pipeline.py), not part of the export.
+about 0.39 of a full one. The interval N is a run-time setting (runtime/svdedit/runtime/pipeline.py), not part of the export.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ BUILD_EXAMPLE = ("example: svdedit export sd15/ -o engines/sd15 --precision fp16
 
 
 QUANTIZE_DESCRIPTION = """\
-Write a copy of ENGINE_DIR whose UNet is int8 (onnxruntime's quantization tools; export/quantize.py).
+Write a copy of ENGINE_DIR whose UNet is int8 (onnxruntime's quantization tools; export/svdedit/export/quantize.py).
 static: QDQ, calibrated on the UNet's inputs recorded while the fp32 engine samples --prompts prompts
 for --steps steps each (uint8 activations, int8 weights per channel; Conv and MatMul); dynamic:
 MatMul weights int8, activations quantized per call, no calibration. The int8 graph is compared with

@@ -1,6 +1,6 @@
 """Where the TensorRT plans of an engine dir live: the user's cache, beside nothing the engine dir holds.
 
-`svdedit build` (export/build.py) writes, for one engine dir and one kind of GPU:
+`svdedit build` (export/svdedit/export/build.py) writes, for one engine dir and one kind of GPU:
 
     <engine cache>/tensorrt/builds.json              which builds exist: {device key: TensorrtBuild}
     <engine cache>/tensorrt/timing.cache             TensorRT's timing cache, shared by the builds

@@ -127,7 +127,7 @@ class TensorrtBuild:
 
 @dataclass(frozen=True)
 class StepCache:
-    """An engine exported with --step-cache (export/step_cache.py): its UNet is split, and these are the intervals
+    """An engine exported with --step-cache (export/svdedit/export/step_cache.py): its UNet is split, and these are the intervals
     a run uses unless told otherwise (1 = every step computes the deep branch: the exact path)."""
 
     interval: int                # sampling
@@ -152,7 +152,7 @@ class Manifest:
     options: dict | None = None
     versions: dict | None = None
     step_cache: StepCache | None = None
-    quantization: dict | None = None  # `svdedit quantize` (export/quantize.py): mode, calibration, int8 parity
+    quantization: dict | None = None  # `svdedit quantize` (export/svdedit/export/quantize.py): mode, calibration, int8 parity
     #: the JSON as read (or as the exporter made it): what is written back, and what the identity hashes
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -198,7 +198,7 @@ class Manifest:
     @property
     def builds(self) -> dict[str, TensorrtBuild]:
         """TensorRT builds recorded in the manifest itself (svdedit 0.1 wrote its plans into the engine dir; they
-        are still run). `svdedit build` now keeps plans in the user's cache: runtime/engines/plans.py."""
+        are still run). `svdedit build` now keeps plans in the user's cache: runtime/svdedit/runtime/engines/plans.py."""
         return self.tensorrt or {}
 
     def axis_sizes(self, batch: int, size: int | None = None) -> dict[str, int]:

@@ -3,8 +3,8 @@
     build_plans(engine_dir, BuildOptions(precision="fp16", shapes=(512,), max_batch=4))
 
 Like the export, an offline compile step that runs once per machine; the plans are run by
-runtime/engines/tensorrt.py (TensorrtRunner). The engine dir is only read: the plans go to the user's
-cache (runtime/engines/plans.py), recorded in its builds.json under their device key (GPU, compute
+runtime/svdedit/runtime/engines/tensorrt.py (TensorrtRunner). The engine dir is only read: the plans go to the user's
+cache (runtime/svdedit/runtime/engines/plans.py), recorded in its builds.json under their device key (GPU, compute
 capability, TensorRT version), so read-only and installed engine dirs (svdedit:shapes) get plans too:
 
     <engine cache>/tensorrt/timing.cache          shared by every build of this engine

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "MultiHeadAttention (SD 1.5 shape, CPU: UNet calls 1.25-1.7x faster, 1.9-5.2 GiB less peak "
                         "memory; benchmarks/results/session_memory_sd15_cpu.md). TensorRT cannot read fused graphs: export with --no-fuse for `svdedit build`")
     p.add_argument("--step-cache", action="store_true",
-                   help="split the UNet in three (unet_in, unet_deep, unet_out; export/step_cache.py) so that runs may "
+                   help="split the UNet in three (unet_in, unet_deep, unet_out; export/svdedit/export/step_cache.py) so that runs may "
                         "recompute its deep branch only every N steps (DeepCache): --cache-interval of generate, edit, "
                         "learn and serve. The weights are not duplicated; a full step equals the whole UNet")
     p.add_argument("--force", action="store_true", help="export again even if ENGINE_DIR is up to date, and replace "
