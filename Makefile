@@ -1,26 +1,77 @@
-# The two commands of the README. Both set everything up on a fresh machine.
+# The two commands of the README. Both set everything up on a fresh machine, from the lock.
 #   make demo   the main job, end to end
 #   make test   the whole test suite (what CI runs, through .ci/run)
+# The lock, and the checks of the ranges around it:
+#   make lock          locks/<platform>-py<X.Y>.txt from pyproject.toml (keeps the pins that still fit)
+#   make lock-upgrade  the same, every package at the newest version the ranges allow
+#   make test-latest   the tests on the newest versions the ranges allow, without the lock (.venv-latest)
+#   make test-oldest   the tests on the lowest versions the ranges allow (uv's lowest-direct, .venv-oldest)
+#   make test-runtime-oldest  the runtime-only wheel ([cpu], no torch) at its own lowest versions, torch-free tests
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
+EXTRAS := export,cpu,serve,dev,ray
+# How the venv is installed: locked (the lock, exactly), latest (the newest the ranges allow), oldest (the lowest).
+RESOLVE ?= locked
 
-.PHONY: demo test clean browser dist
+# uv does the installs (a fresh venv in ~10 s where pip takes ~55 s here) and writes the lock. It is pinned here
+# and lives in its own small venv, so that `make lock` works when the project's venv cannot be made.
+UV_VERSION := 0.13.9
+TOOLS  := build/tools
+UV     := $(TOOLS)/bin/uv
+LOCK   := $(shell $(PYTHON) locks/lock.py path 2>/dev/null)
+# uv does not read pip's configuration: it gets pip's find-links (where this workplace keeps torch's CPU wheel).
+# Elsewhere the CPU build of torch comes from PyTorch's index: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+FIND_LINKS := $(sort $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+TORCH_INDEX ?=
+SOURCES := $(foreach f,$(FIND_LINKS),--find-links $(f)) \
+           $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
+INSTALL_HINT = echo "make: the install failed (above). If torch==2.13.0+cpu was not found, add PyTorch's CPU index: make $(or $(MAKECMDGOALS),$(.DEFAULT_GOAL)) TORCH_INDEX=https://download.pytorch.org/whl/cpu" >&2; exit 1
 
-# A virtual environment with the export stage, the CPU onnxruntime, the service (uvicorn and Ray Serve) and
-# the test tools.
-# torch is pinned in pyproject.toml (an unpinned torch pulls several GB of CUDA packages).
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[export,cpu,dev,ray]"
+.PHONY: demo test clean browser dist lock lock-upgrade test-latest test-oldest test-runtime-oldest
+.DEFAULT_GOAL := demo
+
+# Before anything is installed, make stops with one line if this Python is too old, has no lock, or the lock is not
+# pyproject.toml's (locks/lock.py check). Not for the targets that write the lock or do without it.
+ifeq ($(RESOLVE),locked)
+ifneq ($(filter-out lock lock-upgrade clean test-latest test-oldest,$(or $(MAKECMDGOALS),$(.DEFAULT_GOAL))),)
+LOCK_PROBLEM := $(shell $(PYTHON) locks/lock.py check 2>&1)
+$(if $(LOCK_PROBLEM),$(error $(LOCK_PROBLEM)))
+endif
+endif
+
+$(UV):
+	@mkdir -p build
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+# The venv: made anew whenever pyproject.toml or the lock changes, so it holds exactly what is locked
+# (torch's CPU build included: the lock pins torch==2.13.0+cpu; an unpinned torch pulls several GB of CUDA packages).
+$(STAMP): pyproject.toml $(if $(filter locked,$(RESOLVE)),$(LOCK)) | $(UV)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+ifeq ($(RESOLVE),locked)
+	$(UV) pip sync --quiet --python $(PY) $(SOURCES) --build-constraints $(LOCK) $(LOCK) || { $(INSTALL_HINT); }
+	$(UV) pip install --quiet --python $(PY) --no-deps --build-constraints $(LOCK) -e . || { $(INSTALL_HINT); }
+else ifeq ($(RESOLVE),latest)
+	$(UV) pip install --quiet --python $(PY) $(SOURCES) --upgrade -e ".[$(EXTRAS)]" || { $(INSTALL_HINT); }
+else ifeq ($(RESOLVE),oldest)
+	$(UV) pip install --quiet --python $(PY) $(SOURCES) --resolution lowest-direct -e ".[$(EXTRAS)]" || { $(INSTALL_HINT); }
+else
+	@echo "make: RESOLVE=$(RESOLVE): use locked, latest or oldest" >&2; exit 2
+endif
+	$(UV) pip freeze --python $(PY) > $(VENV)/installed.txt
 	touch $(STAMP)
 
+# pip inside the tests (the wheel's install into a fresh venv) and python -m build's isolated environment install
+# from the lock too; under test-latest / test-oldest they take what the index has.
+LOCKED_PIP := $(if $(filter locked,$(RESOLVE)),PIP_CONSTRAINT=$(abspath $(LOCK)))
+
 test: $(STAMP) browser dist
-	$(PY) -m pytest -q
+	$(LOCKED_PIP) $(PY) -m pytest -q
 
 # The distribution: the built-in engine dir svdedit:shapes (models/shapes exported in fp32; the export is a no-op
 # when build/shapes-engine is up to date) copied into the package, then the sdist and the wheel built from it
@@ -34,7 +85,7 @@ dist: $(STAMP)
 	cp $(ENGINE_BUILD)/*.json $(ENGINE_BUILD)/*.onnx $(PACKAGED)/
 	rm -rf dist
 	@mkdir -p build
-	$(PY) -m build --outdir dist . > build/dist.log 2>&1 || { cat build/dist.log; exit 1; }
+	$(LOCKED_PIP) $(PY) -m build --outdir dist . > build/dist.log 2>&1 || { cat build/dist.log; exit 1; }
 	@ls -l dist
 
 # The web page's test drives Debian's chromium through chromium-driver. Installed here where the machine
@@ -58,6 +109,33 @@ demo: $(STAMP)
 	$(PY) -m models.demo_edit --engine $(DEMO)/engine --attr $(DEMO)/red2blue.safetensors --attribute colour --to blue -o $(DEMO)/edit
 	@echo "demo: images in $(DEMO)/, the edit grid in $(DEMO)/edit/grid.png, its metrics in $(DEMO)/edit/metrics.json"
 
+# The lock. `make lock` after an edit of pyproject.toml's dependencies; `make lock-upgrade` to move to the newest.
+lock: | $(UV)
+	$(PYTHON) locks/lock.py compile $(UV) $(SOURCES)
+lock-upgrade: | $(UV)
+	$(PYTHON) locks/lock.py compile $(UV) --upgrade $(SOURCES)
+
+# The ranges around the lock, each in its own venv (the wheel and the demo engine are rebuilt in it).
+test-latest:
+	rm -rf .venv-latest
+	$(MAKE) test VENV=.venv-latest RESOLVE=latest
+test-oldest:
+	rm -rf .venv-oldest
+	$(MAKE) test VENV=.venv-oldest RESOLVE=oldest
+
+# The runtime-only wheel at the lowest versions its own ranges allow (the export extra's transformers would force
+# newer tokenizers and safetensors and hide the runtime's floors), with the test tools at their locked versions;
+# the tests that need torch, the service or a browser skip without them.
+RUNTIME_VENV := .venv-runtime-oldest
+TEST_TOOLS := pytest hypothesis
+test-runtime-oldest: dist
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(UV) pip install --quiet --python $(RUNTIME_VENV)/bin/python --resolution lowest-direct "$$(ls dist/svdedit-*.whl)[cpu]"
+	$(UV) pip install --quiet --python $(RUNTIME_VENV)/bin/python -c $(LOCK) $(TEST_TOOLS)
+	$(UV) pip freeze --python $(RUNTIME_VENV)/bin/python > $(RUNTIME_VENV)/installed.txt
+	$(RUNTIME_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not gpu and not tensorrt"
+
 clean:
-	rm -rf $(DEMO) build dist *.egg-info .pytest_cache
+	rm -rf $(DEMO) build dist *.egg-info .pytest_cache .venv-latest .venv-oldest $(RUNTIME_VENV)
 	find $(PACKAGED) -maxdepth 1 -type f ! -name README.md -delete

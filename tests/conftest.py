@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,33 @@ def shapes_engine_plain(tmp_path_factory) -> Path:
     export_model(Path(__file__).resolve().parents[1] / "models" / "shapes", out, ExportOptions(fuse=False),
                  log=lambda m: None)
     return out
+
+
+def dist_artifact(pattern: str) -> Path:
+    """The newest file of dist/ matching `pattern` (`make dist` builds them; make test runs it first)."""
+    found = sorted((Path(__file__).resolve().parents[1] / "dist").glob(pattern))
+    if not found:
+        pytest.skip(f"no {pattern} in dist/: run `make dist` (make test does it first)")
+    return found[-1]
+
+
+def user_env(venv: Path) -> dict:
+    """The environment of a user who activated `venv`: no PYTHONPATH, nothing of the checkout's venv."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(venv)
+    return env
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory) -> Path:
+    """A new virtual environment with the wheel installed as `pip install "WHEEL[cpu]"` (under make test, pip takes
+    the lock as constraints through PIP_CONSTRAINT; under make test-latest, the newest versions)."""
+    wheel = dist_artifact("svdedit-*-py3-none-any.whl")
+    root = tmp_path_factory.mktemp("user")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                           f"{wheel}[cpu]"], capture_output=True, text=True, env=user_env(venv), cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return venv

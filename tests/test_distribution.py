@@ -1,7 +1,7 @@
 """The sdist and the wheel as a user gets them (built by `make dist`, which `make test` runs first).
 
-The wheel is installed with `[cpu]` into a fresh virtual environment (pip reuses its cache of the wheels the
-checkout's environment installed) and run from a temporary folder outside the checkout with PYTHONPATH unset:
+The wheel is installed with `[cpu]` into a fresh virtual environment (tests/conftest.py's wheel_venv: under make test pip
+takes the lock as constraints) and run from a temporary folder outside the checkout with PYTHONPATH unset:
 svdedit is imported from that environment's site-packages, torch is not there, `svdedit env` and `svdedit demo`
 run, and an edit through the built-in engine svdedit:shapes equals the same edit through the checkout's export.
 """
@@ -9,9 +9,7 @@ run, and an edit through the built-in engine svdedit:shapes equals the same edit
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -20,46 +18,21 @@ import numpy as np
 import pytest
 
 from tests.cli import run_cli
-from tests.conftest import requires_torch
+from tests.conftest import dist_artifact, requires_torch, user_env
 
 ROOT = Path(__file__).resolve().parent.parent
-DIST = ROOT / "dist"
 PROMPT = "a small red square on the left"
 
 
-def _artifact(pattern: str) -> Path:
-    found = sorted(DIST.glob(pattern))
-    if not found:
-        pytest.skip(f"no {pattern} in dist/: run `make dist` (make test does it first)")
-    return found[-1]
-
-
-def _user_env(venv: Path) -> dict:
-    """The environment of a user who activated `venv`: no PYTHONPATH, nothing of the checkout's venv."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    env["VIRTUAL_ENV"] = str(venv)
-    return env
-
-
 @pytest.fixture(scope="module")
-def user(tmp_path_factory):
-    """(venv, a working folder outside the checkout) with the wheel installed as `pip install "WHEEL[cpu]"`."""
-    wheel = _artifact("svdedit-*-py3-none-any.whl")
-    root = tmp_path_factory.mktemp("user")
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                           f"{wheel}[cpu]"], capture_output=True, text=True, env=_user_env(venv), cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    work = root / "work"
-    work.mkdir()
-    return venv, work
+def user(wheel_venv, tmp_path_factory):
+    """(venv with the wheel installed, a working folder outside the checkout)."""
+    return wheel_venv, tmp_path_factory.mktemp("work")
 
 
 def _run(user, *args: str) -> subprocess.CompletedProcess:
     venv, work = user
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=_user_env(venv), cwd=work,
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=user_env(venv), cwd=work,
                           timeout=600)
 
 
@@ -109,7 +82,7 @@ def test_demo_and_an_edit_through_the_built_in_engine(user, shapes_engine, tmp_p
 
 
 def test_the_sdist_carries_the_engine_and_the_torch_free_tests():
-    sdist = _artifact("svdedit-*.tar.gz")
+    sdist = dist_artifact("svdedit-*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
         manifest = json.load(tar.extractfile(next(m for m in tar.getmembers()
@@ -122,7 +95,7 @@ def test_the_sdist_carries_the_engine_and_the_torch_free_tests():
 
 
 def test_the_wheel_holds_the_engine_and_nothing_of_the_checkout():
-    wheel = _artifact("svdedit-*-py3-none-any.whl")
+    wheel = dist_artifact("svdedit-*-py3-none-any.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
     assert {"svdedit/runtime/packaged/shapes/manifest.json", "svdedit/runtime/packaged/shapes/unet.onnx",
