@@ -90,3 +90,17 @@ def test_bad_step_counts_are_refused():
     _, ours = _pair("epsilon", "leading")
     with pytest.raises(SvdeditError, match="steps must be between 1 and 1000"):
         timesteps(ours, 0)
+
+
+@pytest.mark.parametrize("spacing, most", [("leading", 999), ("trailing", 1000), ("linspace", 1000)])
+def test_the_most_steps_a_schedule_takes(spacing, most):
+    """Leading spacing with steps_offset 1 would put 1000 steps' first timestep at 1000, past the schedule (an
+    IndexError in the middle of sampling before): refused up front, naming how many steps it takes."""
+    ref, ours = _pair("epsilon", spacing)
+    ts = timesteps(ours, most)
+    assert ts[0] <= 999 and ts[-1] >= 0
+    if most < 1000:
+        with pytest.raises(SvdeditError, match=f"take at most {most} steps"):
+            timesteps(ours, most + 1)
+    x = np.ones((1, 4, 2, 2), np.float32)
+    assert np.isfinite(sample(fake_model, x, ours, most)).all()  # every step of the longest run is in the schedule

@@ -90,6 +90,10 @@ def timesteps(schedule: Schedule, num_steps: int) -> np.ndarray:
         ts = np.round(np.arange(T, 0, -T / num_steps)).astype(np.int64) - 1
     else:
         ts = np.linspace(0, T - 1, num_steps).round()[::-1].astype(np.int64)
+    if ts[0] >= T:  # leading spacing's offset pushes the noisiest step past the schedule (1000 steps, offset 1)
+        most = max(n for n in range(1, num_steps) if (n - 1) * (T // n) + schedule.steps_offset < T)
+        raise SvdeditError(f"{num_steps} steps would start at timestep {ts[0]}, past this schedule's last ({T - 1}: "
+                           f"leading spacing with steps_offset {schedule.steps_offset}); take at most {most} steps.")
     return ts
 
 
