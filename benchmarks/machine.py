@@ -18,6 +18,22 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+#: the CPU features that decide int8 and bf16 speed (onnxruntime's int8 uses VNNI/AMX-INT8; bf16 units: AVX-512-bf16, AMX)
+ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def _cpu_flags() -> list[str]:
+    """Which of ISA this CPU has (as lscpu lists them): a CPU timing means little without them."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ISA if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def _memory_gib() -> float | None:
     try:
         for line in open("/proc/meminfo", encoding="utf-8"):
@@ -41,6 +57,7 @@ def describe() -> dict:
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "cores": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "gpu": _gpu(),

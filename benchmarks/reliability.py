@@ -13,6 +13,7 @@ property-based tests (tests/runtime/...guard.py, 200 derandomized examples each)
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -233,6 +234,7 @@ def markdown(result: dict) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     from benchmarks.machine import describe
     from svdedit.export.exporter import export_model
     from tests.fixtures.tiny_sd import save_tiny_pipeline

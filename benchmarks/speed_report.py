@@ -9,6 +9,7 @@ against success-and-identity, one point per configuration, the peers as vertical
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -126,6 +127,7 @@ def plot(rows: list[dict], ctx: dict, path: Path) -> None:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rows, ctx = joined()
     (RESULTS / "speed_report.json").write_text(json.dumps({"goals": GOALS, "rows": rows}, indent=2) + "\n")
     (RESULTS / "speed_report.md").write_text(markdown(rows, ctx))
