@@ -48,18 +48,25 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
 
+# Without the lock, torch's build is still the lock's (PyPI's 2.13.0 is the CUDA build, which the lowest resolution
+# would take over 2.13.0+cpu): the version is pyproject.toml's pin either way.
+TORCH_BUILD := build/torch-build.txt
+$(TORCH_BUILD): $(LOCK)
+	@mkdir -p build
+	grep '^torch==' $(LOCK) > $@
+
 # The venv: made anew whenever pyproject.toml or the lock changes, so it holds exactly what is locked
 # (torch's CPU build included: the lock pins torch==2.13.0+cpu; an unpinned torch pulls several GB of CUDA packages).
-$(STAMP): pyproject.toml $(if $(filter locked,$(RESOLVE)),$(LOCK)) | $(UV)
+$(STAMP): pyproject.toml $(if $(filter locked,$(RESOLVE)),$(LOCK),$(TORCH_BUILD)) | $(UV)
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 ifeq ($(RESOLVE),locked)
 	$(UV) pip sync --quiet --python $(PY) $(SOURCES) --build-constraints $(LOCK) $(LOCK) || { $(INSTALL_HINT); }
 	$(UV) pip install --quiet --python $(PY) --no-deps --build-constraints $(LOCK) -e . || { $(INSTALL_HINT); }
 else ifeq ($(RESOLVE),latest)
-	$(UV) pip install --quiet --python $(PY) $(SOURCES) --upgrade -e ".[$(EXTRAS)]" || { $(INSTALL_HINT); }
+	$(UV) pip install --quiet --python $(PY) $(SOURCES) -c $(TORCH_BUILD) --upgrade -e ".[$(EXTRAS)]" || { $(INSTALL_HINT); }
 else ifeq ($(RESOLVE),oldest)
-	$(UV) pip install --quiet --python $(PY) $(SOURCES) --resolution lowest-direct -e ".[$(EXTRAS)]" || { $(INSTALL_HINT); }
+	$(UV) pip install --quiet --python $(PY) $(SOURCES) -c $(TORCH_BUILD) --resolution lowest-direct -e ".[$(EXTRAS)]" || { $(INSTALL_HINT); }
 else
 	@echo "make: RESOLVE=$(RESOLVE): use locked, latest or oldest" >&2; exit 2
 endif
