@@ -48,6 +48,11 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
 
+# Without the lock: pyproject.toml's requirements given as such (`-r pyproject.toml`), so that they are the direct
+# ones that uv's lowest-direct lowers (through `-e .` they would be the project's, and keep their newest).
+comma := ,
+RESOLUTION_latest := --upgrade
+RESOLUTION_oldest := --resolution lowest-direct
 # Without the lock, torch's build is still the lock's (PyPI's 2.13.0 is the CUDA build, which the lowest resolution
 # would take over 2.13.0+cpu): the version is pyproject.toml's pin either way.
 TORCH_BUILD := build/torch-build.txt
@@ -63,10 +68,10 @@ $(STAMP): pyproject.toml $(if $(filter locked,$(RESOLVE)),$(LOCK),$(TORCH_BUILD)
 ifeq ($(RESOLVE),locked)
 	$(UV) pip sync --quiet --python $(PY) $(SOURCES) --build-constraints $(LOCK) $(LOCK) || { $(INSTALL_HINT); }
 	$(UV) pip install --quiet --python $(PY) --no-deps --build-constraints $(LOCK) -e . || { $(INSTALL_HINT); }
-else ifeq ($(RESOLVE),latest)
-	$(UV) pip install --quiet --python $(PY) $(SOURCES) -c $(TORCH_BUILD) --upgrade -e ".[$(EXTRAS)]" || { $(INSTALL_HINT); }
-else ifeq ($(RESOLVE),oldest)
-	$(UV) pip install --quiet --python $(PY) $(SOURCES) -c $(TORCH_BUILD) --resolution lowest-direct -e ".[$(EXTRAS)]" || { $(INSTALL_HINT); }
+else ifneq ($(filter latest oldest,$(RESOLVE)),)
+	$(UV) pip install --quiet --python $(PY) $(SOURCES) -c $(TORCH_BUILD) $(RESOLUTION_$(RESOLVE)) \
+	  -r pyproject.toml $(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) || { $(INSTALL_HINT); }
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
 else
 	@echo "make: RESOLVE=$(RESOLVE): use locked, latest or oldest" >&2; exit 2
 endif
@@ -131,16 +136,18 @@ test-oldest:
 	$(MAKE) test VENV=.venv-oldest RESOLVE=oldest
 
 # The runtime-only wheel at the lowest versions its own ranges allow (the export extra's transformers would force
-# newer tokenizers and safetensors and hide the runtime's floors), with the test tools at their locked versions;
-# the tests that need torch, the service or a browser skip without them.
+# newer tokenizers and safetensors and hide the runtime's floors), with the test tools at their locked versions:
+# `svdedit demo` (learn and edit on the built-in engine), then the tests (those that need torch or the service skip).
 RUNTIME_VENV := .venv-runtime-oldest
 TEST_TOOLS := pytest hypothesis
 test-runtime-oldest: dist
 	rm -rf $(RUNTIME_VENV)
 	$(PYTHON) -m venv $(RUNTIME_VENV)
-	$(UV) pip install --quiet --python $(RUNTIME_VENV)/bin/python --resolution lowest-direct "$$(ls dist/svdedit-*.whl)[cpu]"
+	$(UV) pip install --quiet --python $(RUNTIME_VENV)/bin/python --resolution lowest-direct -r pyproject.toml --extra cpu
+	$(UV) pip install --quiet --python $(RUNTIME_VENV)/bin/python --no-deps "$$(ls dist/svdedit-*.whl)"
 	$(UV) pip install --quiet --python $(RUNTIME_VENV)/bin/python -c $(LOCK) $(TEST_TOOLS)
 	$(UV) pip freeze --python $(RUNTIME_VENV)/bin/python > $(RUNTIME_VENV)/installed.txt
+	$(RUNTIME_VENV)/bin/svdedit demo -o build/runtime-oldest-demo
 	$(RUNTIME_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not gpu and not tensorrt"
 
 clean:

@@ -74,6 +74,8 @@ def _is_private(name: str) -> bool:
 
 
 def test_runtime_kernels_build_and_cli_import_no_torch():
+    for needed in ("onnx", "fastapi"):  # the TensorRT build reads ONNX; the service's modules import FastAPI
+        pytest.importorskip(needed, reason="imports every module, the export stage's build and the service's too")
     import svdedit.cli
     import svdedit.kernels
     import svdedit.runtime

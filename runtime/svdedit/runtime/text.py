@@ -26,8 +26,12 @@ class Tokenizer:
         except BaseException as exc:  # noqa: BLE001  a plain Exception for a bad file; pyo3's PanicException for worse
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
+            from importlib.metadata import version
+
             raise EngineDirError(f"{path} is not a loadable tokenizer.json ({type(exc).__name__}: "
-                                 f"{str(exc)[:200]}); re-export the model.") from None
+                                 f"{str(exc)[:200]}) for tokenizers {version('tokenizers')}; re-export the model, or "
+                                 f"upgrade tokenizers if it is older than svdedit asks for (pip install -U tokenizers)."
+                                 ) from None
         vocab = self._tok.get_vocab_size(with_added_tokens=True)
         if not 0 <= pad_id < vocab:
             raise EngineDirError(f"the manifest's text.pad_id {pad_id} is not an id of {path} (0 to {vocab - 1}); "
