@@ -40,10 +40,11 @@ def _edit_pyproject(root: Path, old: str, new: str) -> None:
 
 def _make_dry_run(root: Path) -> subprocess.CompletedProcess:
     """`make -n demo`: what make would do (nothing is installed, whatever it says), as a user's own make (not one
-    nested in the make that runs these tests: no MAKEFLAGS carrying its variables, no "Entering directory")."""
+    nested in the make that runs these tests, e.g. make test-oldest: no MAKEFLAGS, no "Entering directory", and
+    its RESOLVE and VENV, which make exports to the tests' environment, set back)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
-    return subprocess.run(["make", "-n", "demo", f"PYTHON={sys.executable}"], capture_output=True, text=True, cwd=root,
-                          env=env, timeout=120)
+    return subprocess.run(["make", "-n", "demo", f"PYTHON={sys.executable}", "RESOLVE=locked", "VENV=.venv"],
+                          capture_output=True, text=True, cwd=root, env=env, timeout=120)
 
 
 def _make_refuses(root: Path, *said: str) -> None:

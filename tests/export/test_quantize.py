@@ -75,3 +75,17 @@ def test_build_refuses_an_int8_engine_dir(int8_engines):
 
     with pytest.raises(SvdeditError, match="quantized by `svdedit quantize`"):
         BuildOptions().check(read_manifest(int8_engines["static"]))
+
+
+def test_a_quantizer_that_cannot_read_the_graph_is_a_clear_error(engine_dirs, tmp_path, monkeypatch):
+    """onnxruntime 1.31's quantizer fails on today's exports (a ShapeInferenceError deep inside it; found by make
+    test-oldest): the command says which onnxruntime failed on which graph and what to install, and writes nothing."""
+    import svdedit.export.quantize as quantize
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("[ShapeInferenceError] Inferred shape and existing shape differ in dimension 0")
+
+    monkeypatch.setattr(quantize, "_quantize", failing)
+    with pytest.raises(quantize.SvdeditError, match=r"could not quantize unet\.onnx .*ShapeInferenceError.*>=1\.32"):
+        quantize.quantize_network(engine_dirs["sd1"] / "unet.onnx", tmp_path / "unet.onnx", "dynamic", None)
+    assert not (tmp_path / "unet.onnx").exists()

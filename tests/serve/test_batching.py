@@ -133,7 +133,9 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(shapes_engine, store,
             proc.send_signal(signal.SIGTERM)
             response = in_flight.result()
         assert response.status_code == 200 and len(response.json()["edits"]) == 4
-        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+        # uvicorn re-raises the signal once it has shut down (-15); uvicorn 0.30 (the floor) leaves it to svdedit's
+        # own handler, which exits 130 as for any interrupt
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM, 130)
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/healthz", timeout=2)
     finally:

@@ -139,6 +139,11 @@ def quantize_network(src: Path, dst: Path, mode: str, calibration: list[dict] | 
     level, root.level = root.level, logging.ERROR  # the quantizer warns on the root logger for every 1-D weight
     try:
         _quantize(src, dst, mode, calibration, large)
+    except Exception as exc:  # noqa: BLE001  onnxruntime's quantizer, on a graph its version cannot read
+        raise SvdeditError(f"onnxruntime {ort.__version__} could not quantize {src.name} ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}). Its 1.31 quantizer fails on the graphs today's exporter writes and "
+                           f"1.32 works: pip install -U 'onnxruntime>=1.32' (onnxruntime-gpu has no 1.32 yet: quantize "
+                           f"in a CPU environment; the int8 engine dir it writes runs anywhere).") from exc
     finally:
         root.setLevel(level)
     return {"seconds": round(time.perf_counter() - t0, 1)}

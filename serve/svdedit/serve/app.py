@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from svdedit.runtime.errors import (
     AttributeFileError,
@@ -381,6 +382,12 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
                                f"the request's schema.", field)
 
 
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own refusals (an unknown route 404, a wrong method 405, a multipart form with more files or fields
+    than allowed 400) in the same shape as every other error, not FastAPI's {"detail": ...}."""
+    return error_response(exc.status_code, str(exc.detail), None, getattr(exc, "headers", None))
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, f"an internal error ({type(exc).__name__}) stopped this request; it is logged. "
@@ -445,6 +452,7 @@ def create_app(backend: Backend) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(SvdeditError, _svdedit_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
 
     @app.middleware("http")
