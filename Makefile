@@ -13,7 +13,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
-EXTRAS := export,cpu,serve,dev,ray
+EXTRAS  = $(shell $(PYTHON) locks/lock.py extras)
 # How the venv is installed: locked (the lock, exactly), latest (the newest the ranges allow), oldest (the lowest).
 RESOLVE ?= locked
 

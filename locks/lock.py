@@ -2,6 +2,7 @@
 
     python3 locks/lock.py check              is this Python allowed, is there a lock for it, does it match pyproject.toml?
     python3 locks/lock.py path               the lock file for this Python and platform
+    python3 locks/lock.py extras             the extras make installs (and the lock covers), comma-separated
     python3 locks/lock.py compile UV [UV-OPTIONS ...]
                                              write it with `uv pip compile` (keeps the pins it can; --upgrade: the
                                              newest); the options go to uv as they are (--find-links DIR, ...)
@@ -27,7 +28,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PYPROJECT = os.path.join(ROOT, "pyproject.toml")
-#: the extras make installs into .venv (the lock covers exactly these)
+#: the extras make installs into .venv (the lock covers exactly these; the Makefile reads them from here)
 EXTRAS = ("export", "cpu", "serve", "dev", "ray")
 HEADER = "# inputs-sha256: "
 
@@ -136,12 +137,14 @@ def compile_lock(uv, options):
 
 
 def main(argv):
-    if not argv or argv[0] not in ("check", "path", "compile"):
-        fail("usage: locks/lock.py check | path | compile UV [UV-OPTIONS ...]")
+    if not argv or argv[0] not in ("check", "path", "extras", "compile"):
+        fail("usage: locks/lock.py check | path | extras | compile UV [UV-OPTIONS ...]")
     if argv[0] == "check":
         check()
     elif argv[0] == "path":
         print(rel(lock_path()))
+    elif argv[0] == "extras":
+        print(",".join(EXTRAS))
     else:
         if len(argv) < 2:
             fail("locks/lock.py compile needs the path of uv")
