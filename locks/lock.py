@@ -87,21 +87,23 @@ def rel(path):
 
 
 def check_python():
+    """requires-python, once this Python is known to be in it."""
     spec, allowed = requires_python()
     if not allowed:
         fail("svdedit needs Python %s (pyproject.toml's requires-python), and %s is %s: run make with one it allows, "
              "e.g. `make test PYTHON=python3.11`" % (spec, sys.executable, python_version()))
+    return spec
 
 
 def check():
-    check_python()
+    spec = check_python()
     path = lock_path()
     if not os.path.exists(path):
         have = sorted(n for n in os.listdir(HERE) if n.endswith(".txt"))
         fail("no lock for Python %s on %s %s (%s; there are: %s; requires-python is %s): use a Python that has one "
              "(make test PYTHON=python3.11), or write one with `make lock PYTHON=%s` and run the tests on it"
-             % (python_version(), sys.platform, platform.machine(), rel(path), ", ".join(have) or "none",
-                requires_python()[0], sys.executable))
+             % (python_version(), sys.platform, platform.machine(), rel(path), ", ".join(have) or "none", spec,
+                sys.executable))
     _, digest = inputs()
     with open(path) as f:
         first = f.readline().strip()

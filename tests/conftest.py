@@ -18,6 +18,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+#: the stage folders: each is a source root holding its portion of the namespace package svdedit
+#: (runtime/svdedit/runtime/pipeline.py is svdedit.runtime.pipeline; pyproject.toml's package-dir)
+STAGES = ("cli", "export", "runtime", "kernels", "serve")
 
 #: Test modules that import an extra's packages at their top, and those packages: not collected where one is missing
 #: (the runtime-only wheel's tests, `make test-runtime-oldest`); make test has every extra and collects them all.

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import STAGES
+
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"torch", "diffusers", "transformers", "onnx", "onnxscript", "optimum"}
-#: the stage folders: each is a source root holding its portion of the namespace package svdedit
-#: (runtime/svdedit/runtime/pipeline.py is svdedit.runtime.pipeline; pyproject.toml's package-dir)
-STAGES = ("cli", "export", "runtime", "kernels", "serve")
 #: what each folder may not import (a module name, and every module below it)
 RULES = {
     "runtime": ("svdedit.cli", "svdedit.export", "svdedit.serve"),

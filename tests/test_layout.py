@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import STAGES
+
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("cli", "export", "runtime", "kernels", "serve")
 
 #: Run in a fresh interpreter with the checkout first on sys.path: for every import name that an installed
 #: distribution provides (importlib.metadata.packages_distributions()), where Python would import it from.

@@ -22,11 +22,8 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,30 +101,21 @@ def work(tmp_path_factory) -> Path:
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(env: dict, cwd: Path):
     """`svdedit serve svdedit:shapes` on a free port, ready (or the test fails with what it said)."""
-    port = _free_port()
+    from benchmarks.serving import free_port, wait_ready
+
+    port = free_port()
     log = open(cwd / f"serve-{port}.log", "w+")
     proc = subprocess.Popen(["svdedit", "serve", "svdedit:shapes", "--port", str(port), "--store", str(cwd / "store")],
                             env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
-                return proc, port
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    log.seek(0)
-    pytest.fail(f"svdedit serve did not get ready: {log.read()[-2000:]}")
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+    except TimeoutError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log.seek(0)
+        pytest.fail(f"svdedit serve did not get ready: {log.read()[-2000:]}")
+    return proc, port
 
 
 RUN = [b for b in BLOCKS if b.mode in MODES]
