@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +60,18 @@ def test_manifest_describes_the_engine_dir(engine_dirs, flavour):
     assert m.networks["unet"].dynamic_axes["sample"] == {"0": "batch", "2": "latent_height", "3": "latent_width"}
     for key in ("torch", "diffusers", "onnx", "onnxruntime"):
         assert m.versions[key]
+
+
+def test_graphs_carry_no_path_of_the_machine_that_exported_them(engine_dirs):
+    """torch's exporter records each node's Python stack with absolute paths; the export drops it, so an engine
+    dir's graphs are the same bytes wherever the checkout and its venv live (and the int8 copy's size bound in
+    test_quantize does not move with the length of the checkout's path)."""
+    import sys
+
+    machine = [str(Path(__file__).resolve().parents[2]).encode(), sys.prefix.encode(), b"site-packages"]
+    for graph in sorted(engine_dirs["sd1"].glob("*.onnx")):
+        data = graph.read_bytes()
+        assert not [m for m in machine if m in data], graph.name
 
 
 @pytest.mark.parametrize("flavour", ["sd1", "sd2-v"])

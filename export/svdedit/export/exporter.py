@@ -96,8 +96,20 @@ def _export_onnx(spec: NetworkSpec, module, feeds: dict, path: Path, opset: int 
             input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
             dynamic_shapes=dynamic_shapes, **kwargs,
         )
+    _drop_stack_traces(program.model)
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     program.save(str(path), external_data=n_bytes > EXTERNAL_DATA_BYTES)
+
+
+def _drop_stack_traces(model) -> None:
+    """torch's exporter writes on every node the Python stack that made it, with absolute paths of this machine
+    (the checkout, the venv's site-packages): 0.68 MB of a tiny UNet's 4 MB graph. An engine dir carries no machine
+    path (its manifest does not either), and its graphs' bytes (their sha256, Manifest.graphs_key) must not depend on
+    where the export ran. The other node metadata (name scopes, the FX node, the class hierarchy) stays."""
+    from onnxscript import ir
+
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
 
 
 def _ort_session(path: Path):
