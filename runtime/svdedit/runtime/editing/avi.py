@@ -1,7 +1,7 @@
 """AVI, attribute vector integration (arXiv:2502.02225): learn an attribute's singular values from one pair.
 
 Torch-free: NumPy (or CuPy) arrays, analytic gradients, Adam. The story, per latent channel c (an
-h x w matrix), following ../shared/design/method.md ("our reading"):
+h x w matrix), following docs/method.md ("our reading"):
 
     x = U_x S_x V_x^T       the source latent at T_x (the original prompt's trajectory)
     z = U_z S_z V_z^T       the target latent at T_x + dtau (the attribute prompt, same noise)
@@ -26,7 +26,7 @@ Alpha blends latents: y(alpha) = x + alpha (y - x). With the tail on this is exa
 blending the singular values ((1 - alpha) [S_x, 0] + alpha S), since y is linear in S and the tail is
 x's; alpha = 0 is x itself, alpha > 1 extrapolates. The image does not follow alpha linearly (a layout
 change snaps between 0.6 and 0.85); the strength a user gives is mapped to alpha by a scale
-calibrated when the attribute is learned (Attribute.blend, Editor.calibrate).
+calibrated when the attribute is learned (Attribute.blend, learn.calibrate).
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ class Attribute:
         """The blend alpha of y(alpha) = x + alpha (y - x) that gives `strength` of this attribute's change.
 
         Learning measures, on the learning pair, how far the final image moves towards the full edit as alpha
-        grows (Editor.calibrate); strength is that fraction, so that equal steps of strength make equal steps
+        grows (learn.calibrate); strength is that fraction, so that equal steps of strength make equal steps
         of change. 0 and 1 are unchanged (the source; the learned edit); beyond [0, 1] alpha = strength."""
         if not self.strength_map or not 0.0 < strength < 1.0:
             return float(strength)
@@ -254,15 +254,16 @@ class Attribute:
         shape = meta["latent_shape"]
         if len(shape) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 100_000 for d in shape):
             bad(f"metadata field 'latent_shape' is {shape}, not three positive sizes (channels, height, width)")
-        ids = (engine,) if isinstance(engine, str) else tuple(engine or ())
+        knobs = _knobs_of(meta["knobs"], path)
+        _check_weights(params, knobs, shape, bad)
+        strength_map = _strength_map_of(meta.get("strength_map", []), bad)
+        ids = (engine,) if isinstance(engine, str) else tuple(engine or ())  # a sound file, of another model?
         if ids and meta["engine_manifest_sha256"] not in ids:
             raise AttributeFileError(f"{path} was learned on another model (engine {meta['engine_manifest_sha256'][:12]}, "
                                      f"this engine is {ids[0][:12]}); attributes do not transfer between models. "
                                      f"Learn it again on this engine.")
-        knobs = _knobs_of(meta["knobs"], path)
-        _check_weights(params, knobs, shape, bad)
         return cls(params, meta["source"], meta["target"], knobs, meta["engine_manifest_sha256"], tuple(shape),
-                   meta["seed"], meta["losses"], _strength_map_of(meta.get("strength_map", []), bad))
+                   meta["seed"], meta["losses"], strength_map)
 
 
 def _knobs_of(stored: dict, path: Path) -> Knobs:
