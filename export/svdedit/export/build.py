@@ -41,7 +41,8 @@ from svdedit.runtime.engines.contract import BUILD_PRECISIONS, TIMING_CACHE, net
 from svdedit.runtime.engines.manifest import Manifest, read_manifest
 from svdedit.runtime.engines.names import resolve_engine
 from svdedit.runtime.engines.plans import Plans
-from svdedit.runtime.engines.tensorrt import current_device, device_key, import_tensorrt
+from svdedit.runtime.engines.plans import device_key
+from svdedit.runtime.engines.tensorrt import current_device, import_tensorrt
 from svdedit.runtime.errors import SvdeditError, TensorrtError
 from svdedit.runtime.files import atomic_dir, atomic_write_bytes, sha256_file
 
@@ -159,7 +160,7 @@ def build_plans(engine_dir: str | Path, options: BuildOptions, log: Callable[[st
     """Build one plan per network into the user cache (plans.plans_dir) and record them there; the engine dir
     is only read."""
     engine_dir = resolve_engine(engine_dir)
-    manifest = read_manifest(engine_dir, verify_hashes=True)
+    manifest = read_manifest(engine_dir, verify="all")
     options = options.check(manifest)
     trt = import_tensorrt()
     device = current_device()

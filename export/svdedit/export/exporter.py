@@ -300,7 +300,7 @@ def export_model(
                              **({"step_cache": True} if options.step_cache else {})})
     if _up_to_date(out_dir, cache_key, options.force):                                            # 2.
         log(f"{out_dir} is up to date (same model, same options); nothing to do. Pass --force to export again.")
-        return read_manifest(out_dir, verify_hashes=False)
+        return read_manifest(out_dir, verify="none")
     _require_onnxruntime()
     log(f"source: {src.path} ({FAMILIES[src.family]}, {src.prediction_type})")
     components = load_components(src)
@@ -366,7 +366,7 @@ def _up_to_date(out_dir: Path, cache_key: str, force: bool) -> bool:
             f"svdedit will not overwrite them, not even with --force: choose another -o, or empty the folder yourself."
         )
     try:
-        manifest = read_manifest(out_dir, verify_hashes=True)
+        manifest = read_manifest(out_dir, verify="all")
     except EngineDirError as exc:
         if force:
             return False

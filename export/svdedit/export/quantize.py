@@ -203,7 +203,7 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
         import onnxruntime.quantization  # noqa: F401
     except ImportError:
         raise SvdeditError("svdedit quantize needs onnxruntime and onnx (pip install onnx).") from None
-    manifest = read_manifest(engine_dir, verify_hashes=True)
+    manifest = read_manifest(engine_dir, verify="all")
     options = options.check(manifest)
     if any(manifest.networks[n].precision != "fp32" for n in unet_networks(manifest)):
         raise SvdeditError(f"{engine_dir}'s UNet is {manifest.networks[unet_networks(manifest)[0]].precision}; "
@@ -268,7 +268,7 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
         out = Manifest.from_dict(raw)
         write_manifest(work, out)
     log(f"wrote {out_dir} in {raw['quantization']['seconds']} s")
-    return read_manifest(out_dir, verify_hashes=True)
+    return read_manifest(out_dir, verify="all")
 
 
 def _ort_version() -> str:

@@ -159,7 +159,7 @@ def test_any_mutation_of_a_manifest_is_accepted_or_a_clear_error(engine_dirs, tm
     m = mutate(raw, changes)
     (d / "manifest.json").write_text(json.dumps(m, allow_nan=True))
     try:
-        read_manifest(d, verify_hashes=True)
+        read_manifest(d, verify="all")
     except EngineDirError as exc:
         assert str(d) in str(exc) and "\n" not in str(exc)
     for name in ("manifest.json",):

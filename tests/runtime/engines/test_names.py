@@ -39,7 +39,7 @@ def test_building_plans_for_the_builtin_engine_says_how_to_get_a_plain_export():
     from svdedit.runtime.engines.manifest import read_manifest
 
     try:
-        manifest = read_manifest("svdedit:shapes", verify_hashes=False)
+        manifest = read_manifest("svdedit:shapes", verify="none")
     except EngineDirError:
         pytest.skip("this checkout has no packaged engine (make dist exports it)")
     with pytest.raises(SvdeditError, match=r"--no-fuse.*svdedit:shapes is such an engine dir.*models/shapes"):

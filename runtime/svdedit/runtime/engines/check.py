@@ -19,7 +19,7 @@ from svdedit.runtime.errors import EngineDirError, TensorrtError
 def check_engine_dir(engine_dir: str | Path, provider: str = "auto") -> list[dict]:
     """One report per network: provider, milliseconds, precision, the export's parity; EngineDirError if not sound."""
     engine_dir = resolve_engine(engine_dir)
-    manifest = read_manifest(engine_dir, verify_hashes=True)
+    manifest = read_manifest(engine_dir, verify="all")
     sizes = manifest.axis_sizes(batch=1)
     rng = np.random.default_rng(0)
     report = []

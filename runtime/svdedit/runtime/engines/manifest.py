@@ -34,6 +34,7 @@ from svdedit.runtime.engines.contract import (
     unet_layout,
 )
 from svdedit.runtime.errors import EngineDirError, ManifestFieldError
+from svdedit.runtime.engines.verified import Record, identity
 from svdedit.runtime.files import sha256_file, sha256_json, write_json
 
 
@@ -385,13 +386,22 @@ def read_json(path: Path, what: str) -> object:
         raise EngineDirError(f"{path} is corrupt ({type(exc).__name__}: {exc}).") from None
 
 
-def read_manifest(engine_dir: str | Path, verify_hashes: bool = True) -> Manifest:
+#: how read_manifest checks the files' bytes: every file hashed; only the files changed since this user last hashed
+#: them (verified.py); none (their presence only)
+VERIFY = ("all", "changed", "none")
+
+
+def read_manifest(engine_dir: str | Path, verify: str = "changed") -> Manifest:
     """Open an engine dir's manifest and check that the dir holds what the manifest says.
 
     Raises EngineDirError naming every missing, mistyped or out-of-range field, every file name that is not a
     plain name inside the engine dir, and the first missing or mismatching file, with what to do about it.
-    With ``verify_hashes`` every file's sha256 is recomputed (seconds for SD-size models); a mismatch is
-    checked once more after a second, since a re-export may have swapped the dir in meanwhile.
+    `verify` says how the files' bytes are checked against their sha256: "all" hashes every file (seconds for
+    SD-size models: `svdedit check`, the export, build, quantize); "changed" (the default: opening a Pipeline)
+    hashes only the files that are new or changed since this user's processes last hashed them (verified.py), so
+    a damaged or swapped file is refused just the same and an unchanged dir opens in milliseconds; "none" checks
+    that the files are there. A mismatch is checked once more after a second, since a re-export may have
+    swapped the dir in meanwhile.
     `engine_dir` may be a built-in name (svdedit:shapes, names.py).
     """
     from svdedit.runtime.engines.names import resolve_engine
@@ -427,10 +437,12 @@ def read_manifest(engine_dir: str | Path, verify_hashes: bool = True) -> Manifes
     for rel, _ in manifest.files():
         if not (engine_dir / rel).is_file():
             raise EngineDirError(f"Engine dir {engine_dir} is incomplete: {rel} is missing. {redo}")
-    if verify_hashes:
-        mismatch = _first_mismatch(engine_dir, manifest)
+    if verify not in VERIFY:
+        raise ValueError(f"verify={verify!r}: one of {', '.join(VERIFY)}")
+    if verify != "none":
+        mismatch = _first_mismatch(engine_dir, manifest, rehash_all=verify == "all")
         if mismatch and _swapped_meanwhile(path, data):
-            return read_manifest(engine_dir, verify_hashes)
+            return read_manifest(engine_dir, verify)
         if mismatch:
             rel, actual, expected = mismatch
             raise EngineDirError(
@@ -440,12 +452,24 @@ def read_manifest(engine_dir: str | Path, verify_hashes: bool = True) -> Manifes
     return manifest
 
 
-def _first_mismatch(engine_dir: Path, manifest: Manifest) -> tuple[str, str, str] | None:
-    for rel, expected in manifest.files():
-        actual = sha256_file(engine_dir / rel)
-        if actual != expected:
-            return rel, actual, expected
-    return None
+def _first_mismatch(engine_dir: Path, manifest: Manifest, rehash_all: bool) -> tuple[str, str, str] | None:
+    """The first file whose sha256 is not the manifest's: (name, its sha256, the manifest's). Files the record
+    vouches for are skipped unless `rehash_all`; every file hashed and found right is recorded."""
+    record = Record(engine_dir)
+    try:
+        for rel, expected in manifest.files():
+            path = engine_dir / rel
+            if not rehash_all and record.vouches(rel, path, expected):
+                continue
+            before = identity(path)
+            actual = sha256_file(path)
+            if actual != expected:
+                record.forget(rel)
+                return rel, actual, expected
+            record.remember(rel, path, actual, before)
+        return None
+    finally:
+        record.save()
 
 
 def _swapped_meanwhile(path: Path, data: dict) -> bool:
