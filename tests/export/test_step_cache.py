@@ -75,13 +75,13 @@ def test_interval_1_is_the_whole_unet_and_larger_intervals_skip_the_deep_branch(
 def test_step_caching_needs_a_split_unet_and_says_so(engine_dirs, tmp_path):
     from svdedit.runtime.pipeline import Intervals, Pipeline
 
-    with pytest.raises(SvdeditError, match="exported without --step-cache"):
+    with pytest.raises(SvdeditError, match="exported without step caching"):
         Pipeline(engine_dirs["sd1"], intervals=Intervals(2, 1))
     with pytest.raises(SvdeditError, match="whole number from 1 to 1000"):
         Pipeline(engine_dirs["sd1"], intervals=Intervals(0, 1))
     proc = run_cli("generate", "--engine", engine_dirs["sd1"], "--prompt", PROMPT, "--steps", "4",
                    "--cache-interval", "2", "-o", tmp_path / "x.png")
-    assert_clear_error(proc, "generate", "--step-cache")
+    assert_clear_error(proc, "generate", "export the model again with step caching")
 
 
 def test_a_manifest_must_hold_one_unet_whole_or_split(split_engine, engine_dirs, tmp_path):
@@ -104,4 +104,4 @@ def test_a_manifest_must_hold_one_unet_whole_or_split(split_engine, engine_dirs,
         shutil.copy(engine_dirs["sd1"] / "unet.onnx", folder / "unet.onnx")
         (folder / "manifest.json").write_text(json.dumps(bad))
         with pytest.raises(EngineDirError, match=phrase):
-            read_manifest(folder, verify_hashes=False)
+            read_manifest(folder, verify="none")

@@ -87,7 +87,7 @@ def test_generate_refuses_values_it_cannot_take(engine_dirs, tmp_path, args, phr
     ("edit", ["--attr", "a.safetensors", "--prompt", "x", "--seeds", "0-9999999999"], "one run takes at most"),
     ("edit", ["--attr", "a.safetensors", "--prompt", "x", "--seeds", "-5"], "is not a seed list"),
     ("learn", ["--source", "a", "--target", "b", "--tail", "maybe"], "'maybe' is not a yes or no"),
-    ("learn", ["--source", "a", "--target", "b", "--hidden", "1000000000"], "--hidden 1000000000"),
+    ("learn", ["--source", "a", "--target", "b", "--hidden", "1000000000"], "--hidden = 1000000000"),
     ("probe", ["subspace", "--prompt", "x", "--k", "-2"], "argument --k: -2 is out of range"),
     ("probe", ["subspace", "--prompt", "x", "--steps", "1"], "argument --steps: 1 is out of range"),
     ("probe", ["sweep", "--prompt", "x", "--factors", ","], "names no numbers"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.serving import free_port, wait_ready
+from benchmarks.serving.serving import free_port, wait_ready
 
 from tests.conftest import requires_torch
 
@@ -44,7 +44,8 @@ class ThreadServer:
 
 
 def local_server(engine: Path, store: Path, **settings) -> ThreadServer:
-    from svdedit.serve.app import LocalBackend, create_app
+    from svdedit.serve.app import create_app
+    from svdedit.serve.backend import LocalBackend
     from svdedit.serve.settings import ServeSettings
 
     return ThreadServer(create_app(LocalBackend(ServeSettings.make(engine, store=store, **settings)))).start()

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmarks.serving import free_port, wait_ready
+from benchmarks.serving.serving import free_port, wait_ready
 from tests.serve.conftest import local_server
 from tests.serve.test_api import PROMPT, SOURCE, TARGET, png
 
@@ -28,12 +28,13 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fast_attr(shapes_engine, store):
     """red -> blue learned with 20-step trajectories (edits 2.5x cheaper), stored where the servers look."""
+    from svdedit.runtime.editing.learn import learn
     from svdedit.runtime.editing import Editor, Knobs
     from svdedit.runtime.pipeline import Pipeline
     from svdedit.serve.store import AttributeStore
 
     with Pipeline(shapes_engine) as pipe:
-        attr = Editor(pipe).learn(SOURCE, TARGET, knobs=Knobs(steps=20, iters=100))
+        attr = learn(Editor(pipe), SOURCE, TARGET, knobs=Knobs(steps=20, iters=100))
         return AttributeStore(store, pipe.manifest.identities()).save(attr), attr
 
 
@@ -60,7 +61,8 @@ def test_concurrent_edits_share_batches_and_equal_edits_alone(shapes_engine, sto
 
 
 def test_a_full_queue_answers_503_and_a_slow_request_504(shapes_engine, store, fast_attr):
-    from svdedit.serve.app import LocalBackend, create_app
+    from svdedit.serve.app import create_app
+    from svdedit.serve.backend import LocalBackend
     from svdedit.serve.settings import ServeSettings
     from tests.serve.conftest import ThreadServer
 
@@ -93,7 +95,8 @@ def test_a_nan_in_one_image_fails_that_image_only(shapes_engine, store, fast_att
     """The poisoned prompt's rows of the UNet's output become NaN; the batch fails, its jobs run alone, and only
     the poisoned one fails."""
     from svdedit.runtime.errors import NonFiniteLatentError
-    from svdedit.serve.service import EditOutcome, EditRequestFields, EditService
+    from svdedit.runtime.editing.request import EditRequest
+    from svdedit.serve.service import EditOutcome, EditService
     from svdedit.serve.settings import ServeSettings
 
     service = EditService(ServeSettings(shapes_engine, store=store)).open()
@@ -109,9 +112,9 @@ def test_a_nan_in_one_image_fails_that_image_only(shapes_engine, store, fast_att
             out[rows] = np.nan
             return [out]
         unet.session.run = run
-        jobs = [service.edit_job(EditRequestFields(PROMPT, [fast_attr[0]], seeds=[1])),
-                service.edit_job(EditRequestFields(poisoned, [fast_attr[0]], seeds=[2])),
-                service.edit_job(EditRequestFields(PROMPT, [fast_attr[0]], 0.5, seeds=[3]))]
+        jobs = [service.edit_job(EditRequest((fast_attr[0],), PROMPT, seeds=(1,))),
+                service.edit_job(EditRequest((fast_attr[0],), poisoned, seeds=(2,))),
+                service.edit_job(EditRequest((fast_attr[0],), PROMPT, seeds=(3,), strengths=(0.5,)))]
         outcomes = service.run_batch(jobs)
     finally:
         service.close()

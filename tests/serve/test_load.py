@@ -1,12 +1,12 @@
 """Reliability under load, on loopback: 32 concurrent clients mixing valid edits, bad requests and oversized
-uploads (benchmarks/serve_load.py, with fewer requests than the benchmark). Every request gets its own correct
+uploads (benchmarks/serving/serve_load.py, with fewer requests than the benchmark). Every request gets its own correct
 answer; with Ray Serve, one model replica is killed in the middle and every valid edit still succeeds."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.serve_load import load_test
+from benchmarks.serving.serve_load import load_test
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

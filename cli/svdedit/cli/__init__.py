@@ -43,15 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from svdedit.runtime.errors import USER_ERRORS
+    from svdedit.cli.args import flag_of
+    from svdedit.runtime.errors import USER_ERRORS, InvalidRequestError
 
     args = build_parser().parse_args(argv)
     _print_library_warnings()
     _stop_on_signals()
     try:
         return int(args.run(args) or 0)
-    except USER_ERRORS as exc:
-        print(f"svdedit {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:  # a request's field is named as this command line names it (--t-edit)
+        said = exc.spelt(flag_of(exc.field)) if isinstance(exc, InvalidRequestError) else str(exc)
+        print(f"svdedit {args.command}: error: {said}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         said = str(exc) or "interrupted; nothing half-written was left behind (every output is written whole or not at all)."

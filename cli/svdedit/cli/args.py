@@ -10,6 +10,7 @@ from dataclasses import fields
 import numpy as np
 
 from svdedit.runtime.editing.knobs import Knobs
+from svdedit.runtime.editing.request import PARAMS, bounds_text
 from svdedit.runtime.limits import LIMITS
 
 
@@ -87,25 +88,18 @@ def seeds(text: str) -> list[int]:
     return [s for lo, hi in ranges for s in range(lo, hi + 1)]
 
 
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
 def numbers(text: str) -> list[float]:
     values = [number(t) for t in text.split(",") if t.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"{text!r} names no numbers; write e.g. 0,0.5,1")
     return values
-
-
-def bounded_numbers(lo: float, hi: float, most: int):
-    """A comma-separated list of at most `most` finite numbers from lo to hi (e.g. --strength 0,0.5,1)."""
-    one = bounded_number(lo, hi)
-
-    def parse(text: str) -> list[float]:
-        values = [one(t) for t in text.split(",") if t.strip()]
-        if not values:
-            raise argparse.ArgumentTypeError(f"{text!r} names no numbers; write e.g. 1 or 0,0.5,1")
-        if len(values) > most:
-            raise argparse.ArgumentTypeError(f"{len(values)} values; give at most {most}")
-        return values
-    return parse
 
 
 def whole_numbers(text: str) -> list[int]:
@@ -196,7 +190,24 @@ def knob_args(p: argparse.ArgumentParser) -> None:
 
 
 def knobs_from(args: argparse.Namespace) -> Knobs:
-    return Knobs(**{f.name: getattr(args, f.name) for f in fields(Knobs)}).check()
+    """The knobs as given (checked with the request they belong to)."""
+    return Knobs(**{f.name: getattr(args, f.name) for f in fields(Knobs)})
+
+
+# ---- the runtime's request fields, as this command line names them ----
+#: a request field (runtime/svdedit/runtime/editing/request.py) -> its option, where it is not --field-name
+FLAGS = {"attributes": "--attr", "images": "--image", "strengths": "--strength"}
+
+
+def flag_of(field: str) -> str:
+    """The option of a request field: "knobs.t_edit" -> "--t-edit", "strengths" -> "--strength"."""
+    name = field.split(".", 1)[1] if field.startswith("knobs.") else field
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def about(field: str, extra: str = "") -> str:
+    """The help of a request field's option: the runtime's description of it, its range, and `extra`."""
+    return (PARAMS[field].help + bounds_text(field) + extra).replace("%", "%%")
 
 
 # ---- progress ----

@@ -11,27 +11,27 @@ from pathlib import Path
 import numpy as np
 
 from svdedit.cli.args import (
-    open_pipeline,
+    about,
     bounded_int,
     bounded_number,
-    bounded_numbers,
     command,
     engine_args,
     knob_args,
     knobs_from,
     number,
     numbers,
+    open_pipeline,
     progress_bar,
     prompt,
     seed,
     seeds,
+    whole_number,
     whole_numbers,
 )
+from svdedit.runtime.editing.request import MAX_ATTRIBUTES, MAX_STRENGTHS
 from svdedit.runtime.limits import LIMITS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-#: strengths one `svdedit edit` run may ask for (each is a re-edit through the cache: a strip of them)
-MAX_STRENGTHS = 16
 
 LEARN_DESCRIPTION = """\
 Learn an attribute from ONE pair of prompts: sample both from the same seed to T_x, take the
@@ -58,30 +58,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "learn", run_learn, "learn an attribute from one prompt pair (AVI)",
                 description=LEARN_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     engine_args(p)
-    p.add_argument("--source", required=True, type=prompt, help='the source prompt, e.g. "a large red circle in the middle"')
-    p.add_argument("--target", required=True, type=prompt,
-                   help='the attribute prompt, e.g. "a large blue circle in the middle"')
-    p.add_argument("--seed", type=seed, default=0, help="seed of the one noise both prompts are sampled from")
+    p.add_argument("--source", required=True, help=about("source"))
+    p.add_argument("--target", required=True, help=about("target"))
+    p.add_argument("--seed", type=whole_number, default=0, help=about("seed", "; both prompts are sampled from it"))
     p.add_argument("-o", "--output", required=True, metavar="ATTR.safetensors", help="the attribute file to write")
     knob_args(p)
 
     p = command(sub, "edit", run_edit, "apply attributes to generated or real images", description=EDIT_DESCRIPTION)
     engine_args(p)
-    p.add_argument("--attr", required=True, action="append", metavar="ATTR", help="an attribute file (repeatable)")
-    p.add_argument("--prompt", type=prompt,
-                   help="the prompt of the source image(s): needed for --seeds; for --image its caption, "
-                                    "which may be partial or left out (then the image is inverted without one and "
-                                    "edited along the attributes' own prompt pairs; the JSON line says so)")
+    p.add_argument("--attr", required=True, action="append", metavar="ATTR",
+                   help=about("attributes", f"; an attribute file, repeatable (at most {MAX_ATTRIBUTES})"))
+    p.add_argument("--prompt", default="",
+                   help=about("prompt", ". Without one, an image is inverted without a caption and edited along the "
+                                        "attributes' own prompt pairs; the JSON line says so"))
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--seed", type=seeds, dest="seeds", help="seed of the generated source image")
-    what.add_argument("--seeds", type=seeds, dest="seeds", help="several seeds: 0-99, 1,5,9")
-    what.add_argument("--image", metavar="IMG|DIR", help="a real image, or a folder of images")
-    p.add_argument("--target-prompt", type=prompt, help="the target prompt, instead of deriving it from the attribute")
-    p.add_argument("--strength", type=bounded_numbers(-10, 10, MAX_STRENGTHS), default=[1.0],
-                   help="0 = unchanged, 1 = the learned edit, >1 extrapolates (default 1; -10 to 10). Several, "
-                        "e.g. 0,0.25,0.5,0.75,1: each image is inverted once and re-edited at each strength "
-                        "(runtime/svdedit/runtime/editing/cache.py); the strip shows them left to right")
-    p.add_argument("--batch", type=bounded_int(1, LIMITS.max_batch_size), default=16, help="images per UNet call (default 16)")
+    what.add_argument("--seeds", type=seeds, dest="seeds", help=about("seeds", "; several: 0-99, 1,5,9"))
+    what.add_argument("--image", metavar="IMG|DIR", help=about("images", "; an image file, or a folder of them"))
+    p.add_argument("--target-prompt", help=about("target_prompt"))
+    p.add_argument("--strength", type=numbers, default=[1.0],
+                   help=about("strengths", f"; default 1; e.g. 0,0.25,0.5,0.75,1 (at most {MAX_STRENGTHS}): the "
+                                           f"strip shows them left to right (runtime/svdedit/runtime/editing/cache.py)"))
+    p.add_argument("--batch", type=whole_number, default=16, help=about("batch", "; default 16"))
     p.add_argument("--timings", action="store_true",
                    help="print one more JSON line: seconds spent in each stage (text, vae_encode, invert, "
                         "sample_to_edit, svd_avi, sample_rest, vae_decode) over all images")
@@ -119,16 +117,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_learn(args: argparse.Namespace) -> int:
     from svdedit.runtime.editing.edit import Editor
-
+    from svdedit.runtime.editing.learn import learn
+    from svdedit.runtime.editing.request import LearnRequest
     from svdedit.runtime.errors import SvdeditError
     from svdedit.runtime.files import check_output
 
-    knobs = knobs_from(args)
-    if knobs.iters > LIMITS.max_learn_iters:
-        raise SvdeditError(f"--iters {knobs.iters}: at most {LIMITS.max_learn_iters}.")
-    if not args.source.strip() or not args.target.strip() or args.source.split() == args.target.split():
-        raise SvdeditError(f"--source {args.source!r} and --target {args.target!r} must be two different, non-empty "
-                           f"prompts: the attribute is what changes between them.")
+    request = LearnRequest(args.source, args.target, args.seed, knobs_from(args)).check()
     out = Path(args.output)
     if out.is_dir():
         raise SvdeditError(f"-o {out} is a folder; give a file name such as {out / 'attr.safetensors'}.")
@@ -139,11 +133,12 @@ def run_learn(args: argparse.Namespace) -> int:
         def progress(it, total, losses):
             bar.set_postfix({n[:9]: f"{v:.4f}" for n, v in losses.items()}, refresh=False)
             update(it, total)
-        attr = Editor(pipe).learn(args.source, args.target, seed=args.seed, knobs=knobs, progress=progress)
+        attr = learn(Editor(pipe), request.source, request.target, seed=request.seed, knobs=request.knobs,
+                     progress=progress)
         bar.close()
     attr.save(out)
     print(json.dumps({"output": str(out), "source": attr.source, "target": attr.target, "losses": attr.losses,
-                      "knobs": asdict(knobs)}))
+                      "knobs": asdict(request.knobs)}))
     return 0
 
 
@@ -175,7 +170,7 @@ def run_edit(args: argparse.Namespace) -> int:
     from svdedit.runtime.editing.avi import Attribute
     from svdedit.runtime.editing.cache import EditCache
     from svdedit.runtime.editing.edit import Editor
-    from svdedit.runtime.engines.manifest import read_manifest
+    from svdedit.runtime.editing.request import EditRequest
     from svdedit.runtime.errors import SvdeditError
     from svdedit.runtime.files import check_output
     from svdedit.runtime.images import IMAGE_SUFFIXES as WRITABLE
@@ -183,38 +178,36 @@ def run_edit(args: argparse.Namespace) -> int:
     from svdedit.runtime.timing import NO_STAGES, Stages
 
     files = _image_list(args.image) if args.image else None
-    if files is None and not args.prompt:
-        raise SvdeditError("--seeds generate their source images from --prompt; give one (e.g. --prompt "
-                           "\"a small red square on the left\").")
-    if files is not None and len(files) > LIMITS.max_images:
-        raise SvdeditError(f"--image {args.image} holds {len(files)} images; one run edits at most {LIMITS.max_images}.")
-    count = len(files) if files else len(args.seeds)
+    request = EditRequest(tuple(args.attr), args.prompt, seeds=tuple(args.seeds) if files is None else None,
+                          images=tuple(files) if files is not None else None, strengths=tuple(args.strength),
+                          target_prompt=args.target_prompt, cache_interval=args.cache_interval,
+                          batch=args.batch).check()
+    count = request.count
     out = Path(args.output)
     single = count == 1 and out.suffix.lower() in WRITABLE
     if not single and out.suffix.lower() in WRITABLE:
         raise SvdeditError(f"{count} images to write, but -o {out} names one image file; give a folder instead.")
     check_output(out, "-o", folder=not single, suffixes=tuple(WRITABLE))
-    attrs = [Attribute.load(a) for a in args.attr]            # a bad attribute file fails before any network runs
-    size = read_manifest(args.engine, verify_hashes=False).image_size.default
-    images = np.stack([fit(load_image(f), size) for f in files]) if files else None  # one image at full size at a time
+    pipe = open_pipeline(args)  # the manifest, read once; the networks load on entering it, below
+    attrs = [Attribute.load(a, engine=pipe.manifest.identities()) for a in request.attributes]  # before any network
+    images = np.stack([fit(load_image(f), pipe.size) for f in files]) if files else None  # one at full size at a time
     stages = Stages() if args.timings else NO_STAGES
-    strengths = args.strength
-    with open_pipeline(args) as pipe:
+    strengths = request.strengths
+    with pipe:
         editor = Editor(pipe, stages=stages, cache=EditCache() if len(strengths) > 1 else None)
-        attrs = [Attribute.load(a, engine=editor.engine_ids) for a in args.attr]
-        targets = [args.target_prompt] * count if args.target_prompt else None
+        targets = [request.target_prompt] * count if request.target_prompt else None
         bar, progress = progress_bar("edit", unit="image")
         results = []
         for k, strength in enumerate(strengths):  # the first inverts (or samples); the others re-edit
             def report(done, total, k=k):
                 progress(k * total + done, total * len(strengths))
             if files:
-                results.append(editor.edit_images(attrs, images, [args.prompt or ""] * count, strength=strength,
-                                                  target_prompts=targets, batch=args.batch, progress=report))
+                results.append(editor.edit_images(attrs, images, [request.prompt] * count, strength=strength,
+                                                  target_prompts=targets, batch=request.batch, progress=report))
             else:
-                results.append(editor.edit_seeds(attrs, [args.prompt] * count, args.seeds, strength=strength,
-                                                 target_prompts=targets, batch=args.batch, progress=report))
-        names = [f.stem for f in files] if files else [f"seed{s}" for s in args.seeds]
+                results.append(editor.edit_seeds(attrs, [request.prompt] * count, request.seeds, strength=strength,
+                                                 target_prompts=targets, batch=request.batch, progress=report))
+        names = [f.stem for f in files] if files else [f"seed{s}" for s in request.seeds]
         bar.close()
     written = []
     try:

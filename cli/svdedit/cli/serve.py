@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise SvdeditError(f"serving needs the serve extra ({exc.name} is missing): pip install 'svdedit[serve]'"
                            f"{' or svdedit[ray]' if args.ray else ''}.") from None
-    read_manifest(args.engine_dir, verify_hashes=False)  # a wrong engine dir is an error now, not in a replica
+    manifest = read_manifest(args.engine_dir)  # a wrong engine dir is an error now, not in a replica
     from svdedit.runtime.limits import Limits
 
     names = [f.name for f in fields(ServeSettings) if f.name not in ("engine_dir", "limits")]
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     options["store"] = Path(options["store"]) if options["store"] else None
     settings = ServeSettings.make(Path(args.engine_dir), **options).check()
     if not args.ray:
-        serving.run_uvicorn(settings, args.host, args.port)
+        serving.run_uvicorn(settings, args.host, args.port, manifest)
         return 0
     try:
         autoscaling = json.loads(args.autoscaling) if args.autoscaling else None

@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ---- svdedit demo ----
 def run_demo(args: argparse.Namespace) -> int:
+    from svdedit.runtime.editing.learn import learn
     import numpy as np
 
     from svdedit.runtime.editing.edit import Editor
@@ -61,7 +62,7 @@ def run_demo(args: argparse.Namespace) -> int:
         editor = Editor(pipe)
         bar, progress = progress_bar("learn red -> blue", unit="step")
         knobs = Knobs()
-        attr = editor.learn(DEMO_SOURCE, DEMO_TARGET, seed=0, knobs=knobs,
+        attr = learn(editor, DEMO_SOURCE, DEMO_TARGET, seed=0, knobs=knobs,
                             progress=lambda i, total, losses: progress(i, total))
         bar.close()
         bar, progress = progress_bar("edit", unit="image")

@@ -60,11 +60,19 @@ class PromptTruncatedWarning(UserWarning):
 
 
 class InvalidRequestError(SvdeditError):
-    """A request to the service has a field with a value it cannot take; `field` names it (e.g. "seeds")."""
+    """A request (a command, a call to the service, a library call: runtime/editing/request.py) has a field with a
+    value it cannot take. `field` names it as the runtime's request values do ("seeds", "knobs.t_edit"); the
+    message says what is wrong and how to fix it, and may write the field as "{field}", so that each front end
+    names it its own way (`spelt`: "--t-edit" on the command line, "knobs.t_edit" in the service's JSON)."""
 
     def __init__(self, field: str, message: str):
-        super().__init__(message)
         self.field = field
+        self.template = message
+        super().__init__(self.spelt(field))
+
+    def spelt(self, name: str) -> str:
+        """The message with the field written as `name`."""
+        return self.template.replace("{field}", name)
 
 
 class BusyError(SvdeditError):

@@ -104,7 +104,7 @@ def atomic_dir(final: str | os.PathLike, replace: bool = False) -> Iterator[Path
         if final.exists():
             if not replace:
                 raise SvdeditError(f"{final} appeared while it was being written (another process wrote it); it was "
-                                   f"left as it is. Run again (with --force to replace it).")
+                                   f"left as it is. Run again, choosing to replace it (the command's force option).")
             old = _temp_sibling(final, "old")
             os.rename(final, old)
             os.rename(tmp, final)

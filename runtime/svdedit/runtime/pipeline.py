@@ -30,7 +30,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from svdedit.runtime import ddim
-from svdedit.runtime.engines import open_engines, read_manifest
+from svdedit.runtime.engines import Manifest, open_engines, read_manifest
 from svdedit.runtime.errors import NonFiniteLatentError, SvdeditError
 from svdedit.runtime.text import Tokenizer
 
@@ -52,13 +52,19 @@ class Intervals:
 
 
 class Pipeline:
-    def __init__(self, engine_dir: str | Path, provider: str = "auto", intervals: Intervals | None = None):
+    def __init__(self, engine_dir: str | Path, provider: str = "auto", intervals: Intervals | None = None,
+                 manifest: Manifest | None = None):
         """`engine_dir`: a folder, or a built-in name (svdedit:shapes). `intervals`: step caching (default: the
-        engine's own, recorded at export; 1 and 1 without --step-cache)."""
+        engine's own, recorded at export; 1 and 1 for an engine without step caching). `manifest`: the one
+        read_manifest returned for this dir, when the caller has read it already (else it is read here: files
+        hashed when new or changed since this user last hashed them, engines/verified.py).
+
+        Constructing is cheap (the manifest, the schedule, the tokenizer); the networks are loaded on entering
+        the `with` block."""
         from svdedit.runtime.engines.names import resolve_engine
 
         self.engine_dir = resolve_engine(engine_dir)
-        self.manifest = read_manifest(self.engine_dir)
+        self.manifest = manifest if manifest is not None else read_manifest(self.engine_dir)
         m = self.manifest
         self.intervals = self.check_intervals(intervals or self.default_intervals)
         self.schedule = ddim.Schedule.from_json(self.engine_dir / m.schedule.file)
@@ -100,8 +106,8 @@ class Pipeline:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
                 raise SvdeditError(f"the step-cache interval ({name}) must be a whole number from 1 to 1000, not {value!r}.")
         if intervals != Intervals() and not self.manifest.split_unet:
-            raise SvdeditError(f"{self.engine_dir} was exported without --step-cache, so its UNet cannot skip its deep "
-                               f"branch: use a cache interval of 1, or export the model again with --step-cache.")
+            raise SvdeditError(f"{self.engine_dir} was exported without step caching, so its UNet cannot skip its deep "
+                               f"branch: use a cache interval of 1, or export the model again with step caching.")
         return intervals
 
     @contextmanager
@@ -205,7 +211,7 @@ class Pipeline:
             if isinstance(x, np.ndarray) and not np.all(np.isfinite(x)):
                 raise NonFiniteLatentError(
                     f"NaN or inf appeared in the latents at step {i + 1} (timestep {t}). With an fp16 engine this is "
-                    f"usually an overflow: re-export with --precision fp32, or use a smaller guidance scale.")
+                    f"usually an overflow: export the model again in fp32 precision, or use a smaller guidance scale.")
             if progress is not None:
                 progress(i + 1 - offset, steps)
         return callback

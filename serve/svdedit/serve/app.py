@@ -1,7 +1,10 @@
 """The HTTP API (FastAPI): the routes, the errors they answer with, the metrics, and the web page.
 
-    app = create_app(LocalBackend(ServeSettings(engine_dir)))     # uvicorn (svdedit serve)
+    app = create_app(LocalBackend(ServeSettings(engine_dir)))     # uvicorn (svdedit serve): backend.py
     # or, in each Ray Serve replica (ray_app.py): create_app(replica), the same routes
+
+A route turns its body (models.py) into the runtime's request value (runtime/svdedit/runtime/editing/
+request.py), which the backend checks and runs; errors.py answers every error in one shape.
 
 Routes (versioned, OpenAPI schema at /docs):
 
@@ -14,8 +17,9 @@ Routes (versioned, OpenAPI schema at /docs):
 Every error is JSON, {"error": {"status", "field", "message"}}: a user mistake is a 4xx that names the
 field and the fix (runtime errors map by type: InvalidRequestError 422, ImageTooLargeError 413,
 NotFoundError 404, AttributeFileError 409, NonFiniteLatentError 422, BusyError 503 with Retry-After,
-a request timeout 504, any other SvdeditError 400); a bug is a 500 without a traceback in the body (it goes to the log). The routes know nothing of
-batching: they hand each edit job to the backend, which batches it (batching.py or @serve.batch).
+a request timeout 504, any other SvdeditError 400; errors.py); a bug is a 500 without a traceback in the
+body (it goes to the log). The routes know nothing of batching: they hand each edit to the backend, which
+batches it (batching.py or @serve.batch).
 """
 
 from __future__ import annotations
@@ -25,125 +29,29 @@ import base64
 import binascii
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from svdedit.runtime.errors import (
-    AttributeFileError,
-    BusyError,
-    ImageTooLargeError,
-    InvalidRequestError,
-    NonFiniteLatentError,
-    NotFoundError,
-    SvdeditError,
+from svdedit.runtime.errors import ImageTooLargeError, InvalidRequestError, SvdeditError
+from svdedit.serve.backend import Backend, LocalBackend
+from svdedit.serve.errors import RequestTimeout, described, error_response
+from svdedit.serve.models import (
+    AttributeInfo,
+    EditBody,
+    EditResponse,
+    GenerateBody,
+    GenerateResponse,
+    LearnBody,
 )
-from svdedit.serve.batching import MicroBatcher
-from svdedit.serve.metrics import Metrics
-from svdedit.serve.service import EditOutcome, EditRequestFields, EditService
-from svdedit.serve.settings import ServeSettings
 
 log = logging.getLogger("svdedit.serve")
 STATIC = Path(__file__).parent / "static"
-
-
-# --------------------------------------------------------------------------------------------------
-# Backends: who runs the model work. The routes see only this interface.
-# --------------------------------------------------------------------------------------------------
-class Backend:
-    """The work behind the routes. Every method may raise a SvdeditError (the routes answer it as a 4xx/503)."""
-
-    settings: ServeSettings
-    metrics: Metrics
-
-    async def edit(self, request: EditRequestFields) -> EditOutcome:
-        """Validate the request, then run it in a batch with whatever else arrives."""
-        raise NotImplementedError
-
-    async def learn(self, source: str, target: str, seed: int, knobs: dict) -> dict:
-        raise NotImplementedError
-
-    async def generate(self, prompt: str, seed: int, steps: int, guidance: float) -> bytes:
-        raise NotImplementedError
-
-    async def attributes(self) -> list[dict]:
-        raise NotImplementedError
-
-    async def attribute(self, attr_id: str) -> dict:
-        raise NotImplementedError
-
-    async def delete_attribute(self, attr_id: str) -> None:
-        raise NotImplementedError
-
-    async def ready(self) -> bool:
-        raise NotImplementedError
-
-    def queue_images(self) -> int:
-        """Images this front end holds: waiting for a batch or in one."""
-        return 0
-
-
-class LocalBackend(Backend):
-    """One process (uvicorn): one worker thread for the engines, the micro-batcher in front of it."""
-
-    def __init__(self, settings: ServeSettings):
-        self.settings = settings.check()
-        self.service = EditService(settings)
-        self.metrics = Metrics(self.queue_images, self.service.cache)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svdedit-engines")
-        self.batcher: MicroBatcher | None = None
-
-    async def start(self) -> None:
-        s = self.settings
-        self.batcher = MicroBatcher(self.service.run_batch, self.executor, s.max_batch, s.max_wait_ms, s.max_queue)
-        self.batcher.start()
-        opening = asyncio.get_running_loop().run_in_executor(self.executor, self.service.open)  # see /readyz
-        opening.add_done_callback(lambda f: f.exception() and log.error("opening the engines failed: %s", f.exception()))
-
-    async def close(self) -> None:
-        if self.batcher is not None:
-            await self.batcher.close()
-        await self._run(self.service.close)
-        self.executor.shutdown(wait=True)
-
-    async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    async def edit(self, request: EditRequestFields) -> EditOutcome:
-        job = self.service.edit_job(request)
-        outcome = await self.batcher.submit(job, job.n_images)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    async def learn(self, source: str, target: str, seed: int, knobs: dict) -> dict:
-        return await self._run(self.service.learn, source, target, seed, knobs)
-
-    async def generate(self, prompt: str, seed: int, steps: int, guidance: float) -> bytes:
-        return await self._run(self.service.generate, prompt, seed, steps, guidance)
-
-    async def attributes(self) -> list[dict]:
-        return self.service.attributes().list()
-
-    async def attribute(self, attr_id: str) -> dict:
-        return self.service.attributes().describe(attr_id)
-
-    async def delete_attribute(self, attr_id: str) -> None:
-        self.service.attributes().delete(attr_id)
-
-    async def ready(self) -> bool:
-        return self.service.ready
-
-    def queue_images(self) -> int:
-        return self.batcher.images_waiting if self.batcher is not None else 0
 
 
 def backend_of(request: Request) -> Backend:
@@ -151,67 +59,11 @@ def backend_of(request: Request) -> Backend:
 
 
 # --------------------------------------------------------------------------------------------------
-# The API's request and response bodies
-# --------------------------------------------------------------------------------------------------
-class LearnRequest(BaseModel):
-    source: str = Field(description="the source prompt, e.g. 'a large red circle in the middle'")
-    target: str = Field(description="the attribute prompt, e.g. 'a large blue circle in the middle'")
-    seed: int = Field(0, description="seed of the one noise both prompts are sampled from")
-    knobs: dict[str, Any] = Field(default_factory=dict, description="any of `svdedit learn`'s knobs, e.g. {'t_edit': 0.5}")
-
-
-class AttributeInfo(BaseModel):
-    id: str
-    source: str
-    target: str
-    seed: int
-    knobs: dict[str, Any]
-    losses: dict[str, float]
-
-
-class EditRequest(BaseModel):
-    prompt: str = Field("", description="the prompt of the generated images (needed with seeds), or the image's "
-                                        "caption (may be partial or empty), e.g. 'a small red square on the left'")
-    attributes: list[str] = Field(description="ids of learned attributes, applied together")
-    strength: float = Field(1.0, description="0 = unchanged, 1 = the learned edit, >1 extrapolates")
-    seeds: list[int] | None = Field(None, description="edit generated images: one per seed")
-    image: str | None = Field(None, description="or edit this image: base64 of a PNG/JPEG/WebP file")
-    target_prompt: str | None = Field(None, description="default: the prompt with the attributes' word changes")
-    cache_interval: int | None = Field(None, description="step caching (an engine exported with --step-cache): the "
-                                                          "UNet's deep branch every N sampling steps; 1 = exact; "
-                                                          "default: the engine's own")
-
-
-class EditedImage(BaseModel):
-    image: str = Field(description="the edited image, base64 PNG")
-    source: str | None = Field(None, description="the generated source image, base64 PNG (seeds only)")
-    seed: int | None = None
-    target_prompt: str
-
-
-class EditResponse(BaseModel):
-    edits: list[EditedImage]
-    seconds_per_stage: dict[str, float] = Field(description="wall time of each stage of the batch this request ran in")
-    batch_images: int = Field(description="images in that batch (this request's and others')")
-
-
-class GenerateRequest(BaseModel):
-    prompt: str
-    seed: int = 0
-    steps: int = 50
-    guidance: float = 3.0
-
-
-class GenerateResponse(BaseModel):
-    image: str = Field(description="base64 PNG")
-
-
-# --------------------------------------------------------------------------------------------------
 # Routes
 # --------------------------------------------------------------------------------------------------
 router = APIRouter()
 EDIT_BODY = {"requestBody": {"content": {
-    "application/json": {"schema": EditRequest.model_json_schema()},
+    "application/json": {"schema": EditBody.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "required": ["prompt", "attributes", "image"], "properties": {
         "prompt": {"type": "string"}, "attributes": {"type": "string", "description": "ids, comma-separated"},
         "strength": {"type": "number"}, "target_prompt": {"type": "string"}, "cache_interval": {"type": "integer"},
@@ -239,10 +91,10 @@ async def metrics(request: Request) -> Response:
 
 
 @router.post("/v1/attributes", tags=["attributes"], response_model=AttributeInfo, status_code=201)
-async def learn_attribute(request: Request, body: LearnRequest) -> dict:
+async def learn_attribute(request: Request, body: LearnBody) -> dict:
     """Learn an attribute from one prompt pair; the same request again gives the same id."""
     backend = backend_of(request)
-    return await _timed(backend, backend.learn(body.source, body.target, body.seed, body.knobs))
+    return await _timed(backend, backend.learn(body.request()))
 
 
 @router.get("/v1/attributes", tags=["attributes"], response_model=list[AttributeInfo])
@@ -267,9 +119,7 @@ async def create_edit(request: Request) -> dict:
     backend = backend_of(request)
     body = await _edit_request(request)
     image = _base64_image(body.image) if body.image is not None else None
-    fields = EditRequestFields(body.prompt, body.attributes, body.strength, body.seeds, image, body.target_prompt,
-                               body.cache_interval)
-    outcome = await _timed(backend, backend.edit(fields))
+    outcome = await _timed(backend, backend.edit(body.request(image)))
     backend.metrics.batch_images.observe(outcome.batch_images)
     seeds = body.seeds or [None]
     return {"edits": [{"image": _b64(edited), "source": _b64(source) if source else None, "seed": seed,
@@ -280,9 +130,9 @@ async def create_edit(request: Request) -> dict:
 
 
 @router.post("/v1/generate", tags=["edits"], response_model=GenerateResponse)
-async def generate(request: Request, body: GenerateRequest) -> dict:
+async def generate(request: Request, body: GenerateBody) -> dict:
     backend = backend_of(request)
-    png = await _timed(backend, backend.generate(body.prompt, body.seed, body.steps, body.guidance))
+    png = await _timed(backend, backend.generate(body.request()))
     return {"image": _b64(png)}
 
 
@@ -299,19 +149,7 @@ async def _timed(backend: Backend, work):
                              f"given up; the service is overloaded or the request too large.") from None
 
 
-class RequestTimeout(SvdeditError):
-    pass
-
-
-class ServiceError(SvdeditError):
-    """An error that crossed a process boundary (a Ray replica's), with the status it is answered with."""
-
-    def __init__(self, status: int, message: str, field: str | None = None, retry_after_s: float | None = None):
-        super().__init__(message)
-        self.status, self.field, self.retry_after_s = status, field, retry_after_s
-
-
-async def _edit_request(request: Request) -> EditRequest:
+async def _edit_request(request: Request) -> EditBody:
     """The edit's fields from JSON or from a multipart form (whose image file is read into base64)."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         limit = backend_of(request).settings.limits.max_file_bytes
@@ -334,7 +172,7 @@ async def _edit_request(request: Request) -> EditRequest:
             raise InvalidRequestError("body", "the body is not JSON; send application/json (or a multipart form with "
                                               "an image file).") from None
     try:
-        return EditRequest.model_validate(raw)
+        return EditBody.model_validate(raw)
     except Exception as exc:  # pydantic's ValidationError
         raise RequestValidationError(exc.errors()) from None
 
@@ -352,26 +190,12 @@ def _b64(png: bytes) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Errors, request limits, metrics
+# Error handlers, request limits, metrics
 # --------------------------------------------------------------------------------------------------
-STATUS = [(InvalidRequestError, 422), (NonFiniteLatentError, 422), (ImageTooLargeError, 413), (NotFoundError, 404),
-          (AttributeFileError, 409), (BusyError, 503), (RequestTimeout, 504), (SvdeditError, 400)]
-
-
-def error_response(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "field": field, "message": message}}, status_code=status,
-                        headers=headers)
-
-
-def status_of(exc: SvdeditError) -> int:
-    """The HTTP status a user-facing error is answered with."""
-    return exc.status if isinstance(exc, ServiceError) else next(code for kind, code in STATUS if isinstance(exc, kind))
-
-
 async def _svdedit_error(request: Request, exc: SvdeditError) -> JSONResponse:
     retry = getattr(exc, "retry_after_s", None)
     headers = {"Retry-After": str(max(1, round(retry)))} if retry else None
-    return error_response(status_of(exc), str(exc), getattr(exc, "field", None), headers)
+    return error_response(*described(exc), headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -26,9 +26,12 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from svdedit.runtime.errors import SvdeditError
-from svdedit.serve.app import Backend, ServiceError, create_app, status_of
+from svdedit.runtime.editing.request import EditRequest, GenerateRequest, LearnRequest
+from svdedit.serve.app import create_app
+from svdedit.serve.backend import Backend
+from svdedit.serve.errors import ServiceError, described
 from svdedit.serve.metrics import Metrics
-from svdedit.serve.service import EditJob, EditOutcome, EditRequestFields, EditService
+from svdedit.serve.service import EditJob, EditOutcome, EditService
 from svdedit.serve.settings import ServeSettings
 
 log = logging.getLogger("svdedit.serve")
@@ -38,7 +41,7 @@ RETRIES = 2
 
 def _as_data(exc: Exception) -> tuple:
     if isinstance(exc, SvdeditError):
-        return ("error", status_of(exc), str(exc), getattr(exc, "field", None), getattr(exc, "retry_after_s", None))
+        return ("error", *described(exc), getattr(exc, "retry_after_s", None))
     log.error("unexpected error in a model replica: %r", exc)
     return ("error", 500, f"an internal error ({type(exc).__name__}) stopped this request; it is logged.", None, None)
 
@@ -62,7 +65,7 @@ class SvdeditModel:
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def edit(self, request: EditRequestFields) -> tuple:
+    async def edit(self, request: EditRequest) -> tuple:
         async def work():
             outcome = await self.edit_batch(self.service.edit_job(request))
             if isinstance(outcome, Exception):
@@ -74,11 +77,11 @@ class SvdeditModel:
     async def edit_batch(self, jobs: list[EditJob]) -> list[EditOutcome | Exception]:
         return await self._run(self.service.run_batch, jobs)
 
-    async def learn(self, source: str, target: str, seed: int, knobs: dict) -> tuple:
-        return await self._guarded(self._run(self.service.learn, source, target, seed, knobs))
+    async def learn(self, request: LearnRequest) -> tuple:
+        return await self._guarded(self._run(self.service.learn, request))
 
-    async def generate(self, prompt: str, seed: int, steps: int, guidance: float) -> tuple:
-        return await self._guarded(self._run(self.service.generate, prompt, seed, steps, guidance))
+    async def generate(self, request: GenerateRequest) -> tuple:
+        return await self._guarded(self._run(self.service.generate, request))
 
     async def store(self, operation: str, *args) -> tuple:
         async def work():
@@ -115,7 +118,7 @@ class SvdeditGateway(Backend):
             raise ServiceError(status, message, field, retry)
         return result[1]
 
-    async def edit(self, request: EditRequestFields) -> EditOutcome:
+    async def edit(self, request: EditRequest) -> EditOutcome:
         images = len(request.seeds) if request.seeds else 1
         self.images_in_flight += images
         try:
@@ -123,11 +126,11 @@ class SvdeditGateway(Backend):
         finally:
             self.images_in_flight -= images
 
-    async def learn(self, source: str, target: str, seed: int, knobs: dict) -> dict:
-        return await self._call("learn", source, target, seed, knobs)
+    async def learn(self, request: LearnRequest) -> dict:
+        return await self._call("learn", request)
 
-    async def generate(self, prompt: str, seed: int, steps: int, guidance: float) -> bytes:
-        return await self._call("generate", prompt, seed, steps, guidance)
+    async def generate(self, request: GenerateRequest) -> bytes:
+        return await self._call("generate", request)
 
     async def attributes(self) -> list[dict]:
         return await self._call("store", "list")

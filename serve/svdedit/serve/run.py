@@ -9,14 +9,16 @@ from svdedit.serve.settings import ServeSettings
 log = logging.getLogger("svdedit.serve")
 
 
-def run_uvicorn(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
+def run_uvicorn(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, manifest=None) -> None:
     """Serve until SIGINT/SIGTERM; then stop accepting, let the requests in flight finish (up to the request
-    timeout), close the engines and exit (uvicorn's graceful shutdown and the app's lifespan)."""
+    timeout), close the engines and exit (uvicorn's graceful shutdown and the app's lifespan). `manifest`: the
+    engine dir's, when the caller has read it already."""
     import uvicorn
 
-    from svdedit.serve.app import LocalBackend, create_app
+    from svdedit.serve.app import create_app
+    from svdedit.serve.backend import LocalBackend
 
-    app = create_app(LocalBackend(settings))
+    app = create_app(LocalBackend(settings, manifest))
     uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,
                 log_level="info")
 

@@ -2,8 +2,11 @@
 
     service = EditService(ServeSettings(engine_dir))
     service.open()                                  # the engines, once per process
-    job = service.edit_job(EditRequestFields(prompt, [attribute_id], strength=0.8, seeds=[1, 2]))   # checked
+    job = service.edit_job(EditRequest((attribute_id,), prompt, seeds=(1, 2), strengths=(0.8,)))   # checked
     outcomes = service.run_batch([job, other_job])  # one batch: shared UNet calls where the knobs agree
+
+The requests are the runtime's own values (runtime/svdedit/runtime/editing/request.py), checked here
+against this service's limits before anything waits in a queue.
 
 `run_batch` is what both front ends feed: the local micro-batcher under uvicorn (batching.py) and
 Ray Serve's @serve.batch (ray_app.py). Jobs whose attributes share the knobs of the edit
@@ -15,17 +18,19 @@ front end's one worker thread.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from svdedit.runtime.editing.cache import EditCache
 from svdedit.runtime.editing.edit import Editor, Recipe
-from svdedit.runtime.editing.knobs import Knobs
+from svdedit.runtime.editing.learn import learn
+from svdedit.runtime.editing.request import EditRequest, GenerateRequest, LearnRequest
+from svdedit.runtime.engines import Manifest
 from svdedit.runtime.errors import InvalidRequestError, SvdeditError
 from svdedit.runtime.images import decode_image, encode_png, fit, to_uint8
 from svdedit.runtime.pipeline import Intervals, Pipeline
@@ -34,19 +39,6 @@ from svdedit.serve.settings import ServeSettings, default_store_root
 from svdedit.serve.store import AttributeStore
 
 log = logging.getLogger("svdedit.serve")
-
-
-@dataclass
-class EditRequestFields:
-    """An edit request as the client sent it (not yet checked)."""
-
-    prompt: str
-    attributes: list[str]
-    strength: float = 1.0
-    seeds: list[int] | None = None
-    image: bytes | None = None         # the file's bytes
-    target_prompt: str | None = None
-    cache_interval: int | None = None  # step caching of sampling; None: the engine's own
 
 
 @dataclass
@@ -82,6 +74,9 @@ class EditOutcome:
 class EditService:
     def __init__(self, settings: ServeSettings):
         self.settings = settings.check()
+        #: what one request may ask for: the limits, with no more seeds than the queue holds and one image
+        self.limits = dataclasses.replace(settings.limits, max_seeds=min(settings.limits.max_seeds, settings.max_queue),
+                                          max_images=1)
         self.pipe: Pipeline | None = None
         self.store: AttributeStore | None = None
         #: each image's inversion and pair, reused by the next edit of the same image (strength slider)
@@ -89,8 +84,9 @@ class EditService:
         self._opened = threading.Event()
 
     # ---- lifecycle ----
-    def open(self) -> "EditService":
-        pipe = Pipeline(self.settings.engine_dir, self.settings.provider).__enter__()
+    def open(self, manifest: Manifest | None = None) -> "EditService":
+        """Load the engines (`manifest`: the engine dir's, if the caller has read it already)."""
+        pipe = Pipeline(self.settings.engine_dir, self.settings.provider, manifest=manifest).__enter__()
         ids = pipe.manifest.identities()
         self.store = AttributeStore(self.settings.store or default_store_root() / ids[0][:16], ids)
         self.pipe = pipe
@@ -116,53 +112,39 @@ class EditService:
             raise BusyError("the engines are still loading; try again in a few seconds.", retry_after_s=2.0)
 
     # ---- requests into jobs (validated before they wait in a queue) ----
-    def edit_job(self, request: EditRequestFields) -> EditJob:
-        """The request checked against the limits and the store, as a job ready to batch; InvalidRequestError
-        (naming the field), NotFoundError or ImageTooLargeError otherwise."""
+    def edit_job(self, request: EditRequest) -> EditJob:
+        """The request checked (its fields against this service's limits; its attributes against the store and
+        each other; its image decoded), as a job ready to batch; InvalidRequestError (naming the field),
+        NotFoundError or ImageTooLargeError otherwise."""
         self._require_ready()
-        prompt, attribute_ids, strength = request.prompt, request.attributes, request.strength
-        seeds, image, target_prompt = request.seeds, request.image, request.target_prompt
-        s = self.settings
-        self._check_prompt("prompt", prompt)
-        if target_prompt is not None:
-            self._check_prompt("target_prompt", target_prompt)
-        if (seeds is None) == (image is None):
-            raise InvalidRequestError("seeds", "give either seeds (to edit generated images) or an image, not both "
-                                               "and not neither.")
-        if seeds is not None and not prompt:
-            raise InvalidRequestError("prompt", "seeds are generated from the prompt; give one (an image may come "
-                                                "without a caption, seeds may not).")
-        most = min(s.limits.max_seeds, s.max_queue)
-        if seeds is not None and not 1 <= len(seeds) <= most:
-            raise InvalidRequestError("seeds", f"{len(seeds)} seeds given; one request takes 1 to {most} "
-                                               f"(send several requests for more).")
-        if not np.isfinite(strength) or abs(strength) > 10:
-            raise InvalidRequestError("strength", f"strength {strength} is out of range; give a number from -10 to 10 "
-                                                  f"(0 = unchanged, 1 = the learned edit).")
-        if not attribute_ids:
-            raise InvalidRequestError("attributes", "give at least one attribute id (learn one with POST /v1/attributes).")
-        attrs = tuple(self.store.get(a) for a in attribute_ids)
-        recipe = Recipe(attrs, float(strength))
+        request = request.check(self.limits)
+        if len(request.strengths) != 1:
+            raise InvalidRequestError("strengths", "{field}: one strength per request (send one request per strength: "
+                                                   "the edit cache makes each after the first cheap).")
+        attrs = tuple(self.store.get(a) for a in request.attributes)
+        recipe = Recipe(attrs, request.strengths[0])
         try:
             Editor(self.pipe).check([recipe])  # attributes that cannot be combined fail here, not in a batch
         except InvalidRequestError:
             raise
         except SvdeditError as exc:
             raise InvalidRequestError("attributes", str(exc)) from None
+        target_prompt = request.target_prompt
         if target_prompt is None:
             try:
-                target_prompt = Editor.targets(attrs, [prompt])[0]
+                target_prompt = Editor.targets(attrs, [request.prompt])[0]
             except SvdeditError as exc:  # a prompt without the attribute's word: fine for an image, not for seeds
-                if seeds is not None:
+                if request.seeds is not None:
                     raise InvalidRequestError("prompt", str(exc)) from None
         fitted = None
-        if image is not None:
-            if len(image) > s.limits.max_file_bytes:
-                raise InvalidRequestError("image", f"the image is {len(image)} bytes; the limit is "
-                                                   f"{s.limits.max_file_bytes} bytes.")
-            fitted = fit(decode_image(image, "the uploaded image", s.limits), self.pipe.size)
-        return EditJob(recipe, prompt, target_prompt, list(seeds) if seeds is not None else None, fitted,
-                       self._intervals(request.cache_interval))
+        if request.images is not None:
+            image = request.images[0]
+            if len(image) > self.limits.max_file_bytes:
+                raise InvalidRequestError("images", f"the image is {len(image)} bytes; the limit is "
+                                                    f"{self.limits.max_file_bytes} bytes.")
+            fitted = fit(decode_image(image, "the uploaded image", self.limits), self.pipe.size)
+        return EditJob(recipe, request.prompt, target_prompt, list(request.seeds) if request.seeds is not None else None,
+                       fitted, self._intervals(request.cache_interval))
 
     def _intervals(self, cache_interval: int | None) -> Intervals:
         default = self.pipe.default_intervals
@@ -172,15 +154,6 @@ class EditService:
             return self.pipe.check_intervals(Intervals(cache_interval, default.invert))
         except SvdeditError as exc:
             raise InvalidRequestError("cache_interval", str(exc)) from None
-
-    def _check_prompt(self, field: str, prompt: str) -> None:
-        if len(prompt) > self.settings.limits.max_prompt_chars:
-            raise InvalidRequestError(field, f"the {field} is {len(prompt)} characters long; the limit is "
-                                             f"{self.settings.limits.max_prompt_chars} (the text encoder reads 77 tokens).")
-        try:
-            prompt.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidRequestError(field, f"the {field} is not valid UTF-8 text.") from None
 
     # ---- the batched work ----
     def run_batch(self, jobs: Sequence[EditJob]) -> list[EditOutcome | Exception]:
@@ -237,38 +210,16 @@ class EditService:
         self._require_ready()
         return self.store
 
-    def learn(self, source: str, target: str, seed: int = 0, knobs: dict | None = None) -> dict:
+    def learn(self, request: LearnRequest) -> dict:
         """Learn an attribute, store it, and describe it (with its id)."""
         self._require_ready()
-        self._check_prompt("source", source)
-        self._check_prompt("target", target)
-        known = {f.name for f in fields(Knobs)}
-        unknown = sorted(set(knobs or {}) - known)
-        if unknown:
-            raise InvalidRequestError("knobs", f"unknown knob(s) {', '.join(unknown)}; the knobs are "
-                                               f"{', '.join(sorted(known))}.")
-        try:
-            k = Knobs(**(knobs or {})).check()
-        except TypeError as exc:
-            raise InvalidRequestError("knobs", f"a knob has a value of the wrong type ({exc}).") from None
-        lim = self.settings.limits
-        if k.steps > lim.max_steps or k.iters > lim.max_learn_iters:
-            raise InvalidRequestError("knobs", f"steps {k.steps} / iters {k.iters}: this service allows at most "
-                                               f"{lim.max_steps} steps and {lim.max_learn_iters} iters.")
-        if not source.strip() or not target.strip() or source.split() == target.split():
-            raise InvalidRequestError("target", "source and target must be two different, non-empty prompts: the "
-                                                "attribute is what changes between them.")
-        attr = Editor(self.pipe).learn(source, target, seed=seed, knobs=k)
+        request = request.check(self.limits)
+        attr = learn(Editor(self.pipe), request.source, request.target, seed=request.seed, knobs=request.knobs)
         return self.store.describe(self.store.save(attr))
 
-    def generate(self, prompt: str, seed: int = 0, steps: int = 50, guidance: float = 3.0) -> bytes:
+    def generate(self, request: GenerateRequest) -> bytes:
         """Text to image (PNG)."""
         self._require_ready()
-        self._check_prompt("prompt", prompt)
-        if not 1 <= steps <= self.settings.limits.max_steps:
-            raise InvalidRequestError("steps", f"steps {steps}: give 1 to {self.settings.limits.max_steps}.")
-        if not 0 <= seed < 2**63 or not math.isfinite(guidance) or not 0 <= guidance <= 100:
-            raise InvalidRequestError("seed" if not 0 <= seed < 2**63 else "guidance",
-                                      f"seed {seed} / guidance {guidance}: a seed is 0 to 2**63 - 1, guidance 0 to 100.")
-        latent = self.pipe.generate(prompt, seed=seed, steps=steps, guidance=guidance)
+        r = request.check(self.limits)
+        latent = self.pipe.generate(r.prompt, seed=r.seed, steps=r.steps, guidance=r.guidance)
         return encode_png(to_uint8(self.pipe.decode(latent))[0])

@@ -12,7 +12,7 @@ from svdedit.runtime.editing import avi
 from svdedit.runtime.editing.avi import Attribute
 from svdedit.runtime.editing.edit import retarget
 from svdedit.runtime.editing.knobs import Knobs
-from svdedit.runtime.errors import AttributeFileError, SvdeditError
+from svdedit.runtime.errors import AttributeFileError, InvalidRequestError, SvdeditError
 
 
 def _pair64(seed: int = 0, k: int = 3, tail: bool = True) -> avi.Pair:
@@ -150,12 +150,15 @@ def test_applying_to_latents_of_another_size_is_refused():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(t_edit=1.0), "--t-edit"), (dict(k=0), "--k"), (dict(continuation="both"), "--continuation"),
-    (dict(w_target=-1.0), "--w-target"), (dict(w_target=0.0, w_source=0.0), "both 0"), (dict(window=0), "--window"),
+    (dict(t_edit=1.0), "knobs.t_edit"), (dict(k=0), "knobs.k"), (dict(continuation="both"), "knobs.continuation"),
+    (dict(w_target=-1.0), "knobs.w_target"), (dict(w_target=0.0, w_source=0.0), "both 0"),
+    (dict(window=0), "knobs.window"),
 ])
 def test_bad_knobs_are_named(change, message):
-    with pytest.raises(SvdeditError, match=message):
+    """In the runtime's own terms (the request's field), never a command-line flag: the front ends spell it."""
+    with pytest.raises(InvalidRequestError, match=message) as caught:
         Knobs(**change).check()
+    assert caught.value.field.startswith("knobs.") and "--" not in str(caught.value)
 
 
 def test_retarget_applies_the_word_change():

@@ -170,6 +170,7 @@ def test_nan_during_a_probe_stops_it_and_names_the_step(shapes_engine, tmp_path,
 
 def test_one_batch_may_mix_recipes_and_each_image_is_edited_as_alone(shapes_engine, learned):
     """What the server's dynamic batching relies on: images with other attributes and strengths in one batch."""
+    from svdedit.runtime.editing.learn import learn
     from svdedit.runtime.editing import Editor
     from svdedit.runtime.editing.edit import Recipe
     from svdedit.runtime.editing.knobs import Knobs
@@ -178,7 +179,7 @@ def test_one_batch_may_mix_recipes_and_each_image_is_edited_as_alone(shapes_engi
     with Pipeline(shapes_engine) as pipe:
         editor = Editor(pipe)
         red2blue = Attribute.load(learned)
-        small2large = editor.learn("a small green square in the middle", "a large green square in the middle",
+        small2large = learn(editor, "a small green square in the middle", "a large green square in the middle",
                                    knobs=Knobs(iters=60))
         recipes = [Recipe((red2blue,), 1.0), Recipe((small2large,), 0.7), Recipe((red2blue, small2large), 0.4)]
         prompts = ["a small red square on the left", "a small green circle on the right", "a small red circle in the middle"]
@@ -222,4 +223,4 @@ def test_an_image_without_a_caption_is_edited_along_the_attribute(shapes_engine,
 
     assert read_attributes(np.asarray(Image.open(tmp_path / "out.png")))["colour"] == "blue"
     assert_clear_error(run_cli("edit", "--engine", shapes_engine, "--attr", learned, "--seeds", "1",
-                               "-o", tmp_path / "s.png"), "edit", "--seeds generate their source images from --prompt")
+                               "-o", tmp_path / "s.png"), "edit", "seeds are generated from the prompt; give one in --prompt")

@@ -50,7 +50,7 @@ def test_check_refuses_damaged_engine_dirs(engine_dirs, tmp_path, damage, phrase
 
 def test_unknown_provider_is_a_clear_error(engine_dirs):
     assert_clear_error(run_cli("check", engine_dirs["sd1"], "--provider", "rocm"), "check",
-                       "--provider 'rocm' is not available")
+                       "the provider 'rocm' is not available")
 
 
 def test_every_command_explains_itself():

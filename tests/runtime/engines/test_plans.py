@@ -13,7 +13,8 @@ import pytest
 from svdedit.export.build import BuildOptions, record_build
 from svdedit.runtime.engines import plans as plans_mod
 from svdedit.runtime.engines.manifest import Manifest, read_manifest
-from svdedit.runtime.engines.tensorrt import device_key, find_plans
+from svdedit.runtime.engines.plans import device_key
+from svdedit.runtime.engines.tensorrt import find_plans
 from svdedit.runtime.errors import SvdeditError, TensorrtError
 from svdedit.runtime.files import sha256_file
 from tests.conftest import requires_torch

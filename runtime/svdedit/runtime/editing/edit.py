@@ -1,4 +1,4 @@
-"""Editing through the engines: learn an attribute from one prompt pair (AVI), apply it to seeds and images.
+"""Editing through the engines: apply learned attributes (AVI) to generated and real images.
 
 The story of one edit, top to bottom, as the public methods of ``Editor`` tell it (T_x = the step
 nearest knobs.t_edit of the schedule, ``edit_step``):
@@ -25,12 +25,12 @@ The target prompt of a new image comes from its own prompt by the attribute's wo
 ``retarget``; ``target_prompts=`` overrides it. Every sampling and inversion goes through the
 Pipeline's DDIM driver (``Pipeline.denoise`` / ``invert_latents``), which stops at the first NaN.
 With an ``EditCache`` (cache.py) steps 1 and 2 are kept per image: editing it again at another strength runs
-3 to 5 only, with another attribute 2's z, 3, 4 and 5.
+3 to 5 only, with another attribute 2's z, 3, 4 and 5. Learning an attribute (the same steps 1 and 2 on
+one pair, then the MLP's training and the strength calibration) is learn.py's story.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -64,8 +64,8 @@ def retarget(prompt: str, source: str, target: str) -> str:
             at = _find(words, old)
             if at is None:
                 raise SvdeditError(f"the prompt {prompt!r} does not contain {' '.join(old)!r}, which the attribute changes "
-                                   f"({source!r} -> {target!r}); give the target prompt explicitly (--target-prompt; "
-                                   f"target_prompt in the service's API).")
+                                   f"({source!r} -> {target!r}); give the target prompt explicitly (the request's "
+                                   f"target_prompt).")
             words[at:at + len(old)] = new
         else:  # insert
             anchor = src[i1:i1 + 1]
@@ -89,7 +89,7 @@ def edit_step(schedule: ddim.Schedule, knobs: Knobs) -> tuple[int, int]:
     i_z = i_x - knobs.dtau
     if not 0 <= i_z < knobs.steps:
         raise SvdeditError(f"dtau {knobs.dtau} puts z outside the {knobs.steps} steps (T_x is step {i_x}); learn the "
-                           f"attribute again with a smaller --dtau.")
+                           f"attribute again with a smaller dtau knob.")
     return i_x, i_z
 
 
@@ -128,17 +128,12 @@ class EditResult:
     source_prompts: list[str]
     target_prompts: list[str]     # as derived; for an image without a usable caption, what was done instead
 
-#: the width (in alpha) of the smoothing of the calibration curve: measured on the four attributes of the embedded
-#: model (benchmarks/results/edit_quality.md, strength): 0 left size and position with steps of 0.32 and 0.40,
-#: 0.075 brought them to 0.24 and 0.26 (colour 0.23 either way), 0.1 made position worse again (0.36)
-CALIBRATION_SMOOTHING = 0.075
-
 #: what an image without a usable caption is edited towards, in words (EditResult.target_prompts)
 UNCAPTIONED = "(no caption to rewrite: the caption's embedding moved by the attributes' own prompt pairs)"
 
 
 class Editor:
-    """Learning and applying attributes through one open Pipeline.
+    """Applying attributes through one open Pipeline (and the steps learn.py shares with it).
 
     `stages`: a runtime.timing.Stages to collect the wall time of each stage of an edit (text,
     vae_encode, invert, sample_to_edit, svd_avi, sample_rest, vae_decode); by default nothing is timed.
@@ -229,67 +224,11 @@ class Editor:
         y = self.inject(recipes, x, z, knobs)
         return self.finish(recipes, x, z, y, e_src, e_tgt, knobs, with_source)
 
-    # ---- learning ----
-    def learn(self, source: str, target: str, seed: int = 0, knobs: Knobs = Knobs(),
-              progress: Callable[[int, int, dict], None] | None = None) -> Attribute:
-        """Learn the attribute source -> target from the one pair sampled from `seed` (runtime/svdedit/runtime/editing/avi.py)."""
-        knobs = knobs.check()
-        e = self.pipe.encode_prompt([source, target])
-        x, z = self.sample_pair(self.pipe.noise(seed), e[:1], e[1:], knobs)
-        pair = avi.decompose(x, z, knobs.k, knobs.tail)
-        params, losses = avi.train(pair, knobs, seed=seed, progress=progress)
-        params = {n: np.asarray(v.get() if hasattr(v, "get") else v, np.float32) for n, v in params.items()}
-        attr = Attribute(params, source, target, knobs, self.engine_hash, tuple(x.shape[1:]), seed,
-                         {n: round(float(v), 6) for n, v in losses.items()})
-        return dataclasses.replace(attr, strength_map=self.calibrate(attr)) if knobs.calibration_seeds else attr
-
-    def calibrate(self, attr: Attribute, grid: int = 17, batch: int = 16, smooth: float = CALIBRATION_SMOOTHING) -> tuple:
-        """The strength scale of `attr`: (strength, alpha) pairs such that equal steps of strength move the image
-        by equal steps towards the full edit, measured on the learning pair itself.
-
-        The learning pair is edited from knobs.calibration_seeds other seeds at `grid` alphas from 0 to 1; the
-        progress of each image is its projection onto the full change, (I(a) - I(0)) . (I(1) - I(0)) / |I(1) -
-        I(0)|^2, in pixels; the median over the seeds, smoothed over alpha (a Gaussian of width `smooth`: an image
-        switches at a threshold of its own, which the learning pair's few seeds place too narrowly), made
-        monotone, is inverted. No reader of the image's content is used: it works for any model. () when the
-        edit does not move the image measurably."""
-        knobs = attr.knobs
-        n = knobs.calibration_seeds
-        alphas = np.linspace(0.0, 1.0, grid)
-        e = self.pipe.encode_prompt([attr.source] * n + [attr.target] * n)
-        x, z = self.sample_pair(np.concatenate([self.pipe.noise(attr.seed + 1 + i) for i in range(n)]), e[:n], e[n:],
-                                knobs)
-        raw = dataclasses.replace(attr, strength_map=())
-        per_chunk = max(1, batch // n)
-        images = []
-        for c0 in range(0, grid, per_chunk):
-            chunk = alphas[c0:c0 + per_chunk]
-            recipes = [Recipe((raw,), float(a)) for a in chunk for _ in range(n)]
-            tile = len(chunk)
-            lat, _ = self.edit_latents(recipes, np.tile(x, (tile, 1, 1, 1)), np.tile(z, (tile, 1, 1, 1)),
-                                       np.tile(e[:n], (tile, 1, 1)), np.tile(e[n:], (tile, 1, 1)), knobs)
-            images.append(self.pipe.decode(lat).reshape(tile, n, -1))
-        images = np.concatenate(images).astype(np.float64)                           # (grid, n, pixels)
-        full = images[-1] - images[0]
-        norm = (full * full).sum(-1)
-        if np.median(np.sqrt(norm / full.shape[-1])) < 1e-3:
-            return ()
-        progress = ((images - images[0]) * full).sum(-1) / np.maximum(norm, 1e-12)   # (grid, n)
-        curve = np.clip(np.median(progress, axis=1), 0.0, 1.0)
-        if smooth > 0:
-            weights = np.exp(-0.5 * ((alphas[:, None] - alphas[None, :]) / smooth) ** 2)
-            curve = (weights * curve[None, :]).sum(1) / weights.sum(1)
-        curve = np.maximum.accumulate(curve)
-        curve = (curve - curve[0]) / max(curve[-1] - curve[0], 1e-9)
-        strengths = np.linspace(0.0, 1.0, grid)
-        inverse = np.interp(strengths, curve + np.arange(grid) * 1e-9, alphas)  # strictly increasing for interp
-        return tuple((round(float(s), 4), round(float(a), 4)) for s, a in zip(strengths, inverse))
-
     # ---- applying ----
     def check(self, recipes: Sequence[Recipe]) -> Knobs:
         """The knobs the images' attributes share for their edit, or an error if they cannot be edited together."""
         if not recipes or not all(r.attributes for r in recipes):
-            raise SvdeditError("give at least one attribute (--attr FILE).")
+            raise SvdeditError("give at least one attribute.")
         first = recipes[0].attributes[0].knobs
         for r in recipes:
             for a in r.attributes:
@@ -298,8 +237,8 @@ class Editor:
                                              f"learn it again on this engine.")
                 if (a.knobs.steps, a.knobs.t_edit, a.knobs.dtau, a.knobs.guidance) != \
                    (first.steps, first.t_edit, first.dtau, first.guidance):
-                    raise SvdeditError("attributes combined in one edit must share --steps, --t-edit, --dtau and "
-                                       f"--guidance; {a.source!r} -> {a.target!r} differs from the first one.")
+                    raise SvdeditError("attributes combined in one edit must share the knobs steps, t_edit, dtau and "
+                                       f"guidance; {a.source!r} -> {a.target!r} differs from the first one.")
             if r.attributes[0].knobs.edit_key() != first.edit_key():
                 raise SvdeditError("images edited in one batch must share the knobs of the edit (Knobs.edit_key); "
                                    "edit them in separate batches.")
@@ -390,19 +329,17 @@ class Editor:
         """Encode and invert the images, then sample z (steps 1 and 2 for real images), through the cache: the
         inversion is keyed by the pixels, the source embedding and the inversion's knobs; z by those and the target
         embedding. A batch is computed whole when any of its images is missing (same calls as without a cache)."""
-        def encode_and_invert():
+        def encode():
             with self.stages("vae_encode"):
-                latent0 = self.pipe.encode(images)
-            return self.invert_to_edit(latent0, e_src, knobs)
+                return self.pipe.encode(images)
         if self.cache is None:
-            x, x_T = encode_and_invert()
-            return x, self.sample_z(x_T, e_tgt, knobs)
+            return self.invert_pair(encode(), e_src, e_tgt, knobs)
         i_x, i_z = edit_step(self.pipe.schedule, knobs)
         inv_keys = [self._key("inversion", knobs.steps, knobs.inversion_guidance, i_x, images[i], e_src[i])
                     for i in range(len(images))]
         inverted = self.cache.get_all(inv_keys)
         if inverted is None:
-            x, x_T = encode_and_invert()
+            x, x_T = self.invert_to_edit(encode(), e_src, knobs)
             for i, key in enumerate(inv_keys):
                 self.cache.put(key, (x[i], x_T[i]))
         else:

@@ -3,8 +3,8 @@
 The first group shapes the edit (which steps, how the pair is sampled, how y is built and continued)
 and is shared by learning and applying: attributes combined in one edit must agree on the trajectory
 knobs (steps, t_edit, dtau, guidance). The second group is the learning's (the MLP and its four
-losses, runtime/svdedit/runtime/editing/avi.py). The defaults were chosen on benchmarks/bench_edit_quality.py and
-benchmarks/sweep_edit_knobs.py; `svdedit learn --help` lists every knob as an option.
+losses, runtime/svdedit/runtime/editing/avi.py). The defaults were chosen on benchmarks/quality/bench_edit_quality.py and
+benchmarks/quality/sweep_edit_knobs.py; `svdedit learn --help` lists every knob as an option.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from svdedit.runtime.errors import SvdeditError
+from svdedit.runtime.errors import InvalidRequestError, SvdeditError
 
 
 #: the range of every numeric knob: what a user may ask for (the service's limits are tighter where they say so)
@@ -28,7 +28,7 @@ EDIT_KNOBS = ("steps", "guidance", "t_edit", "dtau", "k", "tail", "continuation"
 
 @dataclass(frozen=True)
 class Knobs:
-    """Every choice of the method; the defaults were chosen on benchmarks/bench_edit_quality.py."""
+    """Every choice of the method; the defaults were chosen on benchmarks/quality/bench_edit_quality.py."""
 
     # ---- the edit: trajectories, the pair, y, the continuation ----
     steps: int = 50                 # DDIM steps of every trajectory
@@ -52,12 +52,14 @@ class Knobs:
     calibration_seeds: int = 4      # seeds of the learning pair that calibrate the strength scale (0 = none)
 
     def check(self, source: str | None = None) -> "Knobs":
-        """Every knob in its range, or a SvdeditError naming it: as the command-line option (--t-edit 5: ...), or
-        as the knob of the file `source` it was read from (FILE: knob t_edit = 5: ...)."""
+        """Every knob in its range, or an error naming it: InvalidRequestError("knobs.t_edit") for knobs given in
+        a request (each front end names the field its own way), or a SvdeditError naming the file `source` they
+        were read from (FILE: knob t_edit = 5: ...)."""
         def bad(name, why):
             value = getattr(self, name)
-            where = f"{source}: knob {name} = {value!r}" if source else f"--{name.replace('_', '-')} {value!r}"
-            raise SvdeditError(f"{where}: {why}")
+            if source:
+                raise SvdeditError(f"{source}: knob {name} = {value!r}: {why}")
+            raise InvalidRequestError(f"knobs.{name}", f"{{field}} = {value!r}: {why}")
         for name, (lo, hi) in BOUNDS.items():
             value = getattr(self, name)
             if not (math.isfinite(value) and lo <= value <= hi):
@@ -75,8 +77,8 @@ class Knobs:
         if self.lr <= 0:
             bad("lr", "must be positive.")
         if self.w_target + self.w_source == 0:
-            raise SvdeditError(f"{source + ': knobs ' if source else '--'}w-target and w-source are both 0: nothing ties "
-                               f"the edit to either image.")
+            bad("w_source", "w_target and w_source are both 0: nothing ties the edit to either image; give one of them "
+                            "a weight above 0.")
         return self
 
     def edit_key(self) -> tuple:

@@ -56,7 +56,8 @@ def sweep(pipe: Pipeline, prompt: str, output: str | Path, *, seed: int = 0, ste
     channels = list(channels) if channels is not None else list(range(S.shape[1]))
     bad = [i for i in index if not 0 <= i < S.shape[-1]] + [c for c in channels if not 0 <= c < S.shape[1]]
     if bad:
-        raise SvdeditError(f"--index must be in 0..{S.shape[-1] - 1} and --channels in 0..{S.shape[1] - 1}; got {bad}.")
+        raise SvdeditError(f"the singular value indices must be in 0..{S.shape[-1] - 1} and the channels in "
+                           f"0..{S.shape[1] - 1}; got {bad}.")
     latents = []
     for i in index:
         for f in factors:

@@ -37,8 +37,8 @@ def choose_providers(requested: str = "auto") -> list[str]:
     name = requested if requested.endswith("ExecutionProvider") else PROVIDER_NAMES.get(requested.lower(), requested)
     if name not in available:
         raise SvdeditError(
-            f"--provider {requested!r} is not available in this onnxruntime (available: {', '.join(available)}). "
-            f"Use --provider auto, or install onnxruntime-gpu for CUDA/TensorRT."
+            f"the provider {requested!r} is not available in this onnxruntime (available: {', '.join(available)}). "
+            f"Use the provider auto, or install onnxruntime-gpu for CUDA/TensorRT."
         )
     return [name] + (["CPUExecutionProvider"] if name != "CPUExecutionProvider" else [])
 
@@ -62,7 +62,7 @@ def session_options():
     No CPU memory arena: each session's arena keeps its largest activations for good, and four sessions
     add up (SD 1.5 shape, fused attention, the edit's calls: peak RSS 9.87 GiB with an arena per session,
     7.43 with one shared arena, 5.47 without, and no slower: UNet 2.40 s / 4.76 s at batch 1 / 2 against
-    2.71 / 5.82 with arenas). Measured by benchmarks/session_memory.py, results in
+    2.71 / 5.82 with arenas). Measured by benchmarks/speed/session_memory.py, results in
     benchmarks/results/session_memory_sd15_cpu.md. Graph optimisation stays at onnxruntime's default
     (all), threads at its default (one per physical core).
     """

@@ -39,6 +39,12 @@ IN_CACHE = "the user cache"
 IN_ENGINE_DIR = "the engine dir (svdedit 0.1)"
 
 
+def device_key(device: dict) -> str:
+    """The manifest key of plans built on one kind of GPU with one TensorRT version (`current_device()`'s dict)."""
+    safe = "".join(c if c.isalnum() else "-" for c in device["gpu"]).strip("-").lower()
+    return f"{safe}_sm{device['compute_capability'].replace('.', '')}_trt{device['tensorrt']}"
+
+
 @dataclass(frozen=True)
 class Plans:
     """One build's plans and where its files are: ``root / build.networks[name].file``."""
@@ -87,8 +93,6 @@ def _read_record(manifest: Manifest) -> tuple[dict, dict[str, TensorrtBuild]]:
     raw = data.get("builds")
     if not isinstance(raw, dict):
         raise TensorrtError(f"{path} is corrupt: builds should be an object. {again}")
-    from svdedit.runtime.engines.tensorrt import device_key
-
     for key, value in raw.items():
         try:
             build = typed_fields(TensorrtBuild, value, f"builds.{key}")

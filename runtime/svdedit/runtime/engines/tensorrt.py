@@ -27,7 +27,7 @@ import numpy as np
 
 from svdedit.runtime.engines.base import Runner
 from svdedit.runtime.engines.manifest import Manifest
-from svdedit.runtime.engines.plans import Plans, all_plans, plans_dir
+from svdedit.runtime.engines.plans import Plans, all_plans, device_key, plans_dir
 from svdedit.runtime.errors import TensorrtError
 
 log = logging.getLogger("svdedit.runtime")
@@ -51,12 +51,6 @@ def import_tensorrt():
 # --------------------------------------------------------------------------------------------------
 # Which plans this machine can run
 # --------------------------------------------------------------------------------------------------
-def device_key(device: dict) -> str:
-    """The manifest key of plans built on one kind of GPU with one TensorRT version (`current_device()`'s dict)."""
-    safe = "".join(c if c.isalnum() else "-" for c in device["gpu"]).strip("-").lower()
-    return f"{safe}_sm{device['compute_capability'].replace('.', '')}_trt{device['tensorrt']}"
-
-
 def current_device() -> dict:
     """{"gpu", "compute_capability", "tensorrt"} of this machine (needs CuPy, a GPU and TensorRT)."""
     trt = import_tensorrt()
@@ -112,8 +106,9 @@ def choose_profile(profiles: list[dict], shapes: dict[str, tuple[int, ...]], net
             return i
     ranges = "; ".join(", ".join(f"{n} {tuple(r[0])}..{tuple(r[2])}" for n, r in p.items()) for p in profiles)
     given = ", ".join(f"{n} {tuple(s)}" for n, s in shapes.items())
-    raise TensorrtError(f"{network}: shapes {given} are outside the TensorRT plan's profiles ({ranges}). Rebuild with "
-                        f"`svdedit build` and a larger --max-batch or other --shapes, or use --provider cpu/cuda.")
+    raise TensorrtError(f"{network}: shapes {given} are outside the TensorRT plan's profiles ({ranges}). Build the "
+                        f"plans again for a larger batch or other shapes (`svdedit build --help`), or run on the "
+                        f"provider cpu or cuda.")
 
 
 class SharedActivations:

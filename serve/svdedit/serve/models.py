@@ -1,0 +1,89 @@
+"""The HTTP API's request and response bodies (pydantic), and how a request body becomes the runtime's request.
+
+The fields' meanings come from the runtime's one definition of a request (runtime/svdedit/runtime/editing/
+request.py, PARAMS): their descriptions are taken from it, their values are checked by it (EditRequest.check
+and the others) and not here, so that the command line and the service accept and refuse the same things.
+`API_NAMES` is where this API spells a field differently from the runtime (one strength, one image per
+request); tests/runtime/editing/test_request.py checks that every field of the runtime's requests is here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from svdedit.runtime.editing import request as runtime
+from svdedit.runtime.editing.request import PARAMS, bounds_text
+
+#: the runtime's field name -> this API's (the others are the same)
+API_NAMES = {"strengths": "strength", "images": "image"}
+
+
+def about(name: str, extra: str = "") -> str:
+    """The description of the runtime's field `name`, with its range when it has one."""
+    return PARAMS[name].help + bounds_text(name) + extra
+
+
+class LearnBody(BaseModel):
+    source: str = Field(description=about("source"))
+    target: str = Field(description=about("target"))
+    seed: int = Field(0, description=about("seed"))
+    knobs: dict[str, Any] = Field(default_factory=dict, description=about("knobs", "; any of `svdedit learn`'s knobs"))
+
+    def request(self) -> runtime.LearnRequest:
+        return runtime.LearnRequest(self.source, self.target, self.seed, runtime.knobs_from(self.knobs))
+
+
+class AttributeInfo(BaseModel):
+    id: str
+    source: str
+    target: str
+    seed: int
+    knobs: dict[str, Any]
+    losses: dict[str, float]
+
+
+class EditBody(BaseModel):
+    prompt: str = Field("", description=about("prompt"))
+    attributes: list[str] = Field(description=about("attributes", ": ids from POST /v1/attributes"))
+    strength: float = Field(1.0, description=about("strengths").replace("; several:", ". The command line takes "
+                                                                          "several:"))
+    seeds: list[int] | None = Field(None, description=about("seeds"))
+    image: str | None = Field(None, description=about("images", ": base64 of one PNG/JPEG/WebP file"))
+    target_prompt: str | None = Field(None, description=about("target_prompt"))
+    cache_interval: int | None = Field(None, description=about("cache_interval"))
+
+    def request(self, image: bytes | None) -> runtime.EditRequest:
+        """The runtime's request (`image`: the decoded base64 of `image`), not yet checked."""
+        return runtime.EditRequest(tuple(self.attributes), self.prompt,
+                                   seeds=tuple(self.seeds) if self.seeds is not None else None,
+                                   images=(image,) if image is not None else None, strengths=(self.strength,),
+                                   target_prompt=self.target_prompt, cache_interval=self.cache_interval)
+
+
+class EditedImage(BaseModel):
+    image: str = Field(description="the edited image, base64 PNG")
+    source: str | None = Field(None, description="the generated source image, base64 PNG (seeds only)")
+    seed: int | None = None
+    target_prompt: str
+
+
+class EditResponse(BaseModel):
+    edits: list[EditedImage]
+    seconds_per_stage: dict[str, float] = Field(description="wall time of each stage of the batch this request ran in")
+    batch_images: int = Field(description="images in that batch (this request's and others')")
+
+
+class GenerateBody(BaseModel):
+    prompt: str = Field(description=about("prompt"))
+    seed: int = Field(0, description=about("seed"))
+    steps: int = Field(50, description=about("steps"))
+    guidance: float = Field(3.0, description=about("guidance"))
+
+    def request(self) -> runtime.GenerateRequest:
+        return runtime.GenerateRequest(self.prompt, self.seed, self.steps, self.guidance)
+
+
+class GenerateResponse(BaseModel):
+    image: str = Field(description="base64 PNG")
