@@ -1,4 +1,4 @@
-"""The architecture, enforced (shared/design/architecture.md):
+"""The architecture, enforced (docs/architecture.md):
 
 - the runtime is torch-free: importing it, the kernels, the TensorRT build and the whole CLI in a fresh
   interpreter pulls in none of the export stage's heavy libraries;
@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import json
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,173 @@ def test_the_rules_see_what_they_check():
     assert _module_name(runtime / "engines" / "__init__.py") == "svdedit.runtime.engines"
     assert any(m.startswith("svdedit.runtime") for p in _files("export") for _, m, _ in _imports(p))
     assert {"_guard", "_activate", "_infer", "_batches"} <= _private_members()
+
+
+# ---- the request's rules: the runtime speaks its own terms, front ends spell fields their own way ----
+#: a whole command in backquotes, which a message may show (`svdedit export MODEL -o DIR --force`): its options
+#: are part of the command, not a flag the reader is told to change
+COMMAND = re.compile(r"`(?:svdedit|pip|python) [^`]*`")
+FLAG = re.compile(r"(?<![\w-])--[a-zA-Z\x00]")
+
+
+def _strings_outside_docstrings(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every string literal of a file but its docstrings; an f-string's fields read as NUL."""
+    tree = ast.parse(path.read_text())
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else "\x00" for v in node.values)
+            out.append((node.lineno, text))
+            docstrings.update(id(v) for v in node.values)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            out.append((node.lineno, node.value))
+    return out
+
+
+def _flags(text: str) -> list[str]:
+    return FLAG.findall(COMMAND.sub("", text))
+
+
+def test_the_runtime_names_no_command_line_flag():
+    """What the runtime and the kernels raise (and any other text they hold) names a request's field, a knob, an
+    engine option or a whole command, never a flag of the command line: a library user or an HTTP client has
+    none (the CLI spells the field as its flag at its edge: cli/svdedit/cli/args.py flag_of)."""
+    broken = [f"{path.relative_to(ROOT)}:{line}: {text.strip()[:90]!r}"
+              for folder in ("runtime", "kernels") for path in _files(folder)
+              for line, text in _strings_outside_docstrings(path) if _flags(text)]
+    assert not broken, "\n".join(broken)
+
+
+def test_the_flag_rule_sees_flags():
+    assert _flags("re-export with --precision fp32") and _flags("\x00: --t-edit 5") and _flags("use --\x00 instead")
+    assert not _flags("run `svdedit export MODEL -o DIR --force`") and not _flags("a -- b") and not _flags("knobs.t_edit")
+
+
+# ---- no dead code, no import circle ----
+ENTRY_POINTS = {"main", "register", "run"}  # called by name from outside (console script, python -m, registries)
+
+
+def _text_of_project() -> str:
+    files = [p for folder in CODE for p in _files(folder)]
+    files += [ROOT / "README.md", ROOT / "pyproject.toml", ROOT / "Makefile", *sorted((ROOT / "docs").glob("*.md"))]
+    return "\n".join(p.read_text() for p in files if p.is_file())
+
+
+def test_no_module_level_function_is_dead():
+    """Every function defined at the top of a module of the product, the benchmarks or the models is used
+    somewhere (called, imported, named in the README or docs), or is an entry point or a registered one."""
+    text = _text_of_project()
+    dead = []
+    for folder in STAGES + ("benchmarks", "models"):
+        for path in _files(folder):
+            for node in ast.parse(path.read_text()).body:
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.decorator_list:
+                    continue
+                if node.name in ENTRY_POINTS or (node.name.startswith("__") and node.name.endswith("__")):
+                    continue
+                uses = len(re.findall(rf"(?<![\w.]){re.escape(node.name)}\b", text)) + \
+                    len(re.findall(rf"\.{re.escape(node.name)}\b", text))
+                if uses <= 1:  # its own definition
+                    dead.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not dead, "defined and never used:\n" + "\n".join(dead)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """{module: the project modules it imports}, for every Python file of the repository (any import, anywhere
+    in the file: a function-local import closes a circle as much as a top-level one)."""
+    paths = {_module_name(p): p for folder in CODE for p in _files(folder)}
+    graph = {}
+    for name, path in paths.items():
+        edges = set()
+        for _, module, names in _imports(path):
+            if module.split(".")[0] not in PROJECT_ROOTS:
+                continue
+            targets = [f"{module}.{n}" for n in names if f"{module}.{n}" in paths] or [module]
+            for target in targets:
+                while target and target not in paths:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circle_anywhere():
+    circles = _circles(_module_graph())
+    assert not circles, "modules that import each other:\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_check_sees_circles():
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    graph = _module_graph()
+    assert "svdedit.runtime.editing.avi" in graph["svdedit.runtime.editing.edit"]
+
+
+# ---- the project carries its own design ----
+OUTSIDE = re.compile(r"shared/design|\.\./shared|\.library/")
+
+
+def test_nothing_points_outside_the_repository():
+    """The design notes a file relies on are in docs/; nothing names the workplace's folders beside the clone."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    broken = []
+    for rel in tracked:
+        path = ROOT / rel
+        if rel == "tests/test_architecture.py" or not path.is_file() or path.suffix in {".png", ".safetensors", ".onnx"}:
+            continue
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        broken += [f"{rel}:{n}" for n, line in enumerate(text.splitlines(), 1) if OUTSIDE.search(line)]
+    assert not broken, "\n".join(broken)
+
+
+def test_the_docs_name_files_that_exist():
+    """Every repository path docs/*.md names (runtime/..., benchmarks/..., ...) is there."""
+    missing = []
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        for rel in re.findall(r"\b((?:cli|export|runtime|kernels|serve|benchmarks|models|tests|locks|docs)/[\w./-]*\w)",
+                              doc.read_text()):
+            if not (ROOT / rel).exists():
+                missing.append(f"{doc.name}: {rel}")
+    assert not missing, "\n".join(missing)

@@ -103,7 +103,7 @@ def work(tmp_path_factory) -> Path:
 
 def _serve(env: dict, cwd: Path):
     """`svdedit serve svdedit:shapes` on a free port, ready (or the test fails with what it said)."""
-    from benchmarks.serving import free_port, wait_ready
+    from benchmarks.serving.serving import free_port, wait_ready
 
     port = free_port()
     log = open(cwd / f"serve-{port}.log", "w+")

@@ -18,7 +18,7 @@ pytestmark = requires_torch
 
 def golden_generation() -> np.ndarray:
     """Four seeded images of GOLDEN_PROMPT side by side (uint8, 64 x 256 x 3), via diffusers + DDIM."""
-    from benchmarks.bench_shapes_model import generate, load_pipeline
+    from benchmarks.quality.bench_shapes_model import generate, load_pipeline
 
     pipe = load_pipeline(MODEL)
     images = generate(pipe, [GOLDEN_PROMPT] * len(GOLDEN_SEEDS), GOLDEN_SEEDS, GOLDEN_STEPS, GOLDEN_GUIDANCE)

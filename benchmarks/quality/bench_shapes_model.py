@@ -1,7 +1,7 @@
 """How well does the embedded model (models/shapes) draw what it is asked? Measured with the exact
 attribute reader of models/shapes_data.py.
 
-    python -m benchmarks.bench_shapes_model [--model models/shapes] [--prompts 200] [--steps 50]
+    python -m benchmarks.quality.bench_shapes_model [--model models/shapes] [--prompts 200] [--steps 50]
 
 - for N held-out prompts (every attribute combination, cycled, each with its own seed) sampled with
   50 DDIM steps at several guidance scales: the fraction of images whose read attributes match the
@@ -26,7 +26,7 @@ import numpy as np
 from benchmarks.machine import describe
 from models.shapes_data import ATTRIBUTES, all_attributes, dataset, read_attributes
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 HELD_OUT_SEED = 10_000  # the training pool uses seed 0
 
 
@@ -146,7 +146,7 @@ def main() -> None:
              f"{args.prompts} held-out prompts (every attribute combination, cycled; seeds {result['seeds']}), "
              f"{result['sampler']}, attributes read by `models/shapes_data.read_attributes`. "
              f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores. "
-             f"Command: `python -m benchmarks.bench_shapes_model`.", "",
+             f"Command: `python -m benchmarks.quality.bench_shapes_model`.", "",
              "| guidance | shape | colour | size | position | all four | seconds |", "|---|---|---|---|---|---|---|"]
     for g, r in per_guidance.items():
         lines.append(f"| {g} | {r['shape']:.1%} | {r['colour']:.1%} | {r['size']:.1%} | {r['position']:.1%} | "

@@ -26,7 +26,7 @@ CAPTION_SEED = 30_000  # the renders of bench_edit_quality's real-image rows
 
 
 def _summary(scores: list[dict]) -> dict:
-    from benchmarks.bench_edit_quality import summarise
+    from benchmarks.quality.scoring import summarise
 
     return summarise(scores)
 
@@ -34,7 +34,7 @@ def _summary(scores: list[dict]) -> dict:
 # ------------------------------------------------------------------------------------------------
 def strength(editor, pair, attr, n_seeds: int) -> tuple[dict, dict]:
     """Readings against strength, raw and calibrated; and strips (two seeds x the strengths) for each."""
-    from benchmarks.bench_edit_quality import prompts_for
+    from benchmarks.quality.scoring import prompts_for
     from svdedit.runtime.editing.edit import Recipe
     from svdedit.runtime.images import to_uint8
 

@@ -1,6 +1,6 @@
 """Channel-wise SVD of latent batches: svdedit.kernels against its peers, in the same run.
 
-    python -m benchmarks.bench_svd [--repeats 7]
+    python -m benchmarks.speed.bench_svd [--repeats 7]
 
 Batches of 1, 8, 64 latents of 4x16x16, 4x64x64, 4x96x96. On every machine: ours on NumPy (LAPACK)
 and torch.linalg.svd on the CPU. Where a GPU with CuPy is present: ours on CuPy, cupy.linalg.svd,
@@ -23,7 +23,7 @@ import numpy as np
 from benchmarks.machine import describe
 from svdedit.kernels import channel_svd
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 SHAPES = [(4, 16, 16), (4, 64, 64), (4, 96, 96)]
 BATCHES = [1, 8, 64]
 

@@ -1,7 +1,7 @@
 """One attention layer on onnxruntime's CPU provider: torch's decomposed form against the fused
 MultiHeadAttention that `svdedit export` writes (export/svdedit/export/fusion.py), with torch's SDPA as the peer.
 
-    python -m benchmarks.bench_attention [--batch 2] [--tokens 4096] [--heads 8] [--head-dim 40]
+    python -m benchmarks.speed.bench_attention [--batch 2] [--tokens 4096] [--heads 8] [--head-dim 40]
 
 The defaults are SD 1.5's largest self-attention (64x64 latent) under classifier-free guidance. Each
 graph runs in its own process without a memory arena, so its peak RSS above the inputs is the layer's
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 KINDS = ("decomposed", "fused", "torch_sdpa")
 
 
@@ -100,14 +100,14 @@ def main() -> None:
 
     rows = []
     for kind in KINDS:
-        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_attention", "--child", kind, "--batch", str(dims[0]),
+        out = subprocess.run([sys.executable, "-m", "benchmarks.speed.bench_attention", "--child", kind, "--batch", str(dims[0]),
                               "--tokens", str(dims[1]), "--heads", str(dims[2]), "--head-dim", str(dims[3])],
                              capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     ref = np.load("/tmp/bench-attention-decomposed.npy")
     for r in rows:
         r["max_abs_vs_decomposed"] = float(np.abs(np.load(f"/tmp/bench-attention-{r['kind']}.npy") - ref).max())
-    result = {"benchmark": "bench_attention", "command": "python -m benchmarks.bench_attention " + " ".join(sys.argv[1:]),
+    result = {"benchmark": "bench_attention", "command": "python -m benchmarks.speed.bench_attention " + " ".join(sys.argv[1:]),
               "shape": {"batch": dims[0], "tokens": dims[1], "heads": dims[2], "head_dim": dims[3]},
               "machine": describe(), "rows": rows}
     RESULTS.mkdir(exist_ok=True)

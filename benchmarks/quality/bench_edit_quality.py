@@ -1,6 +1,6 @@
 """Does the edit work? AVI on the embedded model, scored by the exact attribute reader.
 
-    python -m benchmarks.bench_edit_quality [--engine DIR] [--seeds 100] [--renders 20]
+    python -m benchmarks.quality.bench_edit_quality [--engine DIR] [--seeds 100] [--renders 20]
 
 For each of four attribute pairs (colour red -> blue, size small -> large, shape circle -> square,
 position left -> right) one attribute is learned from ONE prompt pair at seed 0, then applied to
@@ -17,7 +17,7 @@ in the same run:
   alone does, so that AVI's rows show what the learned injection adds;
 - (d) the untrained MLP (--iters 0: S = f, x plus z's top-k part).
 
-Then the studies of benchmarks/edit_studies.py on the same attributes: strength (a continuous reading at
+Then the studies of benchmarks/quality/edit_studies.py on the same attributes: strength (a continuous reading at
 strengths 0 to 1, raw blend against the calibrated scale, with strips of images), transfer (every prompt
 of the world with the source attribute) and real images without their caption.
 
@@ -36,68 +36,39 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import edit_studies as studies
-from benchmarks.bench_runtime import ensure_engine
+from benchmarks.quality import edit_studies as studies
+from benchmarks.quality.scoring import MODEL, PAIRS, SEED0, EditPair, prompts_for, summarise
+from benchmarks.engines import ensure_engine
 from benchmarks.machine import describe
-from models.shapes_data import Attributes, render, sample_attributes, score_edit
+from models.shapes_data import render, sample_attributes, score_edit
 
-RESULTS = Path(__file__).parent / "results"
-MODEL = Path(__file__).parent.parent / "models" / "shapes"
-SEED0 = 10_000
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 RENDER_SEED = 30_000
-
-
-@dataclasses.dataclass(frozen=True)
-class EditPair:
-    attribute: str
-    source: str
-    target: str
-    learn_prompt: str  # the one source prompt the attribute is learned from (seed 0)
-
-
-PAIRS = (
-    EditPair("colour", "red", "blue", "a large red circle in the middle"),
-    EditPair("size", "small", "large", "a small green square in the middle"),
-    EditPair("shape", "circle", "square", "a large yellow circle on the left"),
-    EditPair("position", "left", "right", "a small purple triangle on the left"),
-)
 STRENGTHS = (0.25, 0.5, 0.75, 1.5)
 ABLATIONS = {"no target loss": "w_target", "no source loss": "w_source",
              "no target-sv loss": "w_target_sv", "no source-sv loss": "w_source_sv"}
 
 
-def prompts_for(pair: EditPair, n: int, seed: int) -> tuple[list[str], list[Attributes]]:
-    rng = np.random.default_rng(seed)
-    attrs = [sample_attributes(rng).replace(**{pair.attribute: pair.source}) for _ in range(n)]
-    return [a.caption() for a in attrs], attrs
-
-
-def summarise(scores: list[dict]) -> dict:
-    return {"n": len(scores),
-            "success": float(np.mean([s["success"] for s in scores])),
-            "identity": float(np.mean([s["identity"] for s in scores])),
-            "success_and_identity": float(np.mean([s["success"] and s["identity"] for s in scores])),
-            "psnr_outside_median_db": float(np.median([s["psnr_outside"] for s in scores]))}
-
 
 def run_pair(editor, pair: EditPair, n_seeds: int, n_renders: int, batch: int, log) -> tuple[dict, dict]:
     """Learn the pair's attribute (and its ablations), score every method on generated images and on renders."""
+    from svdedit.runtime.editing.learn import calibrate, learn
     from svdedit.runtime.editing.knobs import Knobs
 
     knobs = Knobs()
     learn_target = pair.learn_prompt.replace(pair.source, pair.target)
     t0 = time.perf_counter()
-    attr = editor.learn(pair.learn_prompt, learn_target, seed=0, knobs=knobs.replace(calibration_seeds=0))
+    attr = learn(editor, pair.learn_prompt, learn_target, seed=0, knobs=knobs.replace(calibration_seeds=0))
     learn_s = time.perf_counter() - t0
     attr = dataclasses.replace(attr, knobs=knobs)
-    attr = dataclasses.replace(attr, strength_map=editor.calibrate(attr))  # what learn(knobs) does, timed apart
+    attr = dataclasses.replace(attr, strength_map=calibrate(editor, attr))  # what learn(knobs) does, timed apart
     calibrate_s = time.perf_counter() - t0 - learn_s
-    variants = {"AVI, " + name: editor.learn(pair.learn_prompt, learn_target, seed=0,
+    variants = {"AVI, " + name: learn(editor, pair.learn_prompt, learn_target, seed=0,
                                             knobs=knobs.replace(**{w: 0.0}, calibration_seeds=0))
                 for name, w in ABLATIONS.items()}
     variants["AVI, source continuation (paper, literal)"] = dataclasses.replace(
         attr, knobs=knobs.replace(continuation="source"))
-    variants["(d) untrained MLP (--iters 0)"] = editor.learn(pair.learn_prompt, learn_target, seed=0,
+    variants["(d) untrained MLP (--iters 0)"] = learn(editor, pair.learn_prompt, learn_target, seed=0,
                                                             knobs=knobs.replace(iters=0, calibration_seeds=0))
     generated, examples = _on_generated(editor, pair, attr, variants, n_seeds, batch, log)
     real, real_pictures = _on_renders(editor, pair, attr, n_renders, batch)
@@ -194,7 +165,7 @@ def markdown(res: dict) -> str:
     lines = ["# Edit quality on the embedded model", "",
              f"{res['seeds']} held-out seeds per pair, {res['renders']} real renders per pair, {res['knobs']['steps']} "
              f"DDIM steps, guidance {res['knobs']['guidance']}, T_x = {res['knobs']['t_edit']} T. Machine: "
-             f"{res['machine'].get('cpu', '')}. Produced by `python -m benchmarks.bench_edit_quality`.", "",
+             f"{res['machine'].get('cpu', '')}. Produced by `python -m benchmarks.quality.bench_edit_quality`.", "",
              "success = target attribute read on the edit; identity = the other three attributes unchanged; "
              "both = success and identity; PSNR outside both shapes (grown 3 px), median.", ""]
     for attr, r in res["pairs"].items():

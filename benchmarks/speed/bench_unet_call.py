@@ -1,7 +1,7 @@
 """One guided UNet call (batch 2, 64x64 latent) per engine dir of bench_speed.py, on the SD 1.5 shape: what a full
 step and a cached step of step caching cost, and what int8 does to one call.
 
-    python -m benchmarks.bench_unet_call --work /tmp/sd15
+    python -m benchmarks.speed.bench_unet_call --work /tmp/sd15
 
 Each engine in its own process (its peak RSS is its own), a warm-up call first, then the median of --repeats.
 For a split UNet (--step-cache) `full` runs unet_in -> unet_deep -> unet_out, `cached` runs unet_in -> unet_out
@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+ROOT = Path(__file__).resolve().parents[2]
 #: (label, engine dir under --work, interval: 1 = every call full, 0 = every call after the first cached)
 CASES = [("fp32, whole UNet", "engine-fp32", 1), ("int8 static, whole UNet", "engine-int8-static", 1),
          ("fp32 split, full step", "engine-fp32-stepcache", 1), ("fp32 split, cached step", "engine-fp32-stepcache", 0),
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for label, engine, interval in CASES:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_unet_call", "--repeats", str(args.repeats),
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.speed.bench_unet_call", "--repeats", str(args.repeats),
                                "--child", str(args.work / engine), str(interval)], cwd=ROOT, capture_output=True,
                               text=True, check=True)
         rows.append({"label": label, "engine": engine, **json.loads(proc.stdout.strip().splitlines()[-1])})
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["fraction_of_fp32_whole"] = r["seconds_median"] / whole
     machine = describe()
-    res = {"benchmark": "bench_unet_call", "command": "python -m benchmarks.bench_unet_call " + " ".join(sys.argv[1:]),
+    res = {"benchmark": "bench_unet_call", "command": "python -m benchmarks.speed.bench_unet_call " + " ".join(sys.argv[1:]),
            "model": "SD 1.5 shape (random weights), batch 2 (one guided step), 64x64 latent", "machine": machine,
            "device_label": f"{machine['cpu']}, {machine['cores']} cores", "repeats": args.repeats, "rows": rows}
     RESULTS.mkdir(exist_ok=True)

@@ -1,8 +1,8 @@
 """What a user of the wheel waits for: `make dist`, the install of the wheel into a fresh environment, and
 `svdedit demo` there (issue 20's goal: the demo in under a minute on 2 cores after the install).
 
-    rm -rf build/shapes-engine && python -m benchmarks.bench_distribution   # `make dist` from scratch, timed
-    python -m benchmarks.bench_distribution --no-build # measures the wheel already in dist/
+    rm -rf build/shapes-engine && python -m benchmarks.install.bench_distribution   # `make dist` from scratch, timed
+    python -m benchmarks.install.bench_distribution --no-build # measures the wheel already in dist/
 
 The wheel is installed with `[cpu]` into a fresh virtual environment (pip's cache warm, as after any earlier
 install on the machine; no network is needed then) and run from a folder outside the checkout, PYTHONPATH
@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def timed(cmd: list[str], **kw) -> float:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs of `svdedit demo` (default 3)")
     args = ap.parse_args(argv)
 
-    out: dict = {"command": "python -m benchmarks.bench_distribution" + (" --no-build" if args.no_build else ""),
+    out: dict = {"command": "python -m benchmarks.install.bench_distribution" + (" --no-build" if args.no_build else ""),
                  "machine": describe()}
     if not args.no_build:  # the export inside make dist is a no-op when build/shapes-engine is up to date
         out["make_dist_exports_the_engine"] = not (ROOT / "build" / "shapes-engine" / "manifest.json").exists()

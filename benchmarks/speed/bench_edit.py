@@ -1,9 +1,9 @@
 """One edit of a real image, end to end, per stage: svdedit (ONNX Runtime) against diffusers (torch)
 doing the same work, in the same run, on the same model, images, prompts and attribute.
 
-    python -m benchmarks.bench_edit                                   # the embedded model, CPU
-    python -m benchmarks.bench_edit --model sd15 --steps 4 --batches 1 --repeats 3     # SD 1.5 shape, CPU
-    python -m benchmarks.bench_edit --model sd15 --steps 50 --precision fp16           # on a GPU
+    python -m benchmarks.speed.bench_edit                                   # the embedded model, CPU
+    python -m benchmarks.speed.bench_edit --model sd15 --steps 4 --batches 1 --repeats 3     # SD 1.5 shape, CPU
+    python -m benchmarks.speed.bench_edit --model sd15 --steps 50 --precision fp16           # on a GPU
 
 The edit (Editor.edit_images, the product's path): encode the source and target prompts; VAE-encode the
 image; invert it with DDIM (N steps, guidance 1, batch B); sample the target prompt from the inverted
@@ -18,7 +18,7 @@ runs. The two final images are compared (max abs difference) so that the timings
 Throughput = B / (median seconds of one batch of B edits).
 
 --model shapes: the embedded model (models/shapes; the engine is exported to a temp dir unless --engine).
---model sd15: an SD 1.5-architecture pipeline with seeded random weights (benchmarks/export_sd15_shape.py),
+--model sd15: an SD 1.5-architecture pipeline with seeded random weights (benchmarks/speed/export_sd15_shape.py),
 built and exported into --work once (about 10 GB, a few minutes) and reused afterwards.
 
 Writes benchmarks/results/edit_<model>_<device>.json and .md, and a plot of the time per stage and the
@@ -37,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.edit_peers import child
-from benchmarks.edit_report import markdown, plot
+from benchmarks.speed.edit_peers import child
+from benchmarks.speed.edit_report import markdown, plot
 
-RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+ROOT = Path(__file__).resolve().parents[2]
 SOURCE, TARGET = "a large red circle in the middle", "a large blue circle in the middle"
-#: one SD 1.5 UNet evaluation of one 64x64 latent (shared/design/anchors.md), and dense fp16 peaks
+#: one SD 1.5 UNet evaluation of one 64x64 latent (docs/facts.md, numbers to compare with), and dense fp16 peaks
 SD15_UNET_FLOP = 0.80e12
 PEAK_FP16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
@@ -59,7 +59,7 @@ def prepare(args) -> tuple[Path, Path]:
         pipeline = ROOT / "models" / "shapes"
         engine = args.engine or Path(tempfile.mkdtemp(prefix="bench-edit-")) / "engine"
     else:
-        from benchmarks.export_sd15_shape import build_sd15_shape
+        from benchmarks.speed.export_sd15_shape import build_sd15_shape
 
         pipeline = args.work / "pipeline"
         engine = args.engine or args.work / f"engine-{args.precision}{'' if args.fuse else '-nofuse'}"
@@ -81,7 +81,7 @@ def learn(engine: Path, steps: int, work: Path) -> Path:
 
 
 def run_child(impl: str, spec: dict, python: str = sys.executable) -> dict:
-    proc = subprocess.run([python, "-m", "benchmarks.bench_edit", "--child", impl, "--spec", json.dumps(spec)],
+    proc = subprocess.run([python, "-m", "benchmarks.speed.bench_edit", "--child", impl, "--spec", json.dumps(spec)],
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"{impl} failed:\n{proc.stderr[-3000:]}")
@@ -167,7 +167,7 @@ def main() -> None:
 
     knobs = Attribute.load(attr).knobs
     result = {
-        "benchmark": "bench_edit", "command": "python -m benchmarks.bench_edit " + " ".join(sys.argv[1:]),
+        "benchmark": "bench_edit", "command": "python -m benchmarks.speed.bench_edit " + " ".join(sys.argv[1:]),
         "model": args.model, "precision": args.precision, "fused": args.fuse,
         "model_label": "embedded model (64x64)" if args.model == "shapes" else "SD 1.5 shape (512x512, random weights)",
         "device_label": machine["gpu"] if device == "gpu" else f"{machine['cpu']}, {machine['cores']} cores",

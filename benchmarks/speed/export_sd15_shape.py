@@ -4,7 +4,7 @@ product's own `export_model`, and record time per network, peak RSS and file siz
 No pretrained weights can be fetched here, so the pipeline is built from SD 1.5's configs with seeded
 random weights; the graphs, their sizes and the export's cost are those of the real model.
 
-    python -m benchmarks.export_sd15_shape [--precision fp32|fp16] [--work DIR]
+    python -m benchmarks.speed.export_sd15_shape [--precision fp32|fp16] [--work DIR]
 
 Writes benchmarks/results/export_sd15_shape_<precision>.json. Not part of CI (minutes, ~10 GB disk).
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.machine import describe
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def build_sd15_shape(out: Path, seed: int = 0) -> int:

@@ -1,6 +1,6 @@
 """Load on the service: many concurrent clients mixing valid edits, bad requests and oversized uploads.
 
-    python -m benchmarks.serve_load [--clients 32] [--requests 96] [--ray] [--kill-replica]
+    python -m benchmarks.serving.serve_load [--clients 32] [--requests 96] [--ray] [--kill-replica]
 
 Starts the server of the embedded model (`svdedit serve` in its own process, or Ray Serve with two
 replicas on a local Ray instance), learns red -> blue with 20-step trajectories, then sends --requests
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a small red square on the left"
 #: the mix of requests, drawn uniformly from this list: 7 in 12 valid
 KINDS = ["valid"] * 7 + ["unknown_attribute", "bad_prompt", "too_many_seeds", "oversized_upload", "oversized_upload"]
@@ -166,12 +166,13 @@ def report(requests: list[Request], wall: float, problems: list[str], extra: dic
 
 # ------------------------------------------------------------------------------------------------
 def learn_fast_attribute(engine: Path, store: Path):
+    from svdedit.runtime.editing.learn import learn
     from svdedit.runtime.editing import Editor, Knobs
     from svdedit.runtime.pipeline import Pipeline
     from svdedit.serve.store import AttributeStore
 
     with Pipeline(engine) as pipe:
-        attr = Editor(pipe).learn("a large red circle in the middle", "a large blue circle in the middle",
+        attr = learn(Editor(pipe), "a large red circle in the middle", "a large blue circle in the middle",
                                   knobs=Knobs(steps=20, iters=100))
         return AttributeStore(store, pipe.manifest.identities()).save(attr), attr
 
@@ -213,7 +214,7 @@ def load_test(engine: Path, clients: int, n: int, deadline: float, tolerance: in
               kill: bool = False, max_upload: int = 200_000, ray_port: int | None = None) -> dict:
     """The whole test (used by tests/serve/test_load.py with smaller numbers); returns the report. With
     `ray_replicas`, on the Ray instance already running with its proxy on `ray_port`, or on one of its own."""
-    from benchmarks.serving import free_port, start_uvicorn, wait_ready
+    from benchmarks.serving.serving import free_port, start_uvicorn, wait_ready
 
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     store = work / "store"
@@ -289,13 +290,13 @@ def main() -> None:
     ap.add_argument("--ray", action="store_true", help="Ray Serve with two replicas instead of uvicorn")
     ap.add_argument("--kill-replica", action="store_true", help="kill one Ray replica a third of the way in")
     args = ap.parse_args()
-    from benchmarks.bench_runtime import ensure_engine
+    from benchmarks.engines import ensure_engine
     from benchmarks.machine import describe
 
     engine = ensure_engine(ROOT / "models" / "shapes", args.engine)
     result = load_test(engine, args.clients, args.requests, args.deadline, args.tolerance,
                        ray_replicas=2 if args.ray else 0, kill=args.kill_replica)
-    result = {"benchmark": "serve_load", "command": "python -m benchmarks.serve_load " + " ".join(sys.argv[1:]),
+    result = {"benchmark": "serve_load", "command": "python -m benchmarks.serving.serve_load " + " ".join(sys.argv[1:]),
               "machine": describe(), **result}
     name = "ray_kill" if args.kill_replica else "ray" if args.ray else "uvicorn"
     RESULTS.mkdir(exist_ok=True)

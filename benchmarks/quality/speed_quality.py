@@ -1,10 +1,10 @@
 """What each fast configuration costs in edit quality: the embedded model, read by the exact attribute reader.
 
-    python -m benchmarks.speed_quality [--seeds 40] [--renders 16]
+    python -m benchmarks.quality.speed_quality [--seeds 40] [--renders 16]
 
-The configurations of benchmarks/bench_speed.py on models/shapes at the default knobs (50 steps, T_x = 0.4 T):
+The configurations of benchmarks/speed/bench_speed.py on models/shapes at the default knobs (50 steps, T_x = 0.4 T):
 the exact path, step caching at N = 2, 3, 5 (and with the inversion cached too), int8 (static, dynamic) and
-int8 with step caching. The four attributes of benchmarks/bench_edit_quality.py (colour, size, shape,
+int8 with step caching. The four attributes of benchmarks/quality/bench_edit_quality.py (colour, size, shape,
 position) are learned once on the exact engine (an attribute file belongs to the model, not to a
 configuration) and applied by each configuration to the same held-out seeds and real renders. Scores:
 success, identity and PSNR outside the shapes (models/shapes_data.score_edit), and the reconstruction PSNR of
@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_edit_quality import PAIRS, SEED0, prompts_for, summarise
-from benchmarks.bench_speed import CONFIGS as SPEED_CONFIGS
-from benchmarks.bench_speed import prepare
+from benchmarks.quality.scoring import PAIRS, SEED0, prompts_for, summarise
+from benchmarks.speed.bench_speed import CONFIGS as SPEED_CONFIGS
+from benchmarks.speed.bench_speed import prepare
 from benchmarks.machine import describe
 from models.shapes_data import render, sample_attributes, score_edit
 
-RESULTS = Path(__file__).parent / "results"
-MODEL = Path(__file__).parent.parent / "models" / "shapes"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+MODEL = Path(__file__).resolve().parents[2] / "models" / "shapes"
 RENDER_SEED = 40_000
 
 #: (label, engine, sampling interval, inversion interval): bench_speed's, and the inversion cached too
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--renders", type=int, default=16)
     ap.add_argument("--only", help="comma-separated labels (default: all)")
     args = ap.parse_args(argv)
+    from svdedit.runtime.editing.learn import learn
     from svdedit.runtime.editing.edit import Editor
     from svdedit.runtime.editing.knobs import Knobs
     from svdedit.runtime.pipeline import Intervals, Pipeline
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     dirs = prepare(MODEL, work, lambda m: None)
     with Pipeline(dirs["engine-fp32"]) as pipe:
         editor = Editor(pipe)
-        attrs = {p.attribute: editor.learn(p.learn_prompt, p.learn_prompt.replace(p.source, p.target), seed=0,
+        attrs = {p.attribute: learn(editor, p.learn_prompt, p.learn_prompt.replace(p.source, p.target), seed=0,
                                            knobs=Knobs()) for p in PAIRS}
     rows = []
     for label, engine, n, ni in CONFIGS:
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"label": label, "engine": engine, "intervals": [n, ni],
                      **evaluate(dirs[engine], Intervals(n, ni), attrs, args.seeds, args.renders, log)})
     machine = describe()
-    res = {"benchmark": "speed_quality", "command": "python -m benchmarks.speed_quality " + " ".join(sys.argv[1:]),
+    res = {"benchmark": "speed_quality", "command": "python -m benchmarks.quality.speed_quality " + " ".join(sys.argv[1:]),
            "device_label": f"{machine['cpu']}, {machine['cores']} cores", "seeds": args.seeds, "renders": args.renders,
            "machine": machine, "rows": rows}
     RESULTS.mkdir(exist_ok=True)

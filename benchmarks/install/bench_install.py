@@ -1,8 +1,8 @@
 """What a new contributor waits for: the README's two commands from a fresh clone, with empty caches, and the
 install they start done by uv (what make uses) against pip (the peer), the same locked packages.
 
-    python -m benchmarks.bench_install               # ~3 min: the two installs and `make demo`
-    python -m benchmarks.bench_install --make-test   # and `make test` from its own fresh clone (~17 min more)
+    python -m benchmarks.install.bench_install               # ~3 min: the two installs and `make demo`
+    python -m benchmarks.install.bench_install --make-test   # and `make test` from its own fresh clone (~17 min more)
 
 Each measurement clones HEAD of this checkout into a temporary folder and gives uv and pip caches of their own
 (UV_CACHE_DIR, PIP_CACHE_DIR), empty. uv: `make .venv/.installed` (its tools venv, `pip install uv`, `uv pip sync`
@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def _fresh_clone(tmp: Path, name: str) -> tuple[Path, dict]:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                             check=True).stdout.strip()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout.strip()
-    out: dict = {"command": "python -m benchmarks.bench_install" + (" --make-test" if args.make_test else ""),
+    out: dict = {"command": "python -m benchmarks.install.bench_install" + (" --make-test" if args.make_test else ""),
                  "commit": commit, "lock": lock, "machine": describe()}
     with tempfile.TemporaryDirectory(prefix="svdedit-install-") as tmp:
         tmp = Path(tmp)

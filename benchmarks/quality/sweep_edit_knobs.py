@@ -1,6 +1,6 @@
 """The knob sweep that chose AVI's defaults (T_x, source-loss weight, k), on fewer seeds than the benchmark.
 
-    python -m benchmarks.sweep_edit_knobs [--engine DIR] [--seeds 24]
+    python -m benchmarks.quality.sweep_edit_knobs [--engine DIR] [--seeds 24]
 
 For each knob setting and each attribute pair of bench_edit_quality, learn the attribute from its one
 prompt pair and edit --seeds held-out seeds (50000...); prints "pair success-and-identity/PSNR
@@ -12,14 +12,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.bench_edit_quality import MODEL, PAIRS, prompts_for, summarise
-from benchmarks.bench_runtime import ensure_engine
+from benchmarks.quality.scoring import MODEL, PAIRS, prompts_for, summarise
+from benchmarks.engines import ensure_engine
 from models.shapes_data import score_edit
 
 SETTINGS = [(0.5, 0.25, 4), (0.5, 0.1, 4), (0.5, 0.0, 4), (0.6, 0.1, 4), (0.4, 0.1, 4), (0.5, 0.1, 8), (0.5, 0.1, 2)]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from svdedit.runtime.editing.learn import learn
     from svdedit.runtime.editing.edit import Editor
     from svdedit.runtime.editing.knobs import Knobs
     from svdedit.runtime.pipeline import Pipeline
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             kn = Knobs(t_edit=t_edit, w_source=w_source, k=k)
             row = []
             for pair in PAIRS:
-                a = ed.learn(pair.learn_prompt, pair.learn_prompt.replace(pair.source, pair.target), 0, kn)
+                a = learn(ed, pair.learn_prompt, pair.learn_prompt.replace(pair.source, pair.target), 0, kn)
                 prompts, _ = prompts_for(pair, args.seeds, seed=900 + PAIRS.index(pair))
                 r = ed.edit_seeds([a], prompts, list(range(50000, 50000 + args.seeds)), batch=24)
                 s = summarise([score_edit(x, y, pair.attribute, pair.target) for x, y in zip(r.source, r.edited)])

@@ -1,7 +1,7 @@
 """The reliability report: the bad inputs of issue 18 through every command, and samples of mutations through
 every loader, with how each ended.
 
-    python -m benchmarks.reliability        # ~3 minutes: exports a tiny seeded SD 1.x pipeline first
+    python -m benchmarks.reliability.reliability        # ~3 minutes: exports a tiny seeded SD 1.x pipeline first
 
 Each command case is run as a user would (`python -m svdedit.cli ...` in a subprocess): it must end with exit
 status 0 (where it should work) or 2 with one `svdedit COMMAND: error:` line naming the file or argument, never
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def cli(*args) -> dict:
@@ -211,7 +211,7 @@ def loader_samples(engine: Path, attr: Path, work: Path, n: int = 60) -> dict:
 
 def markdown(result: dict) -> str:
     lines = ["# Reliability: bad inputs through every command and loader", "",
-             "Produced by `python -m benchmarks.reliability` on the tiny seeded SD 1.x test pipeline. A user mistake "
+             "Produced by `python -m benchmarks.reliability.reliability` on the tiny seeded SD 1.x test pipeline. A user mistake "
              "must end with exit status 2 and one `svdedit COMMAND: error:` line naming the file or argument; "
              "where a case should work (a JPEG output) exit 0. The property-based tests of `make test` "
              "(hypothesis, 200 derandomized examples per loader; schemathesis on the service's API, 30 requests "

@@ -1,4 +1,4 @@
-"""The implementations `benchmarks/bench_edit.py` measures, each run in its own child process: svdedit
+"""The implementations `benchmarks/speed/bench_edit.py` measures, each run in its own child process: svdedit
 (Editor.edit_images, the product's path), diffusers (torch) and Optimum's onnxruntime pipeline doing the
 same edit, with the same inputs, per stage (runtime.timing.EDIT_STAGES)."""
 
@@ -117,7 +117,7 @@ class Diffusers:
         self.sched = DDIMScheduler.from_config(ref.scheduler.config)
         self.inverse = DDIMInverseScheduler.from_config(ref.scheduler.config)
         self.attr = Attribute.load(spec["attr"])
-        manifest = read_manifest(spec["engine"], verify_hashes=False)
+        manifest = read_manifest(spec["engine"], verify="none")
         self.schedule = ddim.Schedule.from_json(Path(spec["engine"]) / manifest.schedule.file)
         self.stages = Stages()
         self.size = manifest.image_size.default

@@ -1,7 +1,7 @@
 """The runtime on the embedded model (CPU): reconstruction quality, per-step overhead, and speed
 against diffusers-torch doing the same work, in the same run.
 
-    python -m benchmarks.bench_runtime [--engine DIR] [--images 24] [--steps 50] [--repeats 5]
+    python -m benchmarks.quality.bench_runtime [--engine DIR] [--images 24] [--steps 50] [--repeats 5]
 
 1. Reconstruction: held-out renders (never seen in training) are encoded, inverted with DDIM at
    guidance 1 (50 steps), resampled (50 steps, guidance 1) and decoded; PSNR against the input,
@@ -21,27 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.engines import ensure_engine
 from benchmarks.machine import describe
 from models.shapes_data import dataset
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 HELD_OUT_SEED = 20_000
-
-
-def ensure_engine(model: Path, engine: Path | None) -> Path:
-    if engine is not None:
-        return engine
-    from svdedit.export.exporter import export_model
-
-    out = Path(tempfile.mkdtemp(prefix="bench-runtime-")) / "engine"
-    export_model(model, out, log=lambda m: None)
-    return out
 
 
 def reconstruction(pipe, n: int, steps: int) -> dict:
@@ -165,7 +155,7 @@ def main() -> None:
     md = [
         "# The runtime on the embedded model (CPU)", "",
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; onnxruntime "
-        f"{result['provider']}. Command: `python -m benchmarks.bench_runtime`.", "",
+        f"{result['provider']}. Command: `python -m benchmarks.quality.bench_runtime`.", "",
         "| measure | value | target |", "|---|---|---|",
         f"| reconstruction PSNR ({r['images']} held-out renders, {r['steps']}+{r['steps']} steps, guidance 1) | "
         f"{r['psnr_reconstruction_mean_db']:.2f} dB | within 1 dB of the VAE |",

@@ -1,7 +1,7 @@
 """Speed against edit quality per configuration: benchmarks/results/speed_sd15_cpu.json (bench_speed.py, the SD 1.5
 shape) joined with speed_quality_shapes.json (speed_quality.py, the embedded model).
 
-    python -m benchmarks.speed_report
+    python -m benchmarks.speed.speed_report
 
 Writes benchmarks/results/speed_report.md (one table, the bounds of issue 19 checked) and speed_report.png (speed
 against success-and-identity, one point per configuration, the peers as vertical lines).
@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 #: the goals of issue 19 for the default fast configuration
 GOALS = {"vs_optimum": 1.3, "vs_diffusers": 2.0, "rss_vs_diffusers": 0.8, "quality_points": 2.0, "reconstruction_db": 0.5}
 

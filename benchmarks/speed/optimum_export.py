@@ -1,6 +1,6 @@
 """Optimum's own ONNX export of a diffusers pipeline folder, for the Optimum peer of the edit benchmarks.
 
-    /path/to/optimum-venv/bin/python -m benchmarks.optimum_export PIPELINE OUT
+    /path/to/optimum-venv/bin/python -m benchmarks.speed.optimum_export PIPELINE OUT
 
 Runs in a venv of its own (optimum-onnx 0.1.0 pins transformers<4.58 and diffusers<=0.39, facts.md). A pipeline
 saved by transformers 5 stores its tokenizer as tokenizer.json alone (read here as a fast tokenizer) and the

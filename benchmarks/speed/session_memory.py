@@ -1,6 +1,6 @@
 """onnxruntime session options for the four networks of an edit: peak RSS and time per call.
 
-    python -m benchmarks.session_memory --engines /tmp/svdedit-sd15/engine-fp32 /tmp/svdedit-sd15/engine-fp32-nofuse
+    python -m benchmarks.speed.session_memory --engines /tmp/svdedit-sd15/engine-fp32 /tmp/svdedit-sd15/engine-fp32-nofuse
 
 For each engine dir (fused attention or not, see export/svdedit/export/fusion.py) and each memory policy, a fresh
 process opens all four sessions and runs the edit's call sequence three times (text encoder at batch
@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 POLICIES = ("arena", "shared", "noarena")
 
 
@@ -46,7 +46,7 @@ def child(engine: str, policy: str) -> dict:
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
         ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
         o.add_session_config_entry("session.use_env_allocators", "1")
-    manifest = read_manifest(engine, verify_hashes=False)
+    manifest = read_manifest(engine, verify="none")
     s = {n: ort.InferenceSession(str(Path(engine) / net.file), o, providers=["CPUExecutionProvider"])
          for n, net in manifest.networks.items()}
     after_load = peak()
@@ -89,7 +89,7 @@ def main() -> None:
     rows = []
     for engine in args.engines:
         for policy in POLICIES:
-            out = subprocess.run([sys.executable, "-m", "benchmarks.session_memory", "--engines", engine, "--child",
+            out = subprocess.run([sys.executable, "-m", "benchmarks.speed.session_memory", "--engines", engine, "--child",
                                   engine, policy], capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(rows[-1], file=sys.stderr)
@@ -97,7 +97,7 @@ def main() -> None:
     (RESULTS / f"session_memory_{args.label}.json").write_text(json.dumps({"machine": describe(), "rows": rows}, indent=2) + "\n")
     calls = list(rows[0]["seconds_median"])
     md = [f"# onnxruntime session options, {args.label}", "",
-          "Command: `python -m benchmarks.session_memory " + " ".join(sys.argv[1:]) + "`; seconds per call (median), "
+          "Command: `python -m benchmarks.speed.session_memory " + " ".join(sys.argv[1:]) + "`; seconds per call (median), "
           "peak RSS of the process with all four sessions open.", "",
           "| attention | memory policy | peak RSS GiB | " + " | ".join(calls) + " |",
           "|---|---|---|" + "---|" * len(calls)]

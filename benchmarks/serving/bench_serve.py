@@ -1,7 +1,7 @@
 """Dynamic batching, measured: the server at 1, 4 and 16 concurrent clients against the same edits done one
 after another through the Python API, on the embedded model (default knobs: 50 + 50 steps).
 
-    python -m benchmarks.bench_serve [--edits 32] [--clients 1,4,16] [--repeats 3]
+    python -m benchmarks.serving.bench_serve [--edits 32] [--clients 1,4,16] [--repeats 3]
 
 The server (`svdedit serve`, its own process, default settings: batches of up to 8 images, 25 ms wait)
 gets --edits edit requests of one seed each, from N client threads, each sending its share one after
@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a small red square on the left"
 
 
@@ -113,9 +113,10 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    from benchmarks.bench_runtime import ensure_engine
+    from svdedit.runtime.editing.learn import learn
+    from benchmarks.engines import ensure_engine
     from benchmarks.machine import describe
-    from benchmarks.serving import free_port, start_uvicorn, wait_ready
+    from benchmarks.serving.serving import free_port, start_uvicorn, wait_ready
     from svdedit.runtime.editing import Editor
     from svdedit.runtime.pipeline import Pipeline
     from svdedit.serve.store import AttributeStore
@@ -123,10 +124,10 @@ def main() -> None:
     engine = ensure_engine(ROOT / "models" / "shapes", args.engine)
     store = Path(tempfile.mkdtemp(prefix="bench-serve-")) / "store"
     with Pipeline(engine) as pipe:
-        attr = Editor(pipe).learn("a large red circle in the middle", "a large blue circle in the middle")
+        attr = learn(Editor(pipe), "a large red circle in the middle", "a large blue circle in the middle")
         attr_id = AttributeStore(store, pipe.manifest.identities()).save(attr)
     seeds = list(range(2000, 2000 + args.edits))
-    result = {"benchmark": "bench_serve", "command": "python -m benchmarks.bench_serve " + " ".join(sys.argv[1:]),
+    result = {"benchmark": "bench_serve", "command": "python -m benchmarks.serving.bench_serve " + " ".join(sys.argv[1:]),
               "machine": describe(), "edits": args.edits, "steps": attr.knobs.steps, "repeats": args.repeats,
               "server_settings": "svdedit serve defaults (max_batch 8, max_wait_ms 25, max_queue 64)"}
     print("Python API ...", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Invert once, edit many: the latency of a re-edit (another strength, another attribute) against a full edit.
 
-    python -m benchmarks.bench_reedit --model shapes                 # the embedded model, 5 repeats
-    python -m benchmarks.bench_reedit --model sd15 --work /tmp/sd15  # SD 1.5 shape (bench_speed.py's engine), 1 repeat
+    python -m benchmarks.speed.bench_reedit --model shapes                 # the embedded model, 5 repeats
+    python -m benchmarks.speed.bench_reedit --model sd15 --work /tmp/sd15  # SD 1.5 shape (bench_speed.py's engine), 1 repeat
 
 One real image at the default knobs (50 steps, T_x = 0.4 T, guidance 3) through Editor.edit_images with an
 EditCache: the first edit is a full edit (encode, 50 inversion steps, the target prompt sampled to T_x, the
@@ -27,12 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
-MODEL = Path(__file__).parent.parent / "models" / "shapes"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+MODEL = Path(__file__).resolve().parents[2] / "models" / "shapes"
 
 
 def attributes(args, engine: Path):
     """(red -> blue, red -> green) for the model."""
+    from svdedit.runtime.editing.learn import learn
     from svdedit.runtime.editing.avi import Attribute
     from svdedit.runtime.editing.edit import Editor
     from svdedit.runtime.editing.knobs import Knobs
@@ -42,7 +43,7 @@ def attributes(args, engine: Path):
     if args.model == "shapes":
         with Pipeline(engine) as pipe:
             editor = Editor(pipe)
-            return [editor.learn(src, src.replace("red", c), seed=0, knobs=Knobs(calibration_seeds=0))
+            return [learn(editor, src, src.replace("red", c), seed=0, knobs=Knobs(calibration_seeds=0))
                     for c in ("blue", "green")]
     base = Attribute.load(args.work / "red2blue-10.safetensors")
     knobs = base.knobs.replace(steps=50)
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/sd15"))
     ap.add_argument("--repeats", type=int, default=None, help="default: 5 (shapes), 1 (sd15)")
     args = ap.parse_args(argv)
-    from benchmarks.edit_peers import images, prompts
+    from benchmarks.speed.edit_peers import images, prompts
     from benchmarks.machine import describe
     from svdedit.export.exporter import export_model
     from svdedit.runtime.editing.cache import EditCache
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             full_green = plain.edit_images([green], img, [prompt], strength=1.0)
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     machine = describe()
-    res = {"benchmark": "bench_reedit", "command": "python -m benchmarks.bench_reedit " + " ".join(sys.argv[1:]),
+    res = {"benchmark": "bench_reedit", "command": "python -m benchmarks.speed.bench_reedit " + " ".join(sys.argv[1:]),
            "model": args.model, "steps": blue.knobs.steps, "t_edit": blue.knobs.t_edit, "repeats": repeats,
            "machine": machine, "device_label": f"{machine['cpu']}, {machine['cores']} cores", "runs": runs,
            "median_s": med,

@@ -1,8 +1,8 @@
 """Speed of one edit per configuration (exact, step caching, int8, both) against Optimum and diffusers, in one run.
 
-    python -m benchmarks.bench_speed --work /tmp/sd15 --optimum-python /tmp/optvenv/bin/python
+    python -m benchmarks.speed.bench_speed --work /tmp/sd15 --optimum-python /tmp/optvenv/bin/python
 
-The SD 1.5-shaped model (benchmarks/export_sd15_shape.py: 512x512, random weights) on this CPU, one real image
+The SD 1.5-shaped model (benchmarks/speed/export_sd15_shape.py: 512x512, random weights) on this CPU, one real image
 edited end to end (Editor.edit_images: encode, 10 inversion steps, 10 guided steps with the SVD + AVI step at
 T_x, decode) by every configuration at the same step counts; each configuration and each peer in its own
 process (its peak RSS is its own), a 2-step warm-up edit first, then the median of --repeats timed edits.
@@ -14,10 +14,10 @@ Engine dirs under --work (made by this script when missing, from --work/pipeline
     engine-int8-static             svdedit quantize (static)        int8 UNet
     engine-int8-dynamic            svdedit quantize --mode dynamic
     engine-int8-static-stepcache   both
-Optimum's export (--optimum-dir, made with benchmarks/optimum_export.py in its own venv) is its peer.
+Optimum's export (--optimum-dir, made with benchmarks/speed/optimum_export.py in its own venv) is its peer.
 
-Writes benchmarks/results/speed_sd15_cpu.{json,md}; benchmarks/speed_report.py adds the edit quality of each
-configuration on the embedded model (benchmarks/speed_quality.py) and the plot.
+Writes benchmarks/results/speed_sd15_cpu.{json,md}; benchmarks/speed/speed_report.py adds the edit quality of each
+configuration on the embedded model (benchmarks/quality/speed_quality.py) and the plot.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+ROOT = Path(__file__).resolve().parents[2]
 
 #: (label, engine dir name, sampling interval, inversion interval)
 CONFIGS = [
@@ -71,7 +71,7 @@ def prepare(pipeline: Path, work: Path, log) -> dict[str, Path]:
 # one configuration (or peer) in its own process
 # ------------------------------------------------------------------------------------------------
 def child(spec: dict) -> dict:
-    from benchmarks.edit_peers import IMPLEMENTATIONS, images, prompts
+    from benchmarks.speed.edit_peers import IMPLEMENTATIONS, images, prompts
     from svdedit.runtime.editing.avi import Attribute
 
     impl = spec["impl"]
@@ -106,7 +106,7 @@ def child(spec: dict) -> dict:
 
 
 def run_child(spec: dict, python: str = sys.executable) -> dict:
-    proc = subprocess.run([python, "-m", "benchmarks.bench_speed", "--child", json.dumps(spec)], cwd=ROOT,
+    proc = subprocess.run([python, "-m", "benchmarks.speed.bench_speed", "--child", json.dumps(spec)], cwd=ROOT,
                           capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"{spec['impl']} {spec.get('label', '')} failed:\n{proc.stderr[-3000:]}")
@@ -150,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
-    from benchmarks.bench_edit import SOURCE, TARGET, versions
+    from benchmarks.speed.bench_edit import SOURCE, TARGET, versions
     from benchmarks.machine import describe
 
-    from benchmarks.export_sd15_shape import build_sd15_shape
+    from benchmarks.speed.export_sd15_shape import build_sd15_shape
 
     work = args.work
     if not (work / "pipeline" / "model_index.json").exists():
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     from svdedit.runtime.editing.avi import Attribute
 
     knobs = Attribute.load(attr).knobs
-    res = {"benchmark": "bench_speed", "command": "python -m benchmarks.bench_speed " + " ".join(sys.argv[1:]),
+    res = {"benchmark": "bench_speed", "command": "python -m benchmarks.speed.bench_speed " + " ".join(sys.argv[1:]),
            "model_label": "SD 1.5 shape (512x512, random weights)",
            "device_label": f"{machine['cpu']}, {machine['cores']} cores", "steps": args.steps,
            "guidance": knobs.guidance, "t_edit": knobs.t_edit, "repeats": args.repeats, "machine": machine,

@@ -1,0 +1,167 @@
+"""The README's tables of results, made from the result files (never edited by hand).
+
+    python -m benchmarks tables          # rewrite them in README.md
+    python -m benchmarks tables --check  # exit 1 if README.md is not what the result files say
+
+In README.md each such table sits between two markers,
+
+    <!-- table: NAME (python -m benchmarks tables; from benchmarks/results/FILE) -->
+    ...
+    <!-- /table -->
+
+and TABLES names the function that writes it from its result file. tests/benchmarks/test_tables.py runs the check.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+REGION = re.compile(r"(<!-- table: (?P<name>[\w-]+) [^\n]*-->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _rows(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+# ---- one function per table ----
+QUALITY_METHODS = [("AVI (strength 1)", "AVI"), ("(c) no injection: switch the prompt at T_x", "(c) no injection: switch "
+                   "the prompt at T_x"), ("(d) untrained MLP (--iters 0)", "(d) untrained MLP"),
+                   ("(a) regenerate with target prompt", "(a) regenerate with target"),
+                   ("(b) invert, sample target prompt", "(b) invert + target"),
+                   ("AVI, source continuation (paper, literal)", "paper's literal reading")]
+
+
+def edit_quality() -> str:
+    """Success / identity / PSNR outside the shape per pair and method (quality/bench_edit_quality.py)."""
+    res = _load("edit_quality.json")
+    rows = []
+    for name, pair in res["pairs"].items():
+        cells = []
+        for key, _ in QUALITY_METHODS:
+            s = pair["generated"][key]
+            cells.append(f"{s['success']:.0%} / {s['identity']:.0%} / {s['psnr_outside_median_db']:.1f}")
+        src, tgt = pair["learn_prompt"], pair["learn_target"]
+        old, new = next((a, b) for a, b in zip(src.split(), tgt.split()) if a != b)
+        rows.append([f"{name} {old} -> {new}"] + cells)
+    return _rows(["pair (generated images)"] + [label for _, label in QUALITY_METHODS], rows)
+
+
+def strength() -> str:
+    """How evenly the strength scale moves the image (quality/edit_studies.py): the largest step of the median reading
+    as a fraction of the whole change, raw against calibrated; the target is at most 0.25 and monotone."""
+    res = _load("edit_quality.json")
+    rows = []
+    for name, pair in res["pairs"].items():
+        study = pair["strength"]
+        raw, cal = study["raw blend"], study["calibrated"]
+        if cal["meets_target"]:
+            verdict = f"**{cal['largest_step']:.2f}**, monotone: met"
+        elif cal["monotone"]:
+            verdict = f"{cal['largest_step']:.2f}, monotone: missed by {cal['largest_step'] - 0.25:.2f}"
+        else:
+            verdict = f"{cal['largest_step']:.2f}, not monotone"
+        rows.append([f"{name}, {study['reading'].replace('_', ' ')}", f"{raw['largest_step']:.2f}", verdict,
+                     f"{cal['largest_step_per_image_median']:.2f}"])
+    return _rows(["pair, reading", "raw blend (alpha = strength)", "calibrated scale",
+                  "each image's own largest step (calibrated, median)"], rows)
+
+
+def edit_sd15() -> str:
+    """One edit of a real image on the SD 1.5 shape, stage by stage, against its peers (speed/bench_edit.py)."""
+    res = _load("edit_sd15_fp32_cpu.json")
+    impls = res["implementations"]
+    first = [next(b for b in i["batches"] if b["batch"] == 1) for i in impls]
+    groups = [("text + VAE encode", ("text", "vae_encode")), (f"{res['steps']} inversion steps", ("invert",)),
+              (f"{res['steps']} guided steps", ("sample_to_edit", "sample_rest")), ("SVD + AVI", ("svd_avi",)),
+              ("VAE decode", ("vae_decode",))]
+    rows = []
+    for label, stages in groups:
+        values = [sum(b["stages_median_s"][s] for s in stages) for b in first]
+        rows.append([label] + [f"{v:.3f}" if v < 0.1 else f"{v:.2f}" for v in values])
+    ours = first[0]["seconds_median"]
+    rows.append(["**one edit**"] + [f"**{b['seconds_median']:.1f}**" + ("" if k == 0 else f" ({b['seconds_median'] / ours:.2f}x "
+                                                                       f"svdedit's time)")
+                                    for k, b in enumerate(first)])
+    top = max(b["batch"] for b in impls[0]["batches"])
+    rates = [next(b for b in i["batches"] if b["batch"] == top)["edits_per_second"] for i in impls]
+    rows.append([f"edits/s at batch {top}"] + [f"{r:.4f}" + ("" if k == 0 else f" (svdedit {rates[0] / r:.2f}x)")
+                                              for k, r in enumerate(rates)])
+    rss = [i["peak_rss_gib"] for i in impls]
+    rows.append(["peak RSS, GiB"] + [f"{r:.2f}" + ("" if k == 0 else f" (svdedit {rss[0] / r:.2f}x)")
+                                     for k, r in enumerate(rss)])
+    return _rows([f"seconds, batch 1"] + [i["impl"] for i in impls], rows)
+
+
+def configurations() -> str:
+    """Each fast configuration's speed (speed/bench_speed.py) against its quality (quality/speed_quality.py), joined by
+    speed/speed_report.py; the peers' rows from the same speed run."""
+    report, speed = _load("speed_report.json"), _load("speed_sd15_cpu.json")
+    peers = {r["label"]: r for r in speed["rows"] if not r["impl"].startswith("svdedit")}
+    diffusers, optimum = peers["diffusers (torch)"], peers["optimum (onnxruntime)"]
+    rows = []
+    for r in report["rows"]:
+        if r.get("edit_s") is None:
+            speed_cells = ["-"] * 4
+        else:
+            speed_cells = [f"{r['edit_s']:.1f}", f"{r['vs_optimum']:.2f}x", f"{r['vs_diffusers']:.2f}x",
+                           f"{r['peak_rss_gib']:.2f} ({r['rss_vs_diffusers']:.2f})"]
+        recon = f"{r['reconstruction_db']:.2f}"
+        if not r["quality_ok"]:
+            recon += f" ({r['d_reconstruction_db']:+.2f}: outside)"
+        rows.append([r["label"]] + speed_cells + [f"{r['success']:.3f}", f"{r['identity']:.3f}", recon])
+    base = diffusers["seconds_median"]
+    for label, p in (("diffusers (torch)", diffusers), ("Optimum (onnxruntime)", optimum)):
+        rows.append([label, f"{p['seconds_median']:.1f}", f"{optimum['seconds_median'] / p['seconds_median']:.2f}x",
+                     f"{base / p['seconds_median']:.2f}x",
+                     f"{p['peak_rss_gib']:.2f} ({p['peak_rss_gib'] / diffusers['peak_rss_gib']:.2f})", "", "", ""])
+    return _rows(["configuration", "edit s", "vs Optimum", "vs diffusers", "peak RSS GiB (/ diffusers')", "success",
+                  "identity", "reconstruction dB"], rows)
+
+
+def open_time() -> str:
+    """Opening an engine dir (speed/bench_open.py): every file hashed against only the changed ones."""
+    res = _load("open_sd15_cpu.json")
+    t = res["pipeline_open_s"]
+    return _rows(["`Pipeline(dir)`, SD 1.5 shape", "seconds (median)", "ratio"],
+                 [[f"every file hashed ({res['engine_dir_bytes'] / 1e9:.2f} GB; svdedit up to this release)",
+                   f"{t['every_file_hashed']:.2f}", "1"],
+                  ["changed files hashed (the verification record)", f"{t['changed_files_hashed']:.3f}",
+                   f"{res['ratio']:.0f}x faster"]])
+
+
+TABLES = {"edit-quality": edit_quality, "strength": strength, "edit-sd15": edit_sd15,
+          "configurations": configurations, "open-time": open_time}
+
+
+def render(readme: str) -> str:
+    """README's text with every marked table made anew from its result file."""
+    def one(m: re.Match) -> str:
+        if m["name"] not in TABLES:
+            raise SystemExit(f"README.md names a table {m['name']!r}; the tables are {', '.join(TABLES)}")
+        return m.group(1) + TABLES[m["name"]]() + m.group(4)
+    return REGION.sub(one, readme)
+
+
+def main(argv: list[str]) -> int:
+    text = README.read_text()
+    new = render(text)
+    if "--check" in argv:
+        if new != text:
+            print("README.md's tables are not what the result files say: run `python -m benchmarks tables`.",
+                  file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new)
+    print(f"{len(REGION.findall(new))} tables written into {README.relative_to(ROOT)}")
+    return 0
