@@ -1,6 +1,6 @@
 # The two commands of the README. Both set everything up on a fresh machine, from the lock.
 #   make demo   the main job, end to end
-#   make test   the whole test suite (what CI runs, through .ci/run)
+#   make test   the whole test suite (what CI runs, through .ci/run); make test-slow: its costly variants
 # The lock, and the checks of the ranges around it:
 #   make lock          locks/<platform>-py<X.Y>.txt from pyproject.toml (keeps the pins that still fit)
 #   make lock-upgrade  the same, every package at the newest version the ranges allow
@@ -31,7 +31,7 @@ SOURCES := $(foreach f,$(FIND_LINKS),--find-links $(f)) \
            $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
 INSTALL_HINT = echo "make: the install failed (above). If torch==2.13.0+cpu was not found, add PyTorch's CPU index: make $(or $(MAKECMDGOALS),$(.DEFAULT_GOAL)) TORCH_INDEX=https://download.pytorch.org/whl/cpu" >&2; exit 1
 
-.PHONY: demo test clean browser dist lock lock-upgrade test-latest test-oldest test-runtime-oldest
+.PHONY: demo test test-slow clean browser dist lock lock-upgrade test-latest test-oldest test-runtime-oldest
 .DEFAULT_GOAL := demo
 
 # Before anything is installed, make stops with one line if this Python is too old, has no lock, or the lock is not
@@ -84,6 +84,10 @@ LOCKED_PIP := $(if $(filter locked,$(RESOLVE)),PIP_CONSTRAINT=$(abspath $(LOCK))
 
 test: $(STAMP) browser dist
 	$(LOCKED_PIP) $(PY) -m pytest -q
+
+# The costly variants `make test` leaves out (marker `slow`: ~2 min here), to keep CI under 20 minutes on 2 cores.
+test-slow: $(STAMP) dist
+	$(LOCKED_PIP) $(PY) -m pytest -q -m slow
 
 # The distribution: the built-in engine dir svdedit:shapes (models/shapes exported in fp32; the export is a no-op
 # when build/shapes-engine is up to date) copied into the package, then the sdist and the wheel built from it

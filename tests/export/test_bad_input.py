@@ -127,7 +127,8 @@ def test_bad_option_values(pipeline_copy, tmp_path):
 
 # ---- failures in the middle of an export (in-process, so that a failure can be injected) ----
 
-@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device", "unet.onnx"), KeyboardInterrupt()])
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device", "unet.onnx"),
+                                     pytest.param(KeyboardInterrupt(), marks=pytest.mark.slow)])  # interrupts: test_interrupts.py
 def test_failure_mid_export_leaves_nothing_behind(tiny_pipelines, tmp_path, monkeypatch, failure):
     import onnx
 

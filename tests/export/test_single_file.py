@@ -34,6 +34,7 @@ def test_single_file_loads_the_same_weights_as_the_folder(tiny_pipelines, ldm_ch
             np.testing.assert_array_equal(sa[k].numpy(), sb[k].numpy(), err_msg=f"{name}.{k}")
 
 
+@pytest.mark.slow  # 43 s; the loader's equivalence to the folder is the test above, in every run
 def test_export_single_file_through_the_cli(tiny_pipelines, ldm_checkpoint, tmp_path):
     out = tmp_path / "eng"
     proc = run_cli("export", ldm_checkpoint, "--config", tiny_pipelines["sd1"], "-o", out)
