@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
-REGION = re.compile(r"(<!-- table: (?P<name>[\w-]+) [^\n]*-->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+REGION = re.compile(r"^(?P<indent>[ ]*)(?P<open><!-- table: (?P<name>[\w-]+) [^\n]*-->\n)(?P<body>.*?)^(?P=indent)<!-- /table -->",
+                    re.S | re.M)
 
 
 def _load(name: str) -> dict:
@@ -140,7 +141,21 @@ def open_time() -> str:
                    f"{res['ratio']:.0f}x faster"]])
 
 
-TABLES = {"edit-quality": edit_quality, "strength": strength, "edit-sd15": edit_sd15,
+def serve_batching() -> str:
+    """The server's dynamic batching against the Python API doing the same edits one after another
+    (serving/bench_serve.py)."""
+    res = _load("serve_batching.json")
+    api = res["python_api"]
+    rows = [["Python API, one edit after another", f"{api['edits_per_second']:.2f}", "1.00x",
+             f"{api['latency_p50_s']:.2f} / {api['latency_p99_s']:.2f} s", "1"]]
+    for s in res["server"]:
+        rows.append([f"server, {s['clients']} client{'s' if s['clients'] > 1 else ''}", f"{s['edits_per_second']:.2f}",
+                     f"{s['throughput_vs_python_api']:.2f}x", f"{s['latency_p50_s']:.2f} / {s['latency_p99_s']:.2f} s",
+                     f"{s['batch_images_max']}"])
+    return _rows(["", "edits/s", "vs the Python API", "latency p50 / p99", "images per batch"], rows)
+
+
+TABLES = {"serve-batching": serve_batching, "edit-quality": edit_quality, "strength": strength, "edit-sd15": edit_sd15,
           "configurations": configurations, "open-time": open_time}
 
 
@@ -149,7 +164,8 @@ def render(readme: str) -> str:
     def one(m: re.Match) -> str:
         if m["name"] not in TABLES:
             raise SystemExit(f"README.md names a table {m['name']!r}; the tables are {', '.join(TABLES)}")
-        return m.group(1) + TABLES[m["name"]]() + m.group(4)
+        body = "".join(m["indent"] + line for line in TABLES[m["name"]]().splitlines(keepends=True))
+        return m["indent"] + m["open"] + body + m["indent"] + "<!-- /table -->"
     return REGION.sub(one, readme)
 
 
