@@ -57,15 +57,22 @@ def test_a_changed_file_alone_is_hashed_again(engine):
     assert hashed == ["schedule.json"]
 
 
+def _damaged_copy(target, into, at: int):
+    """Write `target`'s bytes with the byte at `at` flipped into `into`, with `target`'s size and times (ctime excepted:
+    nothing can set it back); return `target`'s stat from before."""
+    st = target.stat()
+    data = bytearray(target.read_bytes())
+    data[at] ^= 0xFF
+    into.write_bytes(bytes(data))
+    os.utime(into, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return st
+
+
 def test_a_same_size_rewrite_with_its_mtime_set_back_is_refused(engine):
     d, hashed = engine
     read_manifest(d)
     target = d / _largest(d)
-    st = target.stat()
-    data = bytearray(target.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    target.write_bytes(bytes(data))
-    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as before; ctime cannot be set back
+    st = _damaged_copy(target, target, target.stat().st_size // 2)
     assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
     with pytest.raises(EngineDirError, match="does not match the manifest"):
         read_manifest(d)
@@ -77,12 +84,8 @@ def test_a_file_swapped_in_by_a_rename_is_refused(engine):
     d, hashed = engine
     read_manifest(d)
     target = d / _largest(d)
-    st = target.stat()
-    data = bytearray(target.read_bytes())
-    data[0] ^= 0xFF
     swapped = d / "swapped.tmp"
-    swapped.write_bytes(bytes(data))
-    os.utime(swapped, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _damaged_copy(target, swapped, 0)
     os.replace(swapped, target)  # another inode, the same size and mtime
     with pytest.raises(EngineDirError, match="does not match the manifest"):
         read_manifest(d)
@@ -91,7 +94,9 @@ def test_a_file_swapped_in_by_a_rename_is_refused(engine):
 def test_a_damaged_or_foreign_record_only_costs_a_hash(engine):
     d, hashed = engine
     read_manifest(d)
-    for text in ("{not json", json.dumps({"version": 99, "dirs": {}}), json.dumps([1, 2])):
+    key = str(d.resolve())
+    for text in ("{not json", json.dumps({"version": 99, "dirs": {}}), json.dumps([1, 2]),
+                 json.dumps({"version": 1, "dirs": {key: [1, 2]}})):
         record_path().write_text(text)
         hashed.clear()
         read_manifest(d)

@@ -48,8 +48,8 @@ class Record:
 
     def __init__(self, engine_dir: Path):
         self.key = str(Path(engine_dir).resolve())
-        self.all = self._load()
-        self.files: dict[str, list] = dict(self.all.get("dirs", {}).get(self.key, {}))
+        mine = self._load().get("dirs", {}).get(self.key)
+        self.files: dict[str, list] = dict(mine) if isinstance(mine, dict) else {}  # a damaged entry vouches for nothing
         self.changed = False
 
     @staticmethod
