@@ -10,7 +10,7 @@ from dataclasses import fields
 import numpy as np
 
 from svdedit.runtime.editing.knobs import Knobs
-from svdedit.runtime.editing.request import PARAMS, bounds_text
+from svdedit.runtime.editing.request import describe
 from svdedit.runtime.limits import LIMITS
 
 
@@ -207,7 +207,7 @@ def flag_of(field: str) -> str:
 
 def about(field: str, extra: str = "") -> str:
     """The help of a request field's option: the runtime's description of it, its range, and `extra`."""
-    return (PARAMS[field].help + bounds_text(field) + extra).replace("%", "%%")
+    return describe(field, extra).replace("%", "%%")  # argparse formats help with %
 
 
 # ---- progress ----

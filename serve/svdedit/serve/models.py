@@ -14,22 +14,17 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from svdedit.runtime.editing import request as runtime
-from svdedit.runtime.editing.request import PARAMS, bounds_text
+from svdedit.runtime.editing.request import describe
 
 #: the runtime's field name -> this API's (the others are the same)
 API_NAMES = {"strengths": "strength", "images": "image"}
 
 
-def about(name: str, extra: str = "") -> str:
-    """The description of the runtime's field `name`, with its range when it has one."""
-    return PARAMS[name].help + bounds_text(name) + extra
-
-
 class LearnBody(BaseModel):
-    source: str = Field(description=about("source"))
-    target: str = Field(description=about("target"))
-    seed: int = Field(0, description=about("seed"))
-    knobs: dict[str, Any] = Field(default_factory=dict, description=about("knobs", "; any of `svdedit learn`'s knobs"))
+    source: str = Field(description=describe("source"))
+    target: str = Field(description=describe("target"))
+    seed: int = Field(0, description=describe("seed"))
+    knobs: dict[str, Any] = Field(default_factory=dict, description=describe("knobs", "; any of `svdedit learn`'s knobs"))
 
     def request(self) -> runtime.LearnRequest:
         return runtime.LearnRequest(self.source, self.target, self.seed, runtime.knobs_from(self.knobs))
@@ -45,14 +40,14 @@ class AttributeInfo(BaseModel):
 
 
 class EditBody(BaseModel):
-    prompt: str = Field("", description=about("prompt"))
-    attributes: list[str] = Field(description=about("attributes", ": ids from POST /v1/attributes"))
-    strength: float = Field(1.0, description=about("strengths").replace("; several:", ". The command line takes "
+    prompt: str = Field("", description=describe("prompt"))
+    attributes: list[str] = Field(description=describe("attributes", ": ids from POST /v1/attributes"))
+    strength: float = Field(1.0, description=describe("strengths").replace("; several:", ". The command line takes "
                                                                           "several:"))
-    seeds: list[int] | None = Field(None, description=about("seeds"))
-    image: str | None = Field(None, description=about("images", ": base64 of one PNG/JPEG/WebP file"))
-    target_prompt: str | None = Field(None, description=about("target_prompt"))
-    cache_interval: int | None = Field(None, description=about("cache_interval"))
+    seeds: list[int] | None = Field(None, description=describe("seeds"))
+    image: str | None = Field(None, description=describe("images", ": base64 of one PNG/JPEG/WebP file"))
+    target_prompt: str | None = Field(None, description=describe("target_prompt"))
+    cache_interval: int | None = Field(None, description=describe("cache_interval"))
 
     def request(self, image: bytes | None) -> runtime.EditRequest:
         """The runtime's request (`image`: the decoded base64 of `image`), not yet checked."""
@@ -76,10 +71,10 @@ class EditResponse(BaseModel):
 
 
 class GenerateBody(BaseModel):
-    prompt: str = Field(description=about("prompt"))
-    seed: int = Field(0, description=about("seed"))
-    steps: int = Field(50, description=about("steps"))
-    guidance: float = Field(3.0, description=about("guidance"))
+    prompt: str = Field(description=describe("prompt"))
+    seed: int = Field(0, description=describe("seed"))
+    steps: int = Field(50, description=describe("steps"))
+    guidance: float = Field(3.0, description=describe("guidance"))
 
     def request(self) -> runtime.GenerateRequest:
         return runtime.GenerateRequest(self.prompt, self.seed, self.steps, self.guidance)

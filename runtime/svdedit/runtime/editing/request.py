@@ -71,10 +71,12 @@ def shown_bound(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def bounds_text(name: str) -> str:
-    """" (lo to hi)" of a field that has a range, else ""."""
+def describe(name: str, extra: str = "") -> str:
+    """What the field `name` means, with its range when it has one, and `extra`: the CLI's help and the API's
+    description of it."""
     p = PARAMS[name]
-    return f" ({shown_bound(p.lo)} to {shown_bound(p.hi)})" if p.lo is not None else ""
+    bounds = f" ({shown_bound(p.lo)} to {shown_bound(p.hi)})" if p.lo is not None else ""
+    return p.help + bounds + extra
 
 
 def _whole(field: str, value, lo: float, hi: float) -> int:
