@@ -20,13 +20,16 @@ TEST_LIMITS = dict(max_file_bytes=300_000, max_pixels=4_000_000, max_seeds=4, ma
 
 
 class ThreadServer:
-    """uvicorn serving `app` on a free port of 127.0.0.1, in a thread; stop() shuts it down gracefully."""
+    """uvicorn serving `app` on a free port of 127.0.0.1, in a thread, configured as `svdedit serve` configures it;
+    stop() shuts it down gracefully."""
 
-    def __init__(self, app):
+    def __init__(self, app, settings):
         import uvicorn
 
+        from svdedit.serve.run import uvicorn_config
+
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn_config(app, settings, "127.0.0.1", self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -48,7 +51,8 @@ def local_server(engine: Path, store: Path, **settings) -> ThreadServer:
     from svdedit.serve.backend import LocalBackend
     from svdedit.serve.settings import ServeSettings
 
-    return ThreadServer(create_app(LocalBackend(ServeSettings.make(engine, store=store, **settings)))).start()
+    backend = LocalBackend(ServeSettings.make(engine, store=store, **settings))
+    return ThreadServer(create_app(backend), backend.settings).start()
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +62,10 @@ def ray_cluster():
     import ray
     from ray import serve
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # every Ray worker can be given a bug on demand (tests/serve/poison.py: only POISON_SEED triggers it)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"worker_process_setup_hook": "tests.serve.poison.install",
+                          "env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})  # one HTTP proxy per Ray instance
     yield port

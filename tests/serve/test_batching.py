@@ -70,7 +70,7 @@ def test_a_full_queue_answers_503_and_a_slow_request_504(shapes_engine, store, f
     release = threading.Event()
     real = backend.service.run_batch
     backend.service.run_batch = lambda jobs: (release.wait(30), real(jobs))[1]  # the engines are busy until released
-    server = ThreadServer(create_app(backend)).start()
+    server = ThreadServer(create_app(backend), backend.settings).start()
     body = {"prompt": PROMPT, "attributes": [fast_attr[0]], "seeds": [1]}
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client, cf.ThreadPoolExecutor(2) as pool:

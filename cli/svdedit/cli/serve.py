@@ -24,6 +24,11 @@ SETTING_HELP = {
     "max_batch": "most images in one batch", "max_wait_ms": "longest wait of a request for others to batch with",
     "max_queue": "most images waiting; beyond, 503",
     "request_timeout_s": "a request still unanswered after this many seconds gets 504",
+    "body_timeout_s": "a request's body must have arrived this many seconds after the request began (slow clients "
+                      "get 408 and the connection closes)",
+    "inflight_body_mb": "MiB of request bodies held at once, all requests together; beyond, 503",
+    "decode_workers": "request bodies parsed and images decoded at once, off the event loop (more wait their turn)",
+    "max_connections": "open connections and requests at once (uvicorn's limit_concurrency); beyond, 503",
     "edit_cache_mb": "MiB of inverted images kept, so that re-editing one skips its inversion (0 = off)",
     "max_file_bytes": "largest image upload", "max_pixels": "largest image, in pixels (read from its header)",
     "max_aspect": "largest aspect ratio of an image", "max_images": "(command line only: images of one edit run)",

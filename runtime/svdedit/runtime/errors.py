@@ -7,6 +7,8 @@ its traceback. The kernels (the layer below the runtime) raise their own ``Laten
 ``ValueError`` as NumPy's linalg errors are; ``USER_ERRORS`` lists both for the command line.
 """
 
+import re
+
 from svdedit.kernels import LatentShapeError
 
 
@@ -85,3 +87,21 @@ class BusyError(SvdeditError):
 
 #: what the command line reports as a clear message (exit status 2) instead of a traceback
 USER_ERRORS = (SvdeditError, LatentShapeError)
+
+
+def shown(value) -> str:
+    """A value as an error message shows it: its repr, cut to 40 characters (a request may send megabytes)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of over 4300 digits has no repr
+        return f"a number of {value.bit_length()} bits"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def without_reprs(text: str) -> str:
+    """A library's message without the reprs of Python objects it quotes ("cannot identify image file
+    <_io.BytesIO object at 0x7f...>"): they mean nothing to the user and show addresses."""
+    return _OBJECT_REPR.sub("", text)

@@ -10,11 +10,12 @@ the engine's ``multiple_of`` (64 for SD: the VAE's 8 times the UNet's 8). Arrays
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
-from svdedit.runtime.errors import ImageTooLargeError, SvdeditError
+from svdedit.runtime.errors import ImageTooLargeError, SvdeditError, without_reprs
 from svdedit.runtime.files import atomic_write_bytes
 from svdedit.runtime.limits import LIMITS, Limits
 
@@ -56,9 +57,14 @@ def decode_image(source, what: str = "the image", limits: Limits = LIMITS) -> "P
                                          f"first (it would be scaled up to cover the model's square).")
             img = ImageOps.exif_transpose(probe)
             img.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
-        raise SvdeditError(f"{what} cannot be read ({type(exc).__name__}: {exc}). Is it a complete PNG/JPEG/WebP "
-                           f"file?") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own bound (twice MAX_IMAGE_PIXELS), met before ours
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(declared[1]) / 1e6:.1f} megapixels" if declared else "a size over Pillow's bound"
+        raise ImageTooLargeError(f"{what} declares {size}; the limit is {limits.max_pixels / 1e6:g}. Downscale it "
+                                 f"first.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise SvdeditError(f"{what} cannot be read ({type(exc).__name__}: {without_reprs(str(exc))}). Is it a "
+                           f"complete PNG/JPEG/WebP file?") from None
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F") or img.mode.startswith("I;16"):
         img = _to_8_bits(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

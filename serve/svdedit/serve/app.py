@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -40,7 +39,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from svdedit.runtime.errors import ImageTooLargeError, InvalidRequestError, SvdeditError
 from svdedit.serve.backend import Backend, LocalBackend
+from svdedit.serve.bodies import edit_from_json, parse_json, validated
 from svdedit.serve.errors import RequestTimeout, described, error_response
+from svdedit.serve.guard import Counted, RequestGuard
 from svdedit.serve.models import (
     AttributeInfo,
     EditBody,
@@ -48,6 +49,7 @@ from svdedit.serve.models import (
     GenerateBody,
     GenerateResponse,
     LearnBody,
+    bounds,
 )
 
 log = logging.getLogger("svdedit.serve")
@@ -62,7 +64,14 @@ def backend_of(request: Request) -> Backend:
 # Routes
 # --------------------------------------------------------------------------------------------------
 router = APIRouter()
-EDIT_BODY = {"requestBody": {"content": {
+
+
+def json_body(model) -> dict:
+    """The OpenAPI request body of a route that reads its JSON itself (bodies.py)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+EDIT_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": EditBody.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "required": ["prompt", "attributes", "image"], "properties": {
         "prompt": {"type": "string"}, "attributes": {"type": "string", "description": "ids, comma-separated"},
@@ -90,10 +99,12 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=content_type)
 
 
-@router.post("/v1/attributes", tags=["attributes"], response_model=AttributeInfo, status_code=201)
-async def learn_attribute(request: Request, body: LearnBody) -> dict:
+@router.post("/v1/attributes", tags=["attributes"], response_model=AttributeInfo, status_code=201,
+             openapi_extra=json_body(LearnBody))
+async def learn_attribute(request: Request) -> dict:
     """Learn an attribute from one prompt pair; the same request again gives the same id."""
     backend = backend_of(request)
+    body = await _json(request, LearnBody)
     return await _timed(backend, backend.learn(body.request()))
 
 
@@ -117,8 +128,7 @@ async def delete_attribute(request: Request, attr_id: str) -> Response:
 async def create_edit(request: Request) -> dict:
     """Edit generated images (prompt + seeds) or one image (base64 in JSON, or a multipart upload)."""
     backend = backend_of(request)
-    body = await _edit_request(request)
-    image = _base64_image(body.image) if body.image is not None else None
+    body, image = await _edit_request(request)
     outcome = await _timed(backend, backend.edit(body.request(image)))
     backend.metrics.batch_images.observe(outcome.batch_images)
     seeds = body.seeds or [None]
@@ -129,9 +139,11 @@ async def create_edit(request: Request) -> dict:
             "seconds_per_stage": outcome.seconds_per_stage, "batch_images": outcome.batch_images}
 
 
-@router.post("/v1/generate", tags=["edits"], response_model=GenerateResponse)
-async def generate(request: Request, body: GenerateBody) -> dict:
+@router.post("/v1/generate", tags=["edits"], response_model=GenerateResponse, openapi_extra=json_body(GenerateBody))
+async def generate(request: Request) -> dict:
+    """Text to image."""
     backend = backend_of(request)
+    body = await _json(request, GenerateBody)
     png = await _timed(backend, backend.generate(body.request()))
     return {"image": _b64(png)}
 
@@ -149,40 +161,30 @@ async def _timed(backend: Backend, work):
                              f"given up; the service is overloaded or the request too large.") from None
 
 
-async def _edit_request(request: Request) -> EditBody:
-    """The edit's fields from JSON or from a multipart form (whose image file is read into base64)."""
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        limit = backend_of(request).settings.limits.max_file_bytes
-        form = await request.form(max_files=1, max_fields=10)
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise InvalidRequestError("image", "a multipart edit needs an `image` file field (and `prompt`, "
-                                               "`attributes`).")
-        data = await upload.read(limit + 1)
-        if len(data) > limit:
-            raise ImageTooLargeError(f"the uploaded image is over {limit} bytes, the limit.")
-        fields = {k: v for k, v in form.items() if k != "image"}
-        fields["attributes"] = [a.strip() for a in str(fields.get("attributes", "")).split(",") if a.strip()]
-        fields["image"] = base64.b64encode(data).decode()
-        raw = fields
-    else:
-        try:
-            raw = await request.json()
-        except ValueError:
-            raise InvalidRequestError("body", "the body is not JSON; send application/json (or a multipart form with "
-                                              "an image file).") from None
-    try:
-        return EditBody.model_validate(raw)
-    except Exception as exc:  # pydantic's ValidationError
-        raise RequestValidationError(exc.errors()) from None
+async def _json(request: Request, model):
+    """The request's JSON body as `model` (bodies.py), parsed off the event loop."""
+    raw = await request.body()
+    return await backend_of(request).offload(parse_json, raw, request.headers.get("content-type", ""), model)
 
 
-def _base64_image(text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequestError("image", "`image` is not valid base64; send the file's bytes base64-encoded "
-                                           "(or upload it as multipart/form-data).") from None
+async def _edit_request(request: Request) -> tuple[EditBody, bytes | None]:
+    """The edit's fields and its image (None for seeds), from JSON (base64) or from a multipart form (a file)."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raw = await request.body()
+        return await backend_of(request).offload(edit_from_json, raw, content_type)
+    limit = backend_of(request).settings.limits.max_file_bytes
+    form = await request.form(max_files=1, max_fields=10)
+    upload = form.get("image")
+    if upload is None or isinstance(upload, str):
+        raise InvalidRequestError("image", "a multipart edit needs an `image` file field (and `prompt`, "
+                                           "`attributes`).")
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ImageTooLargeError(f"the uploaded image is over {limit} bytes, the limit.")
+    fields = {k: v for k, v in form.items() if k != "image"}
+    fields["attributes"] = [a.strip() for a in str(fields.get("attributes", "")).split(",") if a.strip()]
+    return validated(fields, EditBody), data
 
 
 def _b64(png: bytes) -> str:
@@ -218,40 +220,26 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                                f"Other requests are not affected.")
 
 
-class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, from Content-Length or while they stream in."""
+def _bounded_schema(app: FastAPI, limits) -> dict:
+    """FastAPI's OpenAPI schema, with this service's bound of each body field (models.bounds) written in."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        by_title = bounds(limits)
+        for path in schema["paths"].values():
+            for operation in path.values():
+                body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+                for name, keywords in by_title.get(body.get("title"), {}).items():
+                    _merge(body["properties"][name], keywords)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
-    class TooLarge(Exception):
-        pass
 
-    def __init__(self, app, limit: int):
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._refuse(scope, receive, send)
-        received = 0
-
-        async def limited():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise BodyLimit.TooLarge
-            return message
-        try:
-            await self.app(scope, limited, send)
-        except BodyLimit.TooLarge:
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope, receive, send):
-        response = error_response(413, f"the request body is over {self.limit} bytes, this service's limit "
-                                       f"(--max-file-bytes, plus base64's third).")
-        await response(scope, receive, send)
+def _merge(into: dict, keywords: dict) -> None:
+    for key, value in keywords.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def create_app(backend: Backend) -> FastAPI:
@@ -279,14 +267,9 @@ def create_app(backend: Backend) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        backend.metrics.observe(request.method, route, response.status_code, time.perf_counter() - t0)
-        return response
-
+    app.openapi = lambda: _bounded_schema(app, backend.settings.request_limits())
     limit = backend.settings.limits.max_file_bytes * 4 // 3 + 2**20  # base64's third, and room for the rest
-    app.add_middleware(BodyLimit, limit=limit)
+    app.add_middleware(RequestGuard, limit=limit, budget=backend.settings.inflight_body_mb << 20,
+                       timeout_s=backend.settings.body_timeout_s)
+    app.add_middleware(Counted, metrics=backend.metrics)
     return app

@@ -26,6 +26,12 @@ class Backend:
 
     settings: ServeSettings
     metrics: Metrics
+    #: request bodies are parsed and images decoded here, `settings.decode_workers` at a time, off the event loop
+    decoder: ThreadPoolExecutor
+
+    async def offload(self, fn, *args):
+        """fn(*args) in the decode pool, so that /healthz and /metrics answer while a large body is read."""
+        return await asyncio.get_running_loop().run_in_executor(self.decoder, fn, *args)
 
     async def edit(self, request: EditRequest) -> EditOutcome:
         """Validate the request, then run it in a batch with whatever else arrives."""
@@ -64,6 +70,7 @@ class LocalBackend(Backend):
         self.service = EditService(settings)
         self.metrics = Metrics(self.queue_images, self.service.cache)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svdedit-engines")
+        self.decoder = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="svdedit-decode")
         self.batcher: MicroBatcher | None = None
 
     async def start(self) -> None:
@@ -78,12 +85,13 @@ class LocalBackend(Backend):
             await self.batcher.close()
         await self._run(self.service.close)
         self.executor.shutdown(wait=True)
+        self.decoder.shutdown(wait=True)
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def edit(self, request: EditRequest) -> EditOutcome:
-        job = self.service.edit_job(request)
+        job = await self.offload(self.service.edit_job, request)  # the image decoded off the event loop
         outcome = await self.batcher.submit(job, job.n_images)
         if isinstance(outcome, Exception):
             raise outcome

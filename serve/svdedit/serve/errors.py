@@ -24,6 +24,12 @@ class RequestTimeout(SvdeditError):
     """A request ran past the service's request timeout."""
 
 
+class UnsupportedMediaType(SvdeditError):
+    """A body of a media type the route does not take (415)."""
+
+    field = "content-type"
+
+
 class ServiceError(SvdeditError):
     """An error that crossed a process boundary (a Ray replica's), with the status it is answered with."""
 
@@ -33,7 +39,7 @@ class ServiceError(SvdeditError):
 
 
 STATUS = [(InvalidRequestError, 422), (NonFiniteLatentError, 422), (ImageTooLargeError, 413), (NotFoundError, 404),
-          (AttributeFileError, 409), (BusyError, 503), (RequestTimeout, 504), (SvdeditError, 400)]
+          (AttributeFileError, 409), (BusyError, 503), (RequestTimeout, 504), (UnsupportedMediaType, 415), (SvdeditError, 400)]
 
 
 def status_of(exc: SvdeditError) -> int:

@@ -9,12 +9,16 @@ request); tests/runtime/editing/test_request.py checks that every field of the r
 
 from __future__ import annotations
 
+import math
+from dataclasses import fields
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from svdedit.runtime.editing import request as runtime
-from svdedit.runtime.editing.request import describe
+from svdedit.runtime.editing.knobs import Knobs
+from svdedit.runtime.editing.request import MAX_ATTRIBUTES, MAX_NAME_CHARS, PARAMS, SEED_MAX, describe
+from svdedit.runtime.limits import Limits
 
 #: the runtime's field name -> this API's (the others are the same)
 API_NAMES = {"strengths": "strength", "images": "image"}
@@ -82,3 +86,25 @@ class GenerateBody(BaseModel):
 
 class GenerateResponse(BaseModel):
     image: str = Field(description="base64 PNG")
+
+
+def bounds(limits: Limits) -> dict[str, dict[str, dict]]:
+    """The bound of every field of each request body, as JSON-schema keywords, for a service with these `limits`
+    (ServeSettings.request_limits): what request.py checks, written into the API's schema (app.py) so that a
+    client reads them at /docs before it sends anything."""
+    text = {"maxLength": limits.max_prompt_chars}
+    seed = {"minimum": 0, "maximum": SEED_MAX}
+
+    def ranged(name: str) -> dict:
+        return {"minimum": PARAMS[name].lo, "maximum": PARAMS[name].hi}
+    return {
+        "EditBody": {"prompt": text, "target_prompt": text, "strength": ranged("strengths"),
+                     "attributes": {"minItems": 1, "maxItems": MAX_ATTRIBUTES, "uniqueItems": True,
+                                    "items": {"minLength": 1, "maxLength": MAX_NAME_CHARS}},
+                     "seeds": {"minItems": 1, "maxItems": limits.max_seeds, "items": seed},
+                     "image": {"maxLength": 4 * math.ceil(limits.max_file_bytes / 3)},
+                     "cache_interval": ranged("cache_interval")},
+        "LearnBody": {"source": text, "target": text, "seed": seed, "knobs": {"maxProperties": len(fields(Knobs))}},
+        "GenerateBody": {"prompt": text, "seed": seed, "steps": {"minimum": 1, "maximum": limits.max_steps},
+                         "guidance": ranged("guidance")},
+    }

@@ -53,6 +53,7 @@ class SvdeditModel:
     def __init__(self, settings: ServeSettings):
         self.service = EditService(settings).open()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svdedit-engines")
+        self.decoder = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="svdedit-decode")
         self.edit_batch.set_max_batch_size(settings.max_batch)
         self.edit_batch.set_batch_wait_timeout_s(settings.max_wait_ms / 1000)
 
@@ -67,7 +68,8 @@ class SvdeditModel:
 
     async def edit(self, request: EditRequest) -> tuple:
         async def work():
-            outcome = await self.edit_batch(self.service.edit_job(request))
+            job = await asyncio.get_running_loop().run_in_executor(self.decoder, self.service.edit_job, request)
+            outcome = await self.edit_batch(job)
             if isinstance(outcome, Exception):
                 raise outcome
             return outcome
@@ -97,6 +99,7 @@ class SvdeditGateway(Backend):
         self.model = model
         self.settings = settings
         self.metrics = Metrics(self.queue_images)
+        self.decoder = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="svdedit-decode")
         self.images_in_flight = 0
 
     def __serve_build_asgi_app__(self):

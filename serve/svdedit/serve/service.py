@@ -11,14 +11,13 @@ against this service's limits before anything waits in a queue.
 `run_batch` is what both front ends feed: the local micro-batcher under uvicorn (batching.py) and
 Ray Serve's @serve.batch (ray_app.py). Jobs whose attributes share the knobs of the edit
 (Knobs.edit_key) and their kind (seeds or an image) go into one Editor call with a Recipe per image;
-if that call fails with a user-facing error (a NaN in one image, say), each of its jobs is run
-again alone, so that only the one at fault fails. Everything here is synchronous and runs on the
+if that call fails (a NaN in one image, or any other error), each of its jobs is run again alone,
+so that only the one at fault fails and the others, from other clients, get their edits. Everything here is synchronous and runs on the
 front end's one worker thread.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -74,9 +73,7 @@ class EditOutcome:
 class EditService:
     def __init__(self, settings: ServeSettings):
         self.settings = settings.check()
-        #: what one request may ask for: the limits, with no more seeds than the queue holds and one image
-        self.limits = dataclasses.replace(settings.limits, max_seeds=min(settings.limits.max_seeds, settings.max_queue),
-                                          max_images=1)
+        self.limits = settings.request_limits()
         self.pipe: Pipeline | None = None
         self.store: AttributeStore | None = None
         #: each image's inversion and pair, reused by the next edit of the same image (strength slider)
@@ -166,12 +163,16 @@ class EditService:
             group = [jobs[i] for i in members]
             try:
                 results = self._run_group(group)
-            except SvdeditError as exc:
+            except Exception as exc:  # noqa: BLE001  (a user's error or a bug: either way, find the job at fault)
                 if len(group) == 1:
                     results = [exc]
-                else:  # find the job at fault: each alone
-                    log.warning("a batch of %d jobs failed (%s); running them one by one", len(group), exc)
+                else:  # each alone: only the job at fault fails, its neighbours get their edits
+                    log.warning("a batch of %d jobs failed (%s: %s); running them one by one", len(group),
+                                type(exc).__name__, exc)
                     results = [self._run_alone(job) for job in group]
+            for result in results:
+                if isinstance(result, Exception) and not isinstance(result, SvdeditError):
+                    log.error("an edit failed unexpectedly", exc_info=result)
             for i, result in zip(members, results):
                 outcomes[i] = result
         return outcomes

@@ -7,7 +7,7 @@ limits bound what one request may cost, the batching bounds how long a request w
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from svdedit.runtime.errors import SvdeditError
@@ -31,6 +31,11 @@ class ServeSettings:
     max_wait_ms: float = 25.0       # how long the first request of a batch waits for others
     max_queue: int = 64             # images waiting (queued or running); beyond it: 503 with Retry-After
     request_timeout_s: float = 120.0
+    # ---- what one client can hold (serve/svdedit/serve/guard.py) ----
+    body_timeout_s: float = 30.0    # a request's body must have arrived this long after it began; else 408
+    inflight_body_mb: int = 512     # MiB of request bodies held at once, all requests together; beyond, 503
+    decode_workers: int = 2         # bodies parsed and images decoded at once, off the event loop
+    max_connections: int = 256      # open connections (uvicorn's limit_concurrency); beyond, 503
     #: invert once, edit many: MiB of latents kept per process so that re-editing an image (the web page's
     #: strength slider, another attribute) skips its inversion (runtime/svdedit/runtime/editing/cache.py); 0 = off
     edit_cache_mb: int = 256
@@ -43,6 +48,10 @@ class ServeSettings:
         limit_names = {f.name for f in fields(Limits)}
         limits = Limits(**{k: v for k, v in options.items() if k in limit_names})
         return cls(Path(engine_dir), **{k: v for k, v in options.items() if k not in limit_names}, limits=limits)
+
+    def request_limits(self) -> Limits:
+        """What one request may ask for: the limits, with no more seeds than the queue holds, and one image."""
+        return replace(self.limits, max_seeds=min(self.limits.max_seeds, self.max_queue), max_images=1)
 
     def check(self) -> "ServeSettings":
         for owner in (self, self.limits):

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from svdedit.runtime.editing.avi import Attribute
-from svdedit.runtime.errors import AttributeFileError, NotFoundError, SvdeditError
+from svdedit.runtime.errors import AttributeFileError, NotFoundError, SvdeditError, shown
 
 ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 SUFFIX = ".safetensors"
@@ -34,7 +34,7 @@ class AttributeStore:
 
     def path(self, attr_id: str) -> Path:
         if not isinstance(attr_id, str) or not ID_PATTERN.fullmatch(attr_id):
-            raise NotFoundError(f"attribute id {attr_id!r} is not an id of this store (16 hex digits); list them with "
+            raise NotFoundError(f"attribute id {shown(attr_id)} is not an id of this store (16 hex digits); list them with "
                                 f"GET /v1/attributes.")
         return self.folder / f"{attr_id}{SUFFIX}"
 
@@ -87,7 +87,7 @@ class AttributeStore:
     def delete(self, attr_id: str) -> None:
         path = self.path(attr_id)
         if not path.is_file():
-            raise NotFoundError(f"there is no attribute {attr_id!r} in this store.")
+            raise NotFoundError(f"there is no attribute {shown(attr_id)} in this store.")
         path.unlink()
         with self._lock:
             self._loaded.pop(attr_id, None)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 from svdedit.runtime.editing.knobs import BOUNDS, Knobs
-from svdedit.runtime.errors import InvalidRequestError
+from svdedit.runtime.errors import InvalidRequestError, shown
 from svdedit.runtime.limits import LIMITS, Limits
 
 SEED_MAX = 2**63 - 1
@@ -31,6 +31,8 @@ SEED_MAX = 2**63 - 1
 MAX_STRENGTHS = 16
 #: attributes applied together in one edit
 MAX_ATTRIBUTES = 16
+#: characters of one attribute's name: a file path (the command line) or a store id (the service)
+MAX_NAME_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -81,27 +83,22 @@ def describe(name: str, extra: str = "") -> str:
 
 def _whole(field: str, value, lo: float, hi: float) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequestError(field, f"{{field}} = {_shown(value)} is not a whole number; give {shown_bound(lo)} "
+        raise InvalidRequestError(field, f"{{field}} = {shown(value)} is not a whole number; give {shown_bound(lo)} "
                                          f"to {shown_bound(hi)}.")
     if not lo <= value <= hi:
-        raise InvalidRequestError(field, f"{{field}} = {value} is out of range; give {shown_bound(lo)} to "
+        raise InvalidRequestError(field, f"{{field}} = {shown(value)} is out of range; give {shown_bound(lo)} to "
                                          f"{shown_bound(hi)}.")
     return value
 
 
 def _number(field: str, value, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequestError(field, f"{{field}} = {_shown(value)} is not a number; give {shown_bound(lo)} to "
+        raise InvalidRequestError(field, f"{{field}} = {shown(value)} is not a number; give {shown_bound(lo)} to "
                                          f"{shown_bound(hi)}.")
     if not (math.isfinite(value) and lo <= value <= hi):
-        raise InvalidRequestError(field, f"{{field}} = {value} is out of range; give a number from {shown_bound(lo)} "
+        raise InvalidRequestError(field, f"{{field}} = {shown(value)} is out of range; give a number from {shown_bound(lo)} "
                                          f"to {shown_bound(hi)}.")
     return float(value)
-
-
-def _shown(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_text(field: str, text, limits: Limits = LIMITS) -> str:
@@ -145,6 +142,10 @@ class EditRequest:
         if not isinstance(self.attributes, (tuple, list)) or not self.attributes:
             raise InvalidRequestError("attributes", "give at least one attribute in {field}.")
         _count("attributes", self.attributes, 1, MAX_ATTRIBUTES, "attributes")
+        for name in self.attributes:
+            if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
+                raise InvalidRequestError("attributes", f"{{field}}: {shown(name)} is not an attribute's name; give "
+                                                        f"a file path or an id of at most {MAX_NAME_CHARS} characters.")
         if len(set(self.attributes)) != len(self.attributes):
             raise InvalidRequestError("attributes", "{field} names an attribute more than once; give each once (for "
                                                     "a stronger edit raise the strength).")
@@ -222,7 +223,7 @@ def knobs_from(values: Mapping[str, Any], base: Knobs = Knobs()) -> Knobs:
     known = {f.name: type(getattr(base, f.name)) for f in fields(Knobs)}
     unknown = sorted(str(k) for k in values if k not in known)
     if unknown:
-        raise InvalidRequestError("knobs", f"{{field}}: unknown knob(s) {', '.join(_shown(k) for k in unknown[:5])}; "
+        raise InvalidRequestError("knobs", f"{{field}}: unknown knob(s) {', '.join(shown(k) for k in unknown[:5])}; "
                                            f"the knobs are {', '.join(sorted(known))}.")
     typed = {}
     for name, value in values.items():
@@ -233,7 +234,7 @@ def knobs_from(values: Mapping[str, Any], base: Knobs = Knobs()) -> Knobs:
         elif kind is float:
             typed[name] = _number(field, value, lo, hi)
         elif not isinstance(value, kind):
-            raise InvalidRequestError(field, f"{{field}} = {_shown(value)} must be {kind.__name__} "
+            raise InvalidRequestError(field, f"{{field}} = {shown(value)} must be {kind.__name__} "
                                              f"(e.g. {getattr(base, name)!r}).")
         else:
             typed[name] = value
