@@ -1,6 +1,7 @@
 """Load on the service: many concurrent clients mixing valid edits, bad requests and oversized uploads.
 
     python -m benchmarks.serving.serve_load [--clients 32] [--requests 96] [--ray] [--kill-replica]
+    python -m benchmarks.serving.serve_load --hostile [--requests 200]     # clean vs 1 in 10 malformed
 
 Starts the server of the embedded model (`svdedit serve` in its own process, or Ray Serve with two
 replicas on a local Ray instance), learns red -> blue with 20-step trajectories, then sends --requests
@@ -10,8 +11,10 @@ same edit done alone through the Python API, within --tolerance uint8 levels), a
 deserves with the field named, an oversized upload 413; 503 (back-pressure) is allowed for any. With
 --kill-replica (Ray) one replica is killed in the middle: requests in flight on it must fail with a
 clear error (or succeed, retried), the others succeed, and the attribute store is unchanged.
-Reports counts by kind and status, latencies, the server's peak RSS, and every violation, in
-benchmarks/results/serve_load_<server>.json.
+Reports counts by kind and status, latencies, the server's peak RSS, /healthz's latency (polled every
+50 ms from a process of its own), and every violation, in benchmarks/results/serve_load_<server>.json.
+With --hostile: the same load twice, valid edits only and then one request in ten malformed (MALFORMED: nested
+JSON, huge numbers, chunked bodies over the limit, bombs, wrong media types...), in serve_hostile.json.
 """
 
 from __future__ import annotations
@@ -37,12 +40,57 @@ ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a small red square on the left"
 #: the mix of requests, drawn uniformly from this list: 7 in 12 valid
 KINDS = ["valid"] * 7 + ["unknown_attribute", "bad_prompt", "too_many_seeds", "oversized_upload", "oversized_upload"]
+#: --hostile: the clean run (valid edits only), then 1 in 10 malformed (a variant of MALFORMED in turn)
+CLEAN = ["valid"]
+HOSTILE = ["valid"] * 9 + ["malformed"]
+
+
+def _bomb() -> str:
+    """A 400-megapixel PNG of a few kilobytes, base64."""
+    from PIL import Image
+
+    if not hasattr(_bomb, "text"):
+        buffer = io.BytesIO()
+        Image.new("1", (20000, 20000)).save(buffer, format="PNG")
+        _bomb.text = base64.b64encode(buffer.getvalue()).decode()
+    return _bomb.text
+
+
+def _raw(text: str, content_type: str = "application/json") -> dict:
+    return {"content": text.encode(), "headers": {"content-type": content_type}}
+
+
+#: what a hostile client sends: name -> (method, path, request arguments given the attribute id), status, field
+MALFORMED = {
+    "repeated_attribute": (lambda a: ("post", "/v1/edits", {"json": {"prompt": PROMPT, "attributes": [a] * 2000,
+                                                                     "seeds": [1]}}), 422, "attributes"),
+    "negative_seed": (lambda a: ("post", "/v1/edits", {"json": {"prompt": PROMPT, "attributes": [a], "seeds": [-1]}}),
+                      422, "seeds"),
+    "huge_integer": (lambda a: ("post", "/v1/edits", _raw('{"prompt": "%s", "attributes": ["%s"], "seeds": [%s]}'
+                                                          % (PROMPT, a, "9" * 5000))), 422, "seeds"),
+    "deep_json": (lambda a: ("post", "/v1/edits", _raw("[" * 50_000 + "]" * 50_000)), 422, "body"),
+    "text_plain": (lambda a: ("post", "/v1/edits", _raw(json.dumps({"prompt": PROMPT, "attributes": [a], "seeds": [1]}),
+                                                        "text/plain")), 415, "content-type"),
+    "chunked_over_limit": (lambda a: ("post", "/v1/edits", {"content": iter([b"x" * 2**16] * 64),
+                                                            "headers": {"content-type": "application/json"}}),
+                           413, None),
+    "bomb": (lambda a: ("post", "/v1/edits", {"json": {"prompt": PROMPT, "attributes": [a], "image": _bomb()}}),
+             413, None),
+    "learn_wrong_type": (lambda a: ("post", "/v1/attributes", {"json": {"source": "a red circle", "target": "a blue circle",
+                                                                        "knobs": {"steps": 2.5}}}), 422, "knobs.steps"),
+    "huge_prompt": (lambda a: ("post", "/v1/edits", {"json": {"prompt": "red " * 25_000, "attributes": [a],
+                                                              "seeds": [1]}}), 422, "prompt"),
+    "not_an_image": (lambda a: ("post", "/v1/edits", {"data": {"prompt": PROMPT, "attributes": a},
+                                                      "files": {"image": ("a.png", b"GIF89a, not really", "image/png")}}),
+                     400, None),
+}
 
 
 @dataclass
 class Request:
-    kind: str                 # valid | unknown_attribute | bad_prompt | too_many_seeds | oversized_upload
+    kind: str                 # valid | unknown_attribute | bad_prompt | too_many_seeds | oversized_upload | malformed
     index: int
+    variant: str = ""         # malformed: which of MALFORMED
     seed: int = 0
     strength: float = 1.0
     expected_status: int = 200
@@ -53,16 +101,21 @@ class Request:
     answers: int = 0          # how many responses this request got (must be exactly 1)
 
 
-def plan(n: int, seed: int = 0) -> list[Request]:
-    """n requests: 70% valid edits (each its own seed and strength), the rest bad in three ways and oversized."""
+def plan(n: int, seed: int = 0, kinds: list[str] = KINDS) -> list[Request]:
+    """n requests drawn from `kinds`: valid edits (each its own seed and strength), and the rest bad in their ways
+    (KINDS: 7 in 12 valid; HOSTILE: 9 in 10 valid, the others malformed, each variant in turn)."""
     rng = np.random.default_rng(seed)
-    kinds = rng.choice(KINDS, size=n)
     out = []
-    for i, kind in enumerate(kinds):
+    variants = iter(sorted(MALFORMED) * n)
+    for i, kind in enumerate(rng.choice(kinds, size=n)):
         r = Request(str(kind), i, seed=1000 + i, strength=round(float(rng.uniform(0.3, 1.2)), 3))
-        r.expected_status, r.expected_field = {"valid": (200, None), "unknown_attribute": (404, None),
-                                               "bad_prompt": (422, "prompt"), "too_many_seeds": (422, "seeds"),
-                                               "oversized_upload": (413, None)}[r.kind]
+        if r.kind == "malformed":
+            r.variant = next(variants)
+            _, r.expected_status, r.expected_field = MALFORMED[r.variant]
+        else:
+            r.expected_status, r.expected_field = {"valid": (200, None), "unknown_attribute": (404, None),
+                                                   "bad_prompt": (422, "prompt"), "too_many_seeds": (422, "seeds"),
+                                                   "oversized_upload": (413, None)}[r.kind]
         out.append(r)
     return out
 
@@ -82,6 +135,9 @@ def send(client, r: Request, attr_id: str, max_upload: int) -> None:
         elif r.kind == "oversized_upload":
             resp = client.post("/v1/edits", data={"prompt": PROMPT, "attributes": attr_id},
                                files={"image": ("big.png", os.urandom(max_upload + 1000), "image/png")})
+        elif r.kind == "malformed":
+            method, path, kwargs = MALFORMED[r.variant][0](attr_id)
+            resp = getattr(client, method)(path, **kwargs)
         else:
             resp = client.post("/v1/edits", json=body)
         r.status = resp.status_code
@@ -154,8 +210,9 @@ def check(requests: list[Request], reference, tolerance: int, replica_killed: bo
 def report(requests: list[Request], wall: float, problems: list[str], extra: dict) -> dict:
     by_kind: dict[str, dict[str, int]] = {}
     for r in requests:
-        by_kind.setdefault(r.kind, {}).setdefault(str(r.status), 0)
-        by_kind[r.kind][str(r.status)] += 1
+        kind = f"{r.kind}:{r.variant}" if r.variant else r.kind
+        by_kind.setdefault(kind, {}).setdefault(str(r.status), 0)
+        by_kind[kind][str(r.status)] += 1
     ok = sorted(r.seconds for r in requests if r.status == 200)
     return {"requests": len(requests), "wall_seconds": round(wall, 2), "answers_per_request": sorted({r.answers for r in requests}),
             "status_by_kind": by_kind, "valid_edits_ok": len(ok),
@@ -211,16 +268,18 @@ def kill_one_replica(after_done: int):
 
 
 def load_test(engine: Path, clients: int, n: int, deadline: float, tolerance: int, ray_replicas: int = 0,
-              kill: bool = False, max_upload: int = 200_000, ray_port: int | None = None) -> dict:
+              kill: bool = False, max_upload: int = 200_000, ray_port: int | None = None,
+              kinds: list[str] = KINDS) -> dict:
     """The whole test (used by tests/serve/test_load.py with smaller numbers); returns the report. With
-    `ray_replicas`, on the Ray instance already running with its proxy on `ray_port`, or on one of its own."""
-    from benchmarks.serving.serving import free_port, start_uvicorn, wait_ready
+    `ray_replicas`, on the Ray instance already running with its proxy on `ray_port`, or on one of its own.
+    `kinds`: the mix of requests (KINDS, CLEAN, HOSTILE)."""
+    from benchmarks.serving.serving import HealthProbe, free_port, start_uvicorn, wait_ready
 
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     store = work / "store"
     attr_id, attr = learn_fast_attribute(engine, store)
     files_before = sorted(p.name for p in store.iterdir())
-    requests = plan(n)
+    requests = plan(n, kinds=kinds)
     extra: dict = {"clients": clients, "server": "ray" if ray_replicas else "uvicorn"}
     if ray_replicas:
         import ray
@@ -254,8 +313,10 @@ def load_test(engine: Path, clients: int, n: int, deadline: float, tolerance: in
         proc = start_uvicorn(engine, store, port, "--max-file-bytes", str(max_upload))
         try:
             wait_ready(f"http://127.0.0.1:{port}")
-            wall = run_load(f"http://127.0.0.1:{port}", attr_id, requests, clients, deadline, max_upload)
+            with HealthProbe(f"http://127.0.0.1:{port}") as health:
+                wall = run_load(f"http://127.0.0.1:{port}", attr_id, requests, clients, deadline, max_upload)
             extra["server_peak_rss_gib"] = round(peak_rss_gib(proc.pid), 3)
+            extra["healthz_ms"] = {"answers": len(health.seconds), "p99": health.p99_ms(), "max": health.worst_ms()}
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -280,6 +341,19 @@ def wait_and_probe(url: str, attr_id: str) -> bool:
     return False
 
 
+def hostile_test(engine: Path, clients: int, n: int, deadline: float, tolerance: int) -> dict:
+    """The same load twice on uvicorn, each on a fresh server: valid edits only, then one request in ten malformed.
+    The valid edits must all succeed both times; their p99 latency with the hostile tenth, over the clean run's, is
+    the ratio to watch (bound 1.5), with the server's peak RSS and /healthz's latency under each."""
+    clean = load_test(engine, clients, n, deadline, tolerance, kinds=CLEAN)
+    hostile = load_test(engine, clients, n, deadline, tolerance, kinds=HOSTILE)
+    ratio = hostile["latency_ok_p99_s"] / clean["latency_ok_p99_s"]
+    return {"clean": clean, "hostile": hostile, "p99_valid_hostile_over_clean": round(ratio, 3),
+            "bounds": {"p99_ratio": 1.5, "peak_rss_gib": 1.0, "healthz_max_ms": 100},
+            "within_bounds": ratio <= 1.5 and max(clean["server_peak_rss_gib"], hostile["server_peak_rss_gib"]) < 1.0
+            and not clean["violations"] and not hostile["violations"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", type=Path, help="engine dir of models/shapes (default: export one)")
@@ -289,11 +363,21 @@ def main() -> None:
     ap.add_argument("--tolerance", type=int, default=2, help="uint8 levels a batched edit may differ from one alone")
     ap.add_argument("--ray", action="store_true", help="Ray Serve with two replicas instead of uvicorn")
     ap.add_argument("--kill-replica", action="store_true", help="kill one Ray replica a third of the way in")
+    ap.add_argument("--hostile", action="store_true", help="uvicorn: a clean run (valid edits only), then one with a "
+                                                          "malformed request in ten; compares the valid edits' p99")
     args = ap.parse_args()
     from benchmarks.engines import ensure_engine
     from benchmarks.machine import describe
 
     engine = ensure_engine(ROOT / "models" / "shapes", args.engine)
+    if args.hostile:
+        result = {"benchmark": "serve_hostile", "command": "python -m benchmarks.serving.serve_load "
+                  + " ".join(sys.argv[1:]), "machine": describe(),
+                  **hostile_test(engine, args.clients, args.requests, args.deadline, args.tolerance)}
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "serve_hostile.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k not in ("clean", "hostile", "machine")}, indent=2))
+        return
     result = load_test(engine, args.clients, args.requests, args.deadline, args.tolerance,
                        ray_replicas=2 if args.ray else 0, kill=args.kill_replica)
     result = {"benchmark": "serve_load", "command": "python -m benchmarks.serving.serve_load " + " ".join(sys.argv[1:]),
