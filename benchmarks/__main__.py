@@ -55,8 +55,8 @@ CATALOG = (
     Entry("quality.bench_runtime", "~2 min", "runtime_cpu.{json,md}"),
     Entry("serving.bench_serve", "~2 min (1, 4, 16 concurrent clients; 13 s per round recorded)",
           "serve_batching.{json,png}"),
-    Entry("serving.serve_load", "~1 min (96 requests; 7.6 s uvicorn, 9.9 s Ray recorded)",
-          "serve_load_<backend>.json"),
+    Entry("serving.serve_load", "~1 min (96 requests; 7.6 s uvicorn, 9.9 s Ray recorded); --hostile ~5 min "
+          "(2 x 200 requests and their references)", "serve_load_<backend>.json, serve_hostile.json"),
     Entry("serving.serving", "(starting and probing servers on loopback, for the benchmarks and tests)", "-"),
     Entry("install.bench_install", "~20 min with --make-test (fresh clones, empty caches)", "fresh_install_cpu.json"),
     Entry("install.bench_distribution", "~3 min (make dist, a fresh venv, the demo from the wheel)",
