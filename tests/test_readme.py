@@ -13,7 +13,8 @@ Each block is preceded by a marker line that says how it runs:
                                                  localhost:8000 is sent to the port it really got
     <!-- readme-check: skip: REASON -->          not run here, and why
 
-`, without "LINE"` after a run marker leaves out the lines that start with LINE (make test, which runs this).
+`, without "LINE"` after a run marker leaves out the lines that start with LINE (make test, which runs this);
+`, slow` puts the block under the slow marker (make test-slow: a costly block whose steps other tests cover).
 A block without a marker fails, so a new example is run or says why not.
 """
 
@@ -44,6 +45,7 @@ class Block:
     code: str
     mode: str       # one of MODES, or "skip"
     reason: str     # why it is skipped ("" for a block that runs)
+    slow: bool = False  # run by make test-slow, not make test
 
 
 def read_blocks(text: str) -> list[Block]:
@@ -57,16 +59,18 @@ def read_blocks(text: str) -> list[Block]:
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
         code = "\n".join(lines[i + 1:end]) + "\n"
         marker = MARKER.search(lines[i - 1]) if i else None
-        mode, reason = "", ""
+        mode, reason, slow = "", "", False
         if marker:
             said = marker.group(1)
+            slow = ", slow" in said
+            said = said.replace(", slow", "")
             if said.startswith("skip:"):
                 mode, reason = "skip", said[len("skip:"):].strip()
             else:
                 mode, _, without = said.partition(", without ")
                 for drop in re.findall(r'"([^"]+)"', without):
                     code = "\n".join(l for l in code.splitlines() if not l.strip().startswith(drop)) + "\n"
-        blocks.append(Block(i + 1, fence.group(1), code, mode, reason))
+        blocks.append(Block(i + 1, fence.group(1), code, mode, reason, slow))
         i = end + 1
     return blocks
 
@@ -82,11 +86,13 @@ def test_every_block_says_how_it_runs():
 
 
 def test_the_reader_sees_markers_and_blocks():
-    """Not vacuous: a marker is read with its block, a skip keeps its reason, `without` drops the line."""
-    text = ('<!-- readme-check: run in the checkout, without "make test" -->\n```bash\nmake demo\nmake test  # all\n```\n'
-            'x\n<!-- readme-check: skip: needs a GPU -->\n```python\nimport cupy\n```\n```bash\nls\n```\n')
+    """Not vacuous: a marker is read with its block, a skip keeps its reason, `without` drops the line, `slow` is
+    read."""
+    text = ('<!-- readme-check: run in the checkout, slow, without "make test" -->\n```bash\nmake demo\nmake test  # all\n'
+            '```\nx\n<!-- readme-check: skip: needs a GPU -->\n```python\nimport cupy\n```\n```bash\nls\n```\n')
     a, b, c = read_blocks(text)
-    assert (a.mode, a.code, a.line) == ("run in the checkout", "make demo\n", 2)
+    assert (a.mode, a.code, a.line, a.slow) == ("run in the checkout", "make demo\n", 2, True)
+    assert not b.slow
     assert (b.mode, b.reason, b.language) == ("skip", "needs a GPU", "python")
     assert c.mode == ""
 
@@ -121,7 +127,8 @@ def _serve(env: dict, cwd: Path):
 RUN = [b for b in BLOCKS if b.mode in MODES]
 
 
-@pytest.mark.parametrize("block", RUN, ids=[f"README.md:{b.line}" for b in RUN])
+@pytest.mark.parametrize("block", [pytest.param(b, marks=pytest.mark.slow) if b.slow else b for b in RUN],
+                         ids=[f"README.md:{b.line}" for b in RUN])
 def test_the_example_runs(block: Block, work: Path, request):
     if not HAS_TORCH:  # make test-runtime-oldest: the wheel without the export extra
         pytest.skip("the README's examples run in make test's environment (the export extra, the service)")

@@ -20,6 +20,7 @@ def test_32_clients_on_uvicorn(shapes_engine):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~1 min; Ray's error paths stay in make test (test_api on Ray, the poisoned batch on Ray)
 def test_32_clients_on_ray_with_a_replica_killed(shapes_engine, ray_cluster):
     r = load_test(shapes_engine, clients=32, n=64, deadline=300, tolerance=2, ray_replicas=2, kill=True,
                   ray_port=ray_cluster)
