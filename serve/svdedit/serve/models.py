@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from svdedit.runtime.editing import request as runtime
-from svdedit.runtime.editing.knobs import Knobs
+from svdedit.runtime.editing.knobs import BOUNDS, Knobs
 from svdedit.runtime.editing.request import MAX_ATTRIBUTES, MAX_NAME_CHARS, PARAMS, SEED_MAX, describe
 from svdedit.runtime.limits import Limits
 
@@ -104,7 +104,23 @@ def bounds(limits: Limits) -> dict[str, dict[str, dict]]:
                      "seeds": {"minItems": 1, "maxItems": limits.max_seeds, "items": seed},
                      "image": {"maxLength": 4 * math.ceil(limits.max_file_bytes / 3)},
                      "cache_interval": ranged("cache_interval")},
-        "LearnBody": {"source": text, "target": text, "seed": seed, "knobs": {"maxProperties": len(fields(Knobs))}},
+        "LearnBody": {"source": text, "target": text, "seed": seed,
+                      "knobs": {"maxProperties": len(fields(Knobs)), "properties": _knob_bounds(limits)}},
         "GenerateBody": {"prompt": text, "seed": seed, "steps": {"minimum": 1, "maximum": limits.max_steps},
                          "guidance": ranged("guidance")},
     }
+
+
+def _knob_bounds(limits: Limits) -> dict[str, dict]:
+    """Each knob's JSON type and range (knobs.py BOUNDS; steps and iters within this service's limits)."""
+    kinds = {int: "integer", float: "number", bool: "boolean", str: "string"}
+    out = {}
+    for f in fields(Knobs):
+        default = getattr(Knobs(), f.name)
+        out[f.name] = {"type": kinds[type(default)], "default": default}
+        if f.name in BOUNDS:
+            out[f.name]["minimum"], out[f.name]["maximum"] = BOUNDS[f.name]
+    out["steps"]["maximum"] = min(out["steps"]["maximum"], limits.max_steps)
+    out["iters"]["maximum"] = min(out["iters"]["maximum"], limits.max_learn_iters)
+    out["continuation"]["enum"] = ["target", "source"]
+    return out
