@@ -66,17 +66,17 @@ def backend_of(request: Request) -> Backend:
 router = APIRouter()
 
 
-def json_body(model) -> dict:
-    """The OpenAPI request body of a route that reads its JSON itself (bodies.py)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+def json_body(model, other_content: dict | None = None) -> dict:
+    """The OpenAPI request body of a route that reads its JSON itself (bodies.py), and of any other media types."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()},
+                                                          **(other_content or {})}}}
 
 
-EDIT_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": EditBody.model_json_schema()},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["prompt", "attributes", "image"], "properties": {
+EDIT_BODY = json_body(EditBody, {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["prompt", "attributes", "image"], "properties": {
         "prompt": {"type": "string"}, "attributes": {"type": "string", "description": "ids, comma-separated"},
         "strength": {"type": "number"}, "target_prompt": {"type": "string"}, "cache_interval": {"type": "integer"},
-        "image": {"type": "string", "format": "binary"}}}}}}}
+        "image": {"type": "string", "format": "binary"}}}}})
 
 
 @router.get("/healthz", tags=["operations"])

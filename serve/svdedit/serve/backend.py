@@ -21,6 +21,11 @@ from svdedit.serve.settings import ServeSettings
 log = logging.getLogger("svdedit.serve")
 
 
+def decode_pool(settings: ServeSettings) -> ThreadPoolExecutor:
+    """Where request bodies are parsed and images decoded: `settings.decode_workers` at a time, off the event loop."""
+    return ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="svdedit-decode")
+
+
 class Backend:
     """The work behind the routes. Every method may raise a SvdeditError (the routes answer it as a 4xx/503)."""
 
@@ -70,7 +75,7 @@ class LocalBackend(Backend):
         self.service = EditService(settings)
         self.metrics = Metrics(self.queue_images, self.service.cache)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svdedit-engines")
-        self.decoder = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="svdedit-decode")
+        self.decoder = decode_pool(settings)
         self.batcher: MicroBatcher | None = None
 
     async def start(self) -> None:

@@ -1,7 +1,7 @@
 """What every HTTP request passes before the routes see it (pure ASGI middleware, the same on uvicorn and in Ray
 Serve's gateway): bounds on its body, and its count in the metrics.
 
-    app = RequestGuard(Counted(app, metrics), limit=body_limit, budget=bytes_in_flight, timeout_s=body_timeout_s)
+    app = Counted(RequestGuard(app, limit=body_limit, budget=bytes_in_flight, timeout_s=body_timeout_s), metrics)
 
 `RequestGuard` holds a request's body to three bounds while it streams in, never after:
 - **size**: over `limit` bytes (declared by Content-Length, or counted as a chunked body arrives): 413;
@@ -97,10 +97,9 @@ class _Guarded:
         await self._send(message)
 
     async def refuse(self, status: int, message: str, retry_after_s: float | None = None) -> None:
-        if self.started:  # too late for an answer of our own: the connection just ends
-            self.refused = True
-            return
         self.refused = True
+        if self.started:  # too late for an answer of our own: the connection just ends
+            return
         headers = {"Retry-After": str(int(retry_after_s))} if retry_after_s else {}
         if status in (408, 413):
             headers["Connection"] = "close"  # the rest of the body is not read

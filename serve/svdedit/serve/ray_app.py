@@ -28,7 +28,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from svdedit.runtime.errors import SvdeditError
 from svdedit.runtime.editing.request import EditRequest, GenerateRequest, LearnRequest
 from svdedit.serve.app import create_app
-from svdedit.serve.backend import Backend
+from svdedit.serve.backend import Backend, decode_pool
 from svdedit.serve.errors import ServiceError, described
 from svdedit.serve.metrics import Metrics
 from svdedit.serve.service import EditJob, EditOutcome, EditService
@@ -42,7 +42,7 @@ RETRIES = 2
 def _as_data(exc: Exception) -> tuple:
     if isinstance(exc, SvdeditError):
         return ("error", *described(exc), getattr(exc, "retry_after_s", None))
-    log.error("unexpected error in a model replica: %r", exc)
+    log.error("unexpected error in a model replica", exc_info=exc)
     return ("error", 500, f"an internal error ({type(exc).__name__}) stopped this request; it is logged.", None, None)
 
 
@@ -53,7 +53,7 @@ class SvdeditModel:
     def __init__(self, settings: ServeSettings):
         self.service = EditService(settings).open()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svdedit-engines")
-        self.decoder = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="svdedit-decode")
+        self.decoder = decode_pool(settings)
         self.edit_batch.set_max_batch_size(settings.max_batch)
         self.edit_batch.set_batch_wait_timeout_s(settings.max_wait_ms / 1000)
 
@@ -99,7 +99,7 @@ class SvdeditGateway(Backend):
         self.model = model
         self.settings = settings
         self.metrics = Metrics(self.queue_images)
-        self.decoder = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="svdedit-decode")
+        self.decoder = decode_pool(settings)
         self.images_in_flight = 0
 
     def __serve_build_asgi_app__(self):

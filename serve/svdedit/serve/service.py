@@ -12,8 +12,9 @@ against this service's limits before anything waits in a queue.
 Ray Serve's @serve.batch (ray_app.py). Jobs whose attributes share the knobs of the edit
 (Knobs.edit_key) and their kind (seeds or an image) go into one Editor call with a Recipe per image;
 if that call fails (a NaN in one image, or any other error), each of its jobs is run again alone,
-so that only the one at fault fails and the others, from other clients, get their edits. Everything here is synchronous and runs on the
-front end's one worker thread.
+so that only the one at fault fails and the others, from other clients, get their edits (a bug is
+logged, with its traceback, where its request is answered: app.py, ray_app.py). Everything here is
+synchronous and runs on the front end's one worker thread.
 """
 
 from __future__ import annotations
@@ -170,9 +171,6 @@ class EditService:
                     log.warning("a batch of %d jobs failed (%s: %s); running them one by one", len(group),
                                 type(exc).__name__, exc)
                     results = [self._run_alone(job) for job in group]
-            for result in results:
-                if isinstance(result, Exception) and not isinstance(result, SvdeditError):
-                    log.error("an edit failed unexpectedly", exc_info=result)
             for i, result in zip(members, results):
                 outcomes[i] = result
         return outcomes
