@@ -78,6 +78,24 @@ def engine_dirs(tiny_pipelines, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def xl_pipeline(tmp_path_factory) -> Path:
+    """The tiny seeded SDXL pipeline (tests/fixtures/tiny_sd.py, flavour sdxl), saved with save_pretrained."""
+    from tests.fixtures.tiny_sd import save_tiny_pipeline
+
+    return save_tiny_pipeline("sdxl", tmp_path_factory.mktemp("pipelines-xl") / "sdxl")
+
+
+@pytest.fixture(scope="session")
+def xl_engine(xl_pipeline, tmp_path_factory) -> Path:
+    """The tiny SDXL pipeline exported in fp32."""
+    from svdedit.export.exporter import export_model
+
+    out = tmp_path_factory.mktemp("engines-xl") / "sdxl"
+    export_model(xl_pipeline, out, log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def shapes_engine(tmp_path_factory) -> Path:
     """The embedded model, models/shapes, exported once (fp32). Without torch (the runtime-only wheel's tests, make
     test-runtime-oldest): the installed package's built-in engine dir svdedit:shapes, the same export (make dist)."""

@@ -39,13 +39,51 @@ def test_folder_that_is_not_a_pipeline(tmp_path):
     assert_clear_error(run_cli("export", tmp_path / "photos", "-o", tmp_path / "out"), "export", "no model_index.json")
 
 
-def test_sdxl_is_refused_with_the_supported_families(pipeline_copy, tmp_path):
-    index = json.loads((pipeline_copy / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusionXLPipeline"
-    index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
-    (pipeline_copy / "model_index.json").write_text(json.dumps(index))
-    proc = run_cli("export", pipeline_copy, "-o", tmp_path / "out")
-    assert_clear_error(proc, "export", "SDXL", "Supported families", "sd1", "sd2-v")
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("damage, phrases", [
+    (lambda d: _edit_json(d / "model_index.json", _class_name="StableDiffusionXLImg2ImgPipeline",
+                          requires_aesthetics_score=True), ("refiner", "StableDiffusionXLPipeline")),
+    (lambda d: _edit_json(d / "model_index.json", _class_name="StableDiffusionXLInpaintPipeline"),
+     ("inpainting", "StableDiffusionXLPipeline")),
+    (lambda d: shutil.rmtree(d / "text_encoder_2"), ("text_encoder_2", "incomplete")),
+    (lambda d: shutil.rmtree(d / "tokenizer_2"), ("tokenizer_2", "incomplete")),
+    (lambda d: _edit_json(d / "unet" / "config.json", projection_class_embeddings_input_dim=5 * 8 + 32),
+     ("added conditioning", "refiner")),
+    (lambda d: _edit_json(d / "unet" / "config.json", cross_attention_dim=32), ("32 + 32", "mixes components")),
+])
+def test_sdxl_pipelines_svdedit_cannot_export_are_refused(xl_pipeline, tmp_path, damage, phrases):
+    """A refiner, an inpainting pipeline, a folder without text_encoder_2 or tokenizer_2, a UNet that is not SDXL
+    base's: refused in the inspection before torch loads, with one line naming what is wrong."""
+    folder = Path(shutil.copytree(xl_pipeline, tmp_path / "xl"))
+    damage(folder)
+    assert_clear_error(run_cli("export", folder, "-o", tmp_path / "out"), "export", *phrases)
+    assert not (tmp_path / "out").exists()
+
+
+def test_single_file_of_another_family_than_its_config_is_refused(pipeline_copy, xl_pipeline, tmp_path):
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    ckpt = tmp_path / "model.safetensors"
+    unet_key = "model.diffusion_model.input_blocks.0.0.weight"
+    save_file({unet_key: np.zeros((32, 4, 3, 3), np.float32),
+               "conditioner.embedders.1.model.positional_embedding": np.zeros(4, np.float32)}, str(ckpt))
+    assert_clear_error(run_cli("export", ckpt, "--config", pipeline_copy, "-o", tmp_path / "out"), "export",
+                       "is an SDXL checkpoint but --config", "Stable Diffusion 1.x")
+    save_file({unet_key: np.zeros((32, 4, 3, 3), np.float32),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": np.zeros(4, np.float32)}, str(ckpt))
+    assert_clear_error(run_cli("export", ckpt, "--config", xl_pipeline, "-o", tmp_path / "out"), "export",
+                       "is an SD 1.x/2.x checkpoint but --config", "Stable Diffusion XL")
+    save_file({unet_key: np.zeros((48, 4, 3, 3), np.float32),
+               "conditioner.embedders.1.model.positional_embedding": np.zeros(4, np.float32)}, str(ckpt))
+    assert_clear_error(run_cli("export", ckpt, "--config", xl_pipeline, "-o", tmp_path / "out"), "export",
+                       "does not match --config", "48 channels")
+    assert not (tmp_path / "out").exists()
 
 
 def test_inpainting_unet_is_refused(pipeline_copy, tmp_path):
@@ -94,8 +132,6 @@ def test_single_file_needs_config_and_refuses_pickle(pipeline_copy, tmp_path):
     assert_clear_error(run_cli("export", ckpt, "-o", tmp_path / "out"), "export", "--config DIR")
     (tmp_path / "model.ckpt").write_bytes(b"\x80\x04pickle")
     assert_clear_error(run_cli("export", tmp_path / "model.ckpt", "-o", tmp_path / "out"), "export", "pickle")
-    save_file({"conditioner.embedders.1.model.positional_embedding": np.zeros(4, np.float32)}, str(ckpt))
-    assert_clear_error(run_cli("export", ckpt, "--config", pipeline_copy, "-o", tmp_path / "out"), "export", "SDXL")
 
 
 def test_engine_dir_holding_other_files_is_left_alone(pipeline_copy, tmp_path):

@@ -38,15 +38,16 @@ from svdedit.runtime import __version__ as SVDEDIT_VERSION
 from svdedit.runtime.engines.contract import (
     EXPORT_PRECISIONS,
     FAMILIES,
-    FORMAT_VERSION,
     FP16_KEEP_FP32_OPS,
     MANIFEST_FILE,
-    NETWORKS,
     SCHEDULE_FILE,
+    TOKENIZER_2_FILE,
     TOKENIZER_FILE,
     NetworkSpec,
+    format_version,
     network_io,
     network_precision,
+    networks_for,
 )
 from svdedit.runtime.engines.manifest import Manifest, read_manifest, write_manifest
 from svdedit.runtime.errors import EngineDirError, ExportError, ManifestFieldError, SvdeditError
@@ -128,15 +129,18 @@ def _parity(spec: NetworkSpec, module, path: Path, feeds: dict, precision: str) 
         refs = module(*(torch.from_numpy(feeds[t.name]) for t in spec.inputs))
     refs = [r.numpy() for r in (refs if isinstance(refs, tuple) else (refs,))]
     outs = _ort_session(path).run([t.name for t in spec.outputs], feeds)
-    max_abs, ref_max = 0.0, float("inf")
+    max_abs, ref_max, nonfinite = 0.0, float("inf"), []
     for t, out, ref in zip(spec.outputs, outs, refs):  # every output (the split UNet's parts have several)
         if out.shape != ref.shape:
             raise ExportError(f"{spec.name}: onnxruntime returned {t.name} of shape {out.shape}, torch {ref.shape}; the "
                               f"export is broken.")
         diff = float(np.max(np.abs(out.astype(np.float64) - ref))) if np.all(np.isfinite(out)) else float("inf")
+        if not np.all(np.isfinite(out)):
+            nonfinite.append(t.name)
         max_abs, ref_max = max(max_abs, diff), min(ref_max, float(np.max(np.abs(ref))))
     tol = spec.tolerance(ref_max, precision)  # of the output with the smallest values: the strictest
     return {
+        **({"nonfinite_outputs": nonfinite} if nonfinite else {}),
         "max_abs": max_abs,
         "reference_max_abs": ref_max,
         "tolerance": tol,
@@ -147,10 +151,10 @@ def _parity(spec: NetworkSpec, module, path: Path, feeds: dict, precision: str) 
     }
 
 
-def _export_network(name: str, module, geo: Geometry, workdir: Path, options: ExportOptions, log) -> dict:
+def _export_network(name: str, spec: NetworkSpec, module, geo: Geometry, workdir: Path, options: ExportOptions,
+                    log) -> dict:
     import onnx
 
-    spec = NETWORKS[name]
     rng = np.random.default_rng(PARITY_SEED)
     # Trace at batch 2 and twice the smallest size; check parity at batch 1 and the model's own size,
     # so that the check also proves the dynamic axes work.
@@ -205,9 +209,11 @@ def _fp16_parity(spec: NetworkSpec, module, path: Path, feeds: dict, log) -> dic
         return {"measured": False, "reason": reason}
     log(f"  {spec.name}: fp16 parity {parity['max_abs']:.2e} (tolerance {parity['tolerance']:.1e})")
     if not parity["passed"]:
+        nan = (f" its output {', '.join(parity['nonfinite_outputs'])} holds NaN or inf (an fp16 overflow);"
+               if parity.get("nonfinite_outputs") else "")
         raise ExportError(
             f"{spec.name}: the fp16 graph differs from torch by {parity['max_abs']:.3g} (tolerance "
-            f"{parity['tolerance']:.3g}); fp16 overflows somewhere in this model. Export with --precision fp32."
+            f"{parity['tolerance']:.3g});{nan} fp16 overflows somewhere in this model. Export with --precision fp32."
         )
     return {"measured": True, **parity}
 
@@ -240,17 +246,17 @@ def _schedule(c: Components, geo: Geometry, prediction_type: str) -> dict:
     }
 
 
-def _write_tokenizer(c: Components, workdir: Path) -> dict:
+def _write_tokenizer(tok, workdir: Path, file: str = TOKENIZER_FILE) -> dict:
+    """The tokenizer as tokenizer.json (or SDXL's second, tokenizer_2.json), and the manifest's record of it."""
     tmp = workdir / ".tokenizer"
-    c.tokenizer.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
     if not (tmp / "tokenizer.json").is_file():
-        raise ExportError("the tokenizer could not be saved as tokenizer.json (a fast tokenizer is needed).")
-    shutil.move(str(tmp / "tokenizer.json"), workdir / TOKENIZER_FILE)
+        raise ExportError(f"the tokenizer could not be saved as {file} (a fast tokenizer is needed).")
+    shutil.move(str(tmp / "tokenizer.json"), workdir / file)
     shutil.rmtree(tmp)
-    tok = c.tokenizer
     return {
-        "file": TOKENIZER_FILE,
-        "sha256": sha256_file(workdir / TOKENIZER_FILE),
+        "file": file,
+        "sha256": sha256_file(workdir / file),
         "model_max_length": int(tok.model_max_length),
         "pad_id": int(tok.pad_token_id),
         "bos_id": int(tok.bos_token_id),
@@ -295,7 +301,7 @@ def export_model(
     t_start = time.perf_counter()
     src = inspect_source(source, config)                                                          # 1.
     source_sha = src.sha256()
-    cache_key = sha256_json({"format": FORMAT_VERSION, "svdedit": SVDEDIT_VERSION, "source": source_sha,
+    cache_key = sha256_json({"format": format_version(src.family), "svdedit": SVDEDIT_VERSION, "source": source_sha,
                              "precision": options.precision, "opset": options.opset, "fuse": options.fuse,
                              **({"step_cache": True} if options.step_cache else {})})
     if _up_to_date(out_dir, cache_key, options.force):                                            # 2.
@@ -306,12 +312,14 @@ def export_model(
     components = load_components(src)
     geo = geometry(components, step_cache=options.step_cache)
     modules = wrappers(components, step_cache=options.step_cache)
+    specs = networks_for(src.family)
     try:
         with atomic_dir(out_dir, replace=out_dir.exists()) as work:  # 5. (out_dir exists: --force, or empty)
             networks = {}
             for i, (name, module) in enumerate(modules.items(), 1):                                 # 3., 4.
                 log(f"[{i}/{len(modules)}] {name}")
-                networks[name] = _network_entry(name, _export_network(name, module, geo, work, options, log), geo, work)
+                entry = _export_network(name, specs[name], module, geo, work, options, log)
+                networks[name] = _network_entry(specs[name], entry, geo, work)
             step_cache = _step_cache_entry(components, geo, work, log) if options.step_cache else None
             manifest = _write_engine_files(work, src, source_sha, components, geo, networks, cache_key, options, t_start,
                                            step_cache)
@@ -330,7 +338,7 @@ def _step_cache_entry(c: Components, geo: Geometry, work: Path, log) -> dict:
     parity check's inputs; the manifest's step_cache record. Over tolerance, the export fails."""
     import torch
 
-    spec = NETWORKS["unet"]
+    spec = networks_for(c.family)["unet"]
     feeds = geo.feeds(spec, batch=1, image_side=geo.default_size, rng=np.random.default_rng(PARITY_SEED))
     with torch.no_grad():
         ref = wrappers(c)["unet"](*(torch.from_numpy(feeds[t.name]) for t in spec.inputs)).numpy()
@@ -393,15 +401,15 @@ def _require_onnxruntime() -> None:
         ) from None
 
 
-def _network_entry(name: str, entry: dict, geo: Geometry, work: Path) -> dict:
+def _network_entry(spec: NetworkSpec, entry: dict, geo: Geometry, work: Path) -> dict:
     """The manifest's record of one exported network: its files and their hashes, its I/O, how it was made."""
-    path = work / f"{name}.onnx"
+    path = work / f"{spec.name}.onnx"
     data = path.with_name(path.name + ".data")
     return {
         "file": path.name,
         "sha256": sha256_file(path),
         **({"external_data": data.name, "external_data_sha256": sha256_file(data)} if data.exists() else {}),
-        **network_io(NETWORKS[name], geo.dims),
+        **network_io(spec, geo.dims),
         **entry,
     }
 
@@ -410,10 +418,17 @@ def _write_engine_files(work: Path, src: Source, source_sha: str, c: Components,
                         cache_key: str, options: ExportOptions, t_start: float, step_cache: dict | None) -> Manifest:
     """tokenizer.json, schedule.json and manifest.json beside the graphs; the manifest is checked before it is
     written, so that the export never writes one the runtime would refuse."""
-    tokenizer = _write_tokenizer(c, work)
+    tokenizer = _write_tokenizer(c.tokenizer, work)
     write_json(work / SCHEDULE_FILE, _schedule(c, geo, src.prediction_type))
+    xl = {}
+    if c.is_xl:
+        xl = {"text_2": {"sequence_length": geo.dims.sequence_length, "hidden_size": geo.dims.hidden_size_2,
+                         **_write_tokenizer(c.tokenizer_2, work, TOKENIZER_2_FILE)},
+              "added_conditioning": {"hidden_sizes": [geo.dims.hidden_size_1, geo.dims.hidden_size_2],
+                                     "pooled_size": geo.dims.pooled_size, "time_ids": geo.dims.time_ids_size,
+                                     "force_zeros_for_empty_prompt": c.force_zeros_for_empty_prompt}}
     raw = {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version(src.family),
         "cache_key": cache_key,
         "family": src.family,
         "prediction_type": src.prediction_type,
@@ -433,6 +448,7 @@ def _write_engine_files(work: Path, src: Source, source_sha: str, c: Components,
         "options": {"precision": options.precision, "opset": options.opset, "fuse": options.fuse,
                     "step_cache": options.step_cache},
         **({"step_cache": step_cache} if step_cache else {}),
+        **xl,
         "versions": _versions(),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
         "export_seconds": round(time.perf_counter() - t_start, 1),

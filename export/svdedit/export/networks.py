@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from svdedit.export.source import Components
-from svdedit.runtime.engines.contract import ModelDims, NetworkSpec, axis_sizes, resolve_shape
+from svdedit.runtime.engines.contract import TIME_IDS, ModelDims, NetworkSpec, axis_sizes, resolve_shape
 
 
 def wrappers(c: Components, step_cache: bool = False) -> dict:
@@ -33,6 +33,26 @@ def wrappers(c: Components, step_cache: bool = False) -> dict:
         def forward(self, sample, timestep, encoder_hidden_states):
             return self.m(sample, timestep, encoder_hidden_states, return_dict=False)[0]
 
+    # ---- SDXL (as StableDiffusionXLPipeline.encode_prompt and its UNet call) ----
+    class PenultimateTextEncoder(torch.nn.Module):
+        def __init__(self, m, pooled: bool):
+            super().__init__()
+            self.m, self.pooled = m, pooled
+
+        def forward(self, input_ids):
+            out = self.m(input_ids=input_ids, output_hidden_states=True, return_dict=True)
+            hidden = out.hidden_states[-2]
+            return (hidden, out.text_embeds) if self.pooled else hidden
+
+    class XlUNet(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
+            added = {"text_embeds": text_embeds, "time_ids": time_ids}
+            return self.m(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
+
     class VaeEncoder(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
@@ -53,11 +73,15 @@ def wrappers(c: Components, step_cache: bool = False) -> dict:
     if step_cache:
         from svdedit.export.step_cache import modules
 
-        unet = modules(c.unet)
+        unet = modules(c.unet, xl=c.is_xl)
     else:
-        unet = {"unet": UNet(c.unet)}
-    return {"text_encoder": TextEncoder(c.text_encoder), **unet, "vae_encoder": VaeEncoder(c.vae),
-            "vae_decoder": VaeDecoder(c.vae)}
+        unet = {"unet": XlUNet(c.unet) if c.is_xl else UNet(c.unet)}
+    if c.is_xl:
+        text = {"text_encoder": PenultimateTextEncoder(c.text_encoder, pooled=False),
+                "text_encoder_2": PenultimateTextEncoder(c.text_encoder_2, pooled=True)}
+    else:
+        text = {"text_encoder": TextEncoder(c.text_encoder)}
+    return {**text, **unet, "vae_encoder": VaeEncoder(c.vae), "vae_decoder": VaeDecoder(c.vae)}
 
 
 @dataclass(frozen=True)
@@ -82,6 +106,8 @@ class Geometry:
                 feeds[t.name] = rng.integers(0, 1000, size=shape).astype(np.float32)
             elif t.name == "image":
                 feeds[t.name] = rng.uniform(-1, 1, size=shape).astype(np.float32)
+            elif t.name == "time_ids":  # sizes and crop offsets in pixels, as SDXL is conditioned on
+                feeds[t.name] = rng.integers(0, 2 * self.default_size, size=shape).astype(np.float32)
             else:
                 feeds[t.name] = rng.standard_normal(shape).astype(np.float32)
         return feeds
@@ -96,6 +122,12 @@ def geometry(c: Components, step_cache: bool = False) -> Geometry:
         hidden_size=int(c.text_encoder.config.hidden_size),
         latent_channels=int(c.vae.config.latent_channels),
     )
+    if c.is_xl:
+        from dataclasses import replace
+
+        h1, h2 = int(c.text_encoder.config.hidden_size), int(c.text_encoder_2.config.hidden_size)
+        dims = replace(dims, hidden_size=h1 + h2, hidden_size_1=h1, hidden_size_2=h2,
+                       pooled_size=int(c.text_encoder_2.config.projection_dim), time_ids_size=TIME_IDS)
     if step_cache:
         from svdedit.export.step_cache import split_dims
 

@@ -22,17 +22,20 @@ from svdedit.runtime.engines.contract import ModelDims
 from svdedit.runtime.errors import SvdeditError
 
 
-def check_splittable(unet) -> None:
-    """Refuse UNets whose forward() does more than the split reproduces (class or added embeddings, ...)."""
+def check_splittable(unet, xl: bool = False) -> None:
+    """Refuse UNets whose forward() does more than the split reproduces (class or added embeddings other than
+    SDXL's text_time, ...)."""
     cfg = unet.config
+    added = cfg.get("addition_embed_type")
     extras = {
-        "class_embed_type": cfg.get("class_embed_type"), "addition_embed_type": cfg.get("addition_embed_type"),
+        "class_embed_type": cfg.get("class_embed_type"),
+        "addition_embed_type": None if xl and added == "text_time" else added,
         "encoder_hid_dim": cfg.get("encoder_hid_dim"), "center_input_sample": cfg.get("center_input_sample") or None,
         "num_class_embeds": cfg.get("num_class_embeds"),
     }
     used = {k: v for k, v in extras.items() if v}
     if used:
-        raise SvdeditError(f"--step-cache splits SD 1.x/2.x UNets; this one uses {used}, which the split does not "
+        raise SvdeditError(f"--step-cache splits SD 1.x/2.x and SDXL UNets; this one uses {used}, which the split does not "
                            f"reproduce. Export it without --step-cache.")
     if len(unet.down_blocks) < 2 or len(unet.up_blocks) < 2 or not unet.down_blocks[0].downsamplers:
         raise SvdeditError("--step-cache needs a UNet with at least two resolutions (a downsampler in its first "
@@ -50,11 +53,12 @@ def split_dims(unet, dims: ModelDims) -> ModelDims:
                    skip_channels=c0 * (1 + layers), deep_channels=deep)
 
 
-def modules(unet) -> dict:
-    """{"unet_in", "unet_deep", "unet_out"}: torch modules with the contract's inputs and outputs."""
+def modules(unet, xl: bool = False) -> dict:
+    """{"unet_in", "unet_deep", "unet_out"}: torch modules with the contract's inputs and outputs (`xl`: unet_in also
+    takes SDXL's text_embeds and time_ids, which enter the time embedding only)."""
     import torch
 
-    check_splittable(unet)
+    check_splittable(unet, xl)
 
     def call(block, text, *args, **kwargs):
         """A diffusers block, given the text embedding only where it has cross-attention (as UNet2DConditionModel
@@ -69,9 +73,12 @@ def modules(unet) -> dict:
             self.m = m
 
     class UnetIn(Part):
-        def forward(self, sample, timestep, encoder_hidden_states):
+        def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
             m = self.m
             emb = m.time_embedding(m.get_time_embed(sample=sample, timestep=timestep), None)
+            if text_embeds is not None:  # SDXL: as UNet2DConditionModel.forward adds get_aug_embed's "text_time"
+                emb = emb + m.get_aug_embed(emb=emb, encoder_hidden_states=encoder_hidden_states,
+                                            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids})
             h = m.conv_in(sample)
             skips = [h]
             block = m.down_blocks[0]
@@ -111,4 +118,14 @@ def modules(unet) -> dict:
                 h = m.conv_act(m.conv_norm_out(h))
             return m.conv_out(h)
 
-    return {"unet_in": UnetIn(unet), "unet_deep": UnetDeep(unet), "unet_out": UnetOut(unet)}
+    if xl:
+        class XlUnetIn(UnetIn):
+            def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
+                return super().forward(sample, timestep, encoder_hidden_states, text_embeds, time_ids)
+        first = XlUnetIn(unet)
+    else:
+        class SdUnetIn(UnetIn):
+            def forward(self, sample, timestep, encoder_hidden_states):
+                return super().forward(sample, timestep, encoder_hidden_states)
+        first = SdUnetIn(unet)
+    return {"unet_in": first, "unet_deep": UnetDeep(unet), "unet_out": UnetOut(unet)}

@@ -7,8 +7,10 @@
         again = pipe.sample(trajectory[-1], "a large red circle on the left", steps=50, guidance=1.0)
 
 Latents are in the UNet's space (the VAE mean times the scaling factor), float32 (B, 4, h, w).
-The story of one call, top to bottom: tokenize -> text_encoder -> (for guidance, one batched UNet
-call on [uncond, cond]) -> DDIM (runtime/svdedit/runtime/ddim.py) -> vae_decoder.
+The story of one call, top to bottom: tokenize -> text_encoder (SDXL: both, conditioning.py) -> (for guidance, one
+batched UNet call on [uncond, cond]) -> DDIM (runtime/svdedit/runtime/ddim.py) -> vae_decoder.
+"Text embeddings" below are the conditioning arrays of conditioning.py: the text encoder's hidden states, and for
+SDXL the pooled embedding and size conditioning packed beside them.
 
 ``denoise`` and ``invert_latents`` are the one DDIM driver of the runtime: generation, reconstruction,
 editing and the probes all sample and invert through them, on text embeddings, and they own the NaN
@@ -30,9 +32,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from svdedit.runtime import ddim
+from svdedit.runtime.conditioning import conditioning_for
 from svdedit.runtime.engines import Manifest, open_engines, read_manifest
 from svdedit.runtime.errors import NonFiniteLatentError, SvdeditError
-from svdedit.runtime.text import Tokenizer
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -68,12 +70,12 @@ class Pipeline:
         m = self.manifest
         self.intervals = self.check_intervals(intervals or self.default_intervals)
         self.schedule = ddim.Schedule.from_json(self.engine_dir / m.schedule.file)
-        self.tokenizer = Tokenizer(self.engine_dir / m.text.file, m.text.sequence_length, m.text.pad_id)
         self.scaling = m.latent.vae_scaling_factor
         self.vae_factor = m.latent.vae_scale_factor
         self.channels = m.latent.channels
         self.size = m.image_size.default
         self.engines = open_engines(self.engine_dir, m, provider)
+        self.conditioning = conditioning_for(self.engine_dir, m, self.engines)
         self._opened: ExitStack | None = None
 
     def __enter__(self) -> "Pipeline":
@@ -123,14 +125,17 @@ class Pipeline:
         """The UNet as one function (x, timesteps, text) -> model output, for one run of steps. With a split UNet it
         keeps the deep feature: a call computes it when its index in the run is a multiple of `interval` (or the
         batch changed), and the calls between reuse it."""
+        inputs = self.conditioning.unet_inputs
         if not self.manifest.split_unet:
             unet = self.engines["unet"]
-            return lambda x, ts, e: unet(sample=x, timestep=ts, encoder_hidden_states=e)["model_output"]
+            return lambda x, ts, e: unet(sample=x, timestep=ts, **inputs(x, e))["model_output"]
         first, deep_net, last = (self.engines[n] for n in ("unet_in", "unet_deep", "unet_out"))
         state = {"calls": 0, "deep": None}
 
-        def call(x, ts, e):
-            a = first(sample=x, timestep=ts, encoder_hidden_states=e)
+        def call(x, ts, cond):
+            feeds = inputs(x, cond)
+            e = feeds["encoder_hidden_states"]
+            a = first(sample=x, timestep=ts, **feeds)
             deep = state["deep"]
             if state["calls"] % interval == 0 or deep is None or deep.shape[0] != x.shape[0]:
                 deep = state["deep"] = deep_net(hidden=a["hidden"], emb=a["emb"], encoder_hidden_states=e)["deep"]
@@ -146,13 +151,14 @@ class Pipeline:
 
     # ---- text ----
     def encode_prompt(self, prompts: list[str]) -> np.ndarray:
-        ids = self.tokenizer(prompts)
-        return self.engines["text_encoder"](input_ids=ids)["last_hidden_state"]
+        """The conditioning arrays of `prompts` (conditioning.py): (B, L, D), SDXL (B, L + 1, D)."""
+        return self.conditioning.encode(prompts)
 
     @functools.cached_property
     def unconditional_embedding(self) -> np.ndarray:
-        """The empty prompt's embedding (1, L, D): encoded once, reused by every guided eps_fn."""
-        return self.encode_prompt([""])
+        """The empty prompt's embedding (1, L, D) (SDXL: zeros, as its config says): made once, reused by every
+        guided eps_fn."""
+        return self.conditioning.unconditional()
 
     def eps_fn(self, cond: np.ndarray, guidance: float, interval: int = 1) -> ddim.EpsFn:
         """The model as the sampler sees it, for text embeddings (B, L, D) (those of prompts, or a blend of two).
@@ -163,7 +169,7 @@ class Pipeline:
                 return unet(x, np.full((x.shape[0],), t, np.float32), cond)
             return eps
         n = len(cond)
-        uncond = np.broadcast_to(self.unconditional_embedding, cond.shape)
+        uncond = self.conditioning.paired(self.unconditional_embedding, cond)
         both = np.ascontiguousarray(np.concatenate([uncond, cond]), dtype=np.float32)
         g = np.float32(guidance)
 

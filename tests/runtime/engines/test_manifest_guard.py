@@ -80,7 +80,8 @@ def test_files_outside_the_engine_dir_are_refused(engine_dirs, tmp_path, raw, wh
     (lambda m: m["networks"]["unet"].pop("inputs"), "manifest.networks.unet.inputs is missing"),
     (lambda m: m["networks"]["unet"].update(sha256="x"), 'networks.unet.file.s sha256 "x" is not 64 hex digits'),
     (lambda m: m["networks"]["unet"]["inputs"].reverse(), "networks.unet.inputs are"),
-    (lambda m: m.update(family="sdxl"), "family 'sdxl' is not one of"),
+    (lambda m: m.update(family="sd3"), "family 'sd3' is not one of"),
+    (lambda m: m.update(family="sdxl"), "an SDXL engine dir needs text_2"),
 ])
 def test_a_manifest_out_of_range_is_named(engine_dirs, tmp_path, raw, damage, phrase):
     m = copy.deepcopy(raw)

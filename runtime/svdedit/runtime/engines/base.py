@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svdedit.runtime.engines.contract import DYNAMIC_AXES, NETWORKS
+from svdedit.runtime.engines.contract import DYNAMIC_AXES, NETWORK_NAMES
 from svdedit.runtime.engines.manifest import Manifest
 from svdedit.runtime.errors import EngineDirError, RunnerError, SvdeditError
 
@@ -27,8 +27,8 @@ class Runner:
     provider: str | None = None
 
     def __init__(self, engine_dir: str | Path, network: str, manifest: Manifest):
-        if network not in NETWORKS:
-            raise SvdeditError(f"unknown network {network!r}; an engine dir has {', '.join(NETWORKS)}.")
+        if network not in NETWORK_NAMES:
+            raise SvdeditError(f"unknown network {network!r}; an engine dir has {', '.join(NETWORK_NAMES)}.")
         self.engine_dir = Path(engine_dir)
         self.network = network
         self.manifest = manifest

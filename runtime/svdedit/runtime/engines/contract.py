@@ -6,6 +6,7 @@ An engine dir is one folder per exported model::
     schedule.json     everything DDIM needs: betas, alphas_cumprod, spacing, prediction type, VAE scale
     tokenizer.json    the CLIP BPE tokenizer, loadable by `tokenizers` alone
     text_encoder.onnx unet.onnx vae_encoder.onnx vae_decoder.onnx   (+ one .onnx.data each above 2 GB)
+    (SDXL: also tokenizer_2.json and text_encoder_2.onnx; format version 2, see FORMAT_VERSIONS)
     (exported with --step-cache: unet_in.onnx unet_deep.onnx unet_out.onnx in place of unet.onnx)
     tensorrt/         TensorRT plans of svdedit 0.1's `svdedit build` (now in the user cache: plans.py)
 
@@ -25,10 +26,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The engine-dir format of SD 1.x/2.x engine dirs (unchanged since svdedit 0.1, so that an older runtime still opens
+#: them), and of SDXL ones: version 2 adds the second tokenizer and text encoder and the UNet's added conditioning.
+#: An older runtime meets a version-2 dir with "format version 2; this svdedit reads version 1" (manifest.py).
 FORMAT_VERSION = 1
+FORMAT_VERSION_XL = 2
+FORMAT_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_XL)
 MANIFEST_FILE = "manifest.json"
 SCHEDULE_FILE = "schedule.json"
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_2_FILE = "tokenizer_2.json"
 #: TensorRT's folder in an engine dir: plans of `svdedit build` under <device key>/, its timing cache, ORT-TRT's caches
 TENSORRT_DIR = "tensorrt"
 TIMING_CACHE = "timing.cache"
@@ -41,7 +48,17 @@ FAMILIES = {
     "sd1": "Stable Diffusion 1.x (CLIP ViT-L text encoder, epsilon prediction)",
     "sd2": "Stable Diffusion 2.x base (OpenCLIP text encoder, epsilon prediction)",
     "sd2-v": "Stable Diffusion 2.x 768-v (OpenCLIP text encoder, v-prediction)",
+    "sdxl": "Stable Diffusion XL base (CLIP ViT-L and OpenCLIP ViT-bigG text encoders, pooled and size conditioning)",
 }
+#: the families whose UNet takes SDXL's added conditioning (text_embeds, time_ids) and that have two text encoders
+XL_FAMILIES = ("sdxl",)
+#: SDXL's size conditioning: original height and width, crop top and left, target height and width
+TIME_IDS = 6
+
+
+def format_version(family: str) -> int:
+    """The format version an engine dir of `family` is written in."""
+    return FORMAT_VERSION_XL if family in XL_FAMILIES else FORMAT_VERSION
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,9 +95,14 @@ class ModelDims:
     """The fixed sizes of one model, which turn dimension names into numbers."""
 
     sequence_length: int  # tokens per prompt (77 for SD)
-    hidden_size: int  # text embedding width (768 SD1, 1024 SD2)
+    hidden_size: int  # the text embedding width the UNet attends to (768 SD1, 1024 SD2, 2048 SDXL)
     latent_channels: int  # 4 for SD
     image_channels: int = 3
+    # SDXL (0 for the other families): each text encoder's width (768 + 1280 = hidden_size) and the pooled width
+    hidden_size_1: int = 0
+    hidden_size_2: int = 0
+    pooled_size: int = 0   # text_encoder_2's projection (1280)
+    time_ids_size: int = TIME_IDS
     # the UNet split for step caching (--step-cache; 0 when the engine has no split UNet)
     time_embed_dim: int = 0   # the timestep embedding's width (1280 for SD 1.5)
     block_channels: int = 0   # channels of the full-resolution blocks (320)
@@ -176,6 +198,54 @@ UNET_WHOLE = ("unet",)
 UNET_SPLIT = ("unet_in", "unet_deep", "unet_out")
 #: every engine dir has these besides its UNet
 OTHER_NETWORKS = ("text_encoder", "vae_encoder", "vae_decoder")
+
+_XL_CONDITIONING = (TensorSpec("text_embeds", "float32", ("batch", "pooled_size")),
+                    TensorSpec("time_ids", "float32", ("batch", "time_ids_size")))
+
+#: SDXL's networks (format version 2): two text encoders whose penultimate hidden states are concatenated into the
+#: UNet's text embedding (hidden_size_1 + hidden_size_2 = hidden_size), the second one's projection the pooled
+#: embedding; the UNet (and the step cache's first part, which computes the time embedding) takes both as
+#: `added_cond_kwargs` text_embeds and time_ids. The VAE and the rest of the split UNet are SD's.
+XL_NETWORKS: dict[str, NetworkSpec] = {
+    **NETWORKS,
+    "text_encoder": NetworkSpec(
+        "text_encoder",  # CLIP ViT-L: hidden_states[-2]
+        inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence_length")),),
+        outputs=(TensorSpec("hidden_states", "float32", ("batch", "sequence_length", "hidden_size_1")),),
+        rtol={"fp32": 1e-3, "fp16": 2e-2},
+    ),
+    "text_encoder_2": NetworkSpec(
+        "text_encoder_2",  # OpenCLIP ViT-bigG with projection: hidden_states[-2] and text_embeds (pooled)
+        inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence_length")),),
+        outputs=(TensorSpec("hidden_states", "float32", ("batch", "sequence_length", "hidden_size_2")),
+                 TensorSpec("text_embeds", "float32", ("batch", "pooled_size"))),
+        rtol={"fp32": 1e-3, "fp16": 2e-2},
+    ),
+    "unet": NetworkSpec(
+        "unet",
+        inputs=NETWORKS["unet"].inputs + _XL_CONDITIONING,
+        outputs=NETWORKS["unet"].outputs,
+        rtol={"fp32": 1e-3, "fp16": 2e-2},
+    ),
+    "unet_in": NetworkSpec(
+        "unet_in",
+        inputs=NETWORKS["unet_in"].inputs + _XL_CONDITIONING,
+        outputs=NETWORKS["unet_in"].outputs,
+        rtol={"fp32": 1e-3, "fp16": 2e-2},
+    ),
+}
+#: every network name any family has
+NETWORK_NAMES = tuple(dict.fromkeys([*NETWORKS, *XL_NETWORKS]))
+
+
+def networks_for(family: str) -> dict[str, NetworkSpec]:
+    """The contract of the networks of a `family` engine dir."""
+    return XL_NETWORKS if family in XL_FAMILIES else NETWORKS
+
+
+def other_networks(family: str) -> tuple[str, ...]:
+    """The networks an engine dir of `family` has besides its UNet."""
+    return OTHER_NETWORKS + (("text_encoder_2",) if family in XL_FAMILIES else ())
 
 
 def unet_layout(names) -> tuple[str, ...] | None:

@@ -25,12 +25,16 @@ from pathlib import Path
 from svdedit.runtime.engines.contract import (
     DYNAMIC_AXES,
     FAMILIES,
-    FORMAT_VERSION,
+    FORMAT_VERSIONS,
     MANIFEST_FILE,
-    NETWORKS,
-    OTHER_NETWORKS,
+    NETWORK_NAMES,
+    TIME_IDS,
     UNET_SPLIT,
+    XL_FAMILIES,
     axis_sizes,
+    format_version,
+    networks_for,
+    other_networks,
     unet_layout,
 )
 from svdedit.runtime.errors import EngineDirError, ManifestFieldError
@@ -84,6 +88,18 @@ class TextInfo:
     pad_id: int
     bos_id: int
     eos_id: int
+
+
+@dataclass(frozen=True)
+class AddedConditioning:
+    """SDXL's second text encoder and size conditioning (format version 2): the UNet's text embedding is the
+    concatenation of the two encoders' penultimate hidden states (hidden_sizes), the pooled embedding the second
+    one's projection (pooled_size); time_ids are (original h, w, crop top, left, target h, w)."""
+
+    hidden_sizes: tuple[int, ...]       # each encoder's width, in the order they are concatenated
+    pooled_size: int
+    time_ids: int                       # 6
+    force_zeros_for_empty_prompt: bool  # the pipeline's config: the unconditional embedding is zeros, not ""'s
 
 
 @dataclass(frozen=True)
@@ -154,6 +170,8 @@ class Manifest:
     versions: dict | None = None
     step_cache: StepCache | None = None
     quantization: dict | None = None  # `svdedit quantize` (export/svdedit/export/quantize.py): mode, calibration, int8 parity
+    text_2: TextInfo | None = None                    # SDXL: the second tokenizer (tokenizer_2.json)
+    added_conditioning: AddedConditioning | None = None  # SDXL
     #: the JSON as read (or as the exporter made it): what is written back, and what the identity hashes
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -171,9 +189,12 @@ class Manifest:
         in another precision, or with TensorRT plans built from it, keeps them (a variant's latents differ
         only as its precision does: benchmarks/results/export_sd15_shape_fp16.json)."""
         r = self.raw
+        xl = {"text_2": {k: (r.get("text_2") or {}).get(k) for k in ("sequence_length", "hidden_size")},
+              "added_conditioning": r.get("added_conditioning")} if self.is_xl else {}
         return sha256_json({"source": (r.get("source") or {}).get("sha256"), "family": r.get("family"),
                             "prediction_type": r.get("prediction_type"), "latent": r.get("latent"),
-                            "text": {k: (r.get("text") or {}).get(k) for k in ("sequence_length", "hidden_size")}})
+                            "text": {k: (r.get("text") or {}).get(k) for k in ("sequence_length", "hidden_size")},
+                            **xl})
 
     def identities(self) -> tuple[str, str]:
         """(identity, the identity of svdedit 0.1.0: the whole manifest but its TensorRT plans), which attribute
@@ -190,6 +211,11 @@ class Manifest:
         raw = self.to_dict()
         raw.setdefault("tensorrt", {})[key] = build
         return Manifest.from_dict(raw)
+
+    @property
+    def is_xl(self) -> bool:
+        """True for an SDXL-family engine dir (two text encoders, added conditioning)."""
+        return self.family in XL_FAMILIES
 
     @property
     def split_unet(self) -> bool:
@@ -209,6 +235,8 @@ class Manifest:
     def files(self) -> list[tuple[str, str]]:
         """(relative file name, sha256) of every file the engine dir must hold."""
         out = [(self.schedule.file, self.schedule.sha256), (self.text.file, self.text.sha256)]
+        if self.text_2 is not None:
+            out.append((self.text_2.file, self.text_2.sha256))
         for net in self.networks.values():
             out += net.files()
         return out
@@ -237,21 +265,24 @@ def _problems(m: Manifest, engine_dir: Path | None) -> list[str]:
     need(1 <= text.hidden_size <= 65536, f"text.hidden_size {text.hidden_size} is not 1 to 65536")
     for name in ("pad_id", "bos_id", "eos_id"):
         need(0 <= getattr(text, name) < 2**31, f"text.{name} {getattr(text, name)} is not a token id")
+    out += _xl_problems(m)
     need(1 <= size.multiple_of <= 4096 and size.multiple_of % max(1, lat.vae_scale_factor) == 0,
          f"image_size.multiple_of {size.multiple_of} is not a positive multiple of latent.vae_scale_factor")
     need(1 <= size.min <= size.default <= size.max <= 65536,
          f"image_size needs 1 <= min <= default <= max <= 65536 (min {size.min}, default {size.default}, max {size.max})")
     need(size.default % max(1, size.multiple_of) == 0,
          f"image_size.default {size.default} is not a multiple of image_size.multiple_of {size.multiple_of}")
-    for name in OTHER_NETWORKS:
+    others, specs = other_networks(m.family), networks_for(m.family)
+    for name in others:
         need(name in m.networks, f"networks lists no {name!r}")
     need(unet_layout(m.networks) is not None,
          f"networks should hold either 'unet' or all of {', '.join(UNET_SPLIT)} (a UNet split for step caching), "
-         f"not {sorted(set(m.networks) - set(OTHER_NETWORKS)) or 'neither'}")
-    unknown = sorted(set(m.networks) - set(NETWORKS))
-    need(not unknown, f"networks lists {unknown}, which this runtime does not know (it knows {', '.join(NETWORKS)})")
+         f"not {sorted(set(m.networks) - set(others)) or 'neither'}")
+    unknown = sorted(set(m.networks) - set(specs))
+    need(not unknown, f"networks lists {unknown}, which a {m.family!r} engine dir does not have (it has "
+                      f"{', '.join(specs)})")
     for name, net in m.networks.items():
-        spec = NETWORKS.get(name)
+        spec = specs.get(name)
         if spec is None:
             continue
         for role, declared, wanted in (("inputs", net.inputs, spec.inputs), ("outputs", net.outputs, spec.outputs)):
@@ -274,9 +305,36 @@ def _problems(m: Manifest, engine_dir: Path | None) -> list[str]:
     return out
 
 
+def _xl_problems(m: Manifest) -> list[str]:
+    """The SDXL parts (text_2, added_conditioning) are there exactly for an SDXL family, and agree with the text."""
+    if not m.is_xl:
+        return [f"{name} is set but the family is {m.family!r}, not SDXL" for name in ("text_2", "added_conditioning")
+                if getattr(m, name) is not None]
+    if m.text_2 is None or m.added_conditioning is None:
+        return [f"an SDXL engine dir needs {name}" for name in ("text_2", "added_conditioning")
+                if getattr(m, name) is None]
+    out, t2, ac = [], m.text_2, m.added_conditioning
+    if t2.sequence_length != m.text.sequence_length:
+        out.append(f"text_2.sequence_length {t2.sequence_length} is not text.sequence_length {m.text.sequence_length}")
+    for name in ("pad_id", "bos_id", "eos_id"):
+        if not 0 <= getattr(t2, name) < 2**31:
+            out.append(f"text_2.{name} {getattr(t2, name)} is not a token id")
+    if len(ac.hidden_sizes) != 2 or sum(ac.hidden_sizes) != m.text.hidden_size or min(ac.hidden_sizes, default=0) < 1:
+        out.append(f"added_conditioning.hidden_sizes {list(ac.hidden_sizes)} are not two widths adding up to "
+                   f"text.hidden_size {m.text.hidden_size}")
+    if ac.time_ids != TIME_IDS:
+        out.append(f"added_conditioning.time_ids {ac.time_ids} is not {TIME_IDS}")
+    if not 1 <= ac.pooled_size or ac.pooled_size + ac.time_ids > m.text.hidden_size:
+        out.append(f"added_conditioning.pooled_size {ac.pooled_size} plus {ac.time_ids} time ids does not fit the "
+                   f"{m.text.hidden_size}-wide conditioning row (runtime/svdedit/runtime/conditioning.py)")
+    return out
+
+
 def _files_with_fields(m: Manifest) -> list[tuple[str, str, str]]:
     """(field, relative name, sha256) of every file the manifest names, TensorRT plans included."""
     out = [("schedule.file", m.schedule.file, m.schedule.sha256), ("text.file", m.text.file, m.text.sha256)]
+    if m.text_2 is not None:
+        out.append(("text_2.file", m.text_2.file, m.text_2.sha256))
     for name, net in m.networks.items():
         out.append((f"networks.{name}.file", net.file, net.sha256))
         if net.external_data:
@@ -422,16 +480,20 @@ def read_manifest(engine_dir: str | Path, verify: str = "changed") -> Manifest:
     except EngineDirError as exc:
         raise EngineDirError(f"{exc} {redo}") from None
     version = data["format_version"]
-    if version != FORMAT_VERSION:
+    if version not in FORMAT_VERSIONS:
         raise EngineDirError(
-            f"{path} has format version {version!r}; this svdedit reads version {FORMAT_VERSION}. "
-            f"Re-export the model with this svdedit, or use the svdedit version that wrote it."
+            f"{path} has format version {version!r}; this svdedit reads versions "
+            f"{', '.join(map(str, FORMAT_VERSIONS))}. Re-export the model with this svdedit, or use the svdedit "
+            f"version that wrote it."
         )
     try:
         manifest = Manifest.from_dict(data)
     except ManifestFieldError as exc:
         raise EngineDirError(f"{path} is corrupt: {exc}. {redo}") from None
     problems = _problems(manifest, engine_dir)
+    if not problems and version != format_version(manifest.family):
+        problems = [f"format_version {version} is not that of a {manifest.family!r} engine dir "
+                    f"({format_version(manifest.family)})"]
     if problems:
         raise EngineDirError(f"{path} is corrupt: {'; '.join(problems)}. {redo}")
     for rel, _ in manifest.files():

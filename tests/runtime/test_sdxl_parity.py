@@ -1,0 +1,120 @@
+"""The runtime against diffusers' StableDiffusionXLPipeline (torch) on the tiny SDXL fixture, from the same noise.
+
+Generation with DDIM and guidance (the unconditional embedding zeros, force_zeros_for_empty_prompt), with the
+default size conditioning and with an image's own (original size and crop); DDIM inversion; both encoders' hidden
+states and the pooled embedding. The packed conditioning array is runtime/svdedit/runtime/conditioning.py's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import requires_torch
+
+pytestmark = requires_torch
+PROMPT = "a large red circle on the left"
+L = 77
+
+
+@pytest.fixture(scope="module")
+def reference(xl_pipeline):
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(xl_pipeline, torch_dtype=torch.float32)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe(xl_engine):
+    from svdedit.runtime.pipeline import Pipeline
+
+    with Pipeline(xl_engine) as p:
+        yield p
+
+
+def test_the_engine_dir_is_sdxl(pipe):
+    m = pipe.manifest
+    assert (m.family, m.raw["format_version"], m.latent.vae_scaling_factor) == ("sdxl", 2, pytest.approx(0.13025))
+    assert set(m.networks) == {"text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder"}
+    assert [t.name for t in m.networks["unet"].inputs] == ["sample", "timestep", "encoder_hidden_states",
+                                                          "text_embeds", "time_ids"]
+    assert m.added_conditioning.hidden_sizes == (32, 32) and m.added_conditioning.force_zeros_for_empty_prompt
+    assert (m.text.pad_id, m.text_2.pad_id) == (m.text.eos_id, 0)  # the second tokenizer pads with "!"
+
+
+def test_text_embeddings_match_diffusers(pipe, reference):
+    import torch
+
+    with torch.no_grad():
+        hidden, negative, pooled, negative_pooled = reference.encode_prompt(
+            PROMPT, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+    cond = pipe.encode_prompt([PROMPT])
+    assert cond.shape == (1, L + 1, 64)
+    np.testing.assert_allclose(cond[:, :L], hidden.numpy(), atol=1e-4)
+    np.testing.assert_allclose(cond[:, L, :32], pooled.numpy(), atol=1e-4)
+    assert not cond[:, L, 32:].any()  # time ids unset: the latent's own size
+    assert float(pooled.abs().max()) > 0.1 and float(hidden.abs().max()) > 0.1
+    # force_zeros_for_empty_prompt: the unconditional embedding is zeros, not the empty prompt's
+    assert not negative.any() and not negative_pooled.any() and not pipe.unconditional_embedding.any()
+    assert np.abs(pipe.encode_prompt([""])).max() > 0.1
+
+
+def test_generation_matches_diffusers(pipe, reference):
+    import torch
+
+    noise = pipe.noise(seed=3, batch=2)
+    ours = pipe.generate([PROMPT, "a small blue square"], steps=10, guidance=7.5, init_noise=noise)
+    want = reference([PROMPT, "a small blue square"], num_inference_steps=10, guidance_scale=7.5,
+                     latents=torch.from_numpy(noise), output_type="latent").images.numpy()
+    assert np.abs(want).max() > 0.5
+    np.testing.assert_allclose(ours, want, atol=1e-3)
+
+
+def test_size_conditioning_matches_diffusers(pipe, reference):
+    """An image's own time ids (original 96x128, cropped at top 0, left 16): the same in the unconditional half."""
+    import torch
+
+    noise = pipe.noise(seed=5, batch=1)
+    cond = pipe.conditioning.with_time_ids(pipe.encode_prompt([PROMPT]), (96, 128, 0, 16, 64, 64))
+    ours = pipe.denoise(noise, cond, 8, 5.0).latent
+    plain = pipe.denoise(noise, pipe.encode_prompt([PROMPT]), 8, 5.0).latent
+    want = reference(PROMPT, num_inference_steps=8, guidance_scale=5.0, latents=torch.from_numpy(noise),
+                     original_size=(96, 128), crops_coords_top_left=(0, 16), output_type="latent").images.numpy()
+    np.testing.assert_allclose(ours, want, atol=1e-3)
+    assert np.abs(ours - plain).max() > 1e-3  # the time ids are not ignored
+
+
+def test_inversion_matches_ddim_inverse_scheduler(pipe, reference):
+    import torch
+    from diffusers import DDIMInverseScheduler
+
+    inverse = DDIMInverseScheduler.from_config(reference.scheduler.config)
+    x0 = pipe.noise(seed=4, batch=1) * np.float32(0.8)
+    ours = pipe.invert(x0, PROMPT, steps=10)
+    with torch.no_grad():
+        hidden, _, pooled, _ = reference.encode_prompt(PROMPT, device="cpu", num_images_per_prompt=1,
+                                                      do_classifier_free_guidance=False)
+        added = {"text_embeds": pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+        inverse.set_timesteps(10)
+        x = torch.from_numpy(x0)
+        want = [x0]
+        for t in inverse.timesteps:
+            x = inverse.step(reference.unet(x, t, hidden, added_cond_kwargs=added).sample, t, x).prev_sample
+            want.append(x.numpy())
+    assert len(ours) == len(want) == 11
+    for k, (a, b) in enumerate(zip(ours, want)):
+        np.testing.assert_allclose(a, b, atol=1e-4, err_msg=f"inversion step {k}")
+
+
+def test_vae_uses_the_sdxl_scaling_factor(pipe, reference):
+    import torch
+
+    img = np.random.default_rng(0).uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32)
+    z = pipe.encode(img)
+    with torch.no_grad():
+        zr = reference.vae.encode(torch.from_numpy(img)).latent_dist.mean * 0.13025
+    np.testing.assert_allclose(z, zr.numpy(), atol=1e-4)
