@@ -248,7 +248,7 @@ def test_one_poisoned_request_fails_alone_its_batch_neighbours_succeed(kind, sha
 
 def test_large_images_are_decoded_off_the_event_loop(shapes_engine, tmp_path):
     """Four 25-megapixel PNGs at once, to `svdedit serve` in its own process: /healthz, polled from a third process,
-    answers within 100 ms throughout (decoding on the event loop stalled it for seconds), and the server's peak RSS
+    answers within 250 ms throughout (decoding on the event loop stalled it for seconds), and the server's peak RSS
     stays under 1.5 GiB (two decodes at a time)."""
     from benchmarks.serving.serve_load import peak_rss_gib
     from benchmarks.serving.serving import HealthProbe, free_port, start_uvicorn, wait_ready
@@ -276,6 +276,8 @@ def test_large_images_are_decoded_off_the_event_loop(shapes_engine, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    assert len(health.seconds) > 20 and health.worst_ms() < 100, \
+    # a decode and fit of one of them takes ~0.75 s here: on the event loop, /healthz would wait that long. 250 ms
+    # leaves room for a busy 2-core CI machine (a run beside other work once saw 104 ms)
+    assert len(health.seconds) > 20 and health.worst_ms() < 250, \
         f"/healthz: {len(health.seconds)} answers, p99 {health.p99_ms()} ms, the slowest {health.worst_ms()} ms"
     assert rss < 1.5, f"peak RSS {rss:.2f} GiB"

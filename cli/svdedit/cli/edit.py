@@ -190,7 +190,12 @@ def run_edit(args: argparse.Namespace) -> int:
     check_output(out, "-o", folder=not single, suffixes=tuple(WRITABLE))
     pipe = open_pipeline(args)  # the manifest, read once; the networks load on entering it, below
     attrs = [Attribute.load(a, engine=pipe.manifest.identities()) for a in request.attributes]  # before any network
-    images = np.stack([fit(load_image(f), pipe.size) for f in files]) if files else None  # one at full size at a time
+    originals, fitted = [], []
+    for f in files or ():  # one at full size at a time
+        image = load_image(f)
+        originals.append(image.size)
+        fitted.append(fit(image, pipe.size))
+    images = np.stack(fitted) if files else None
     stages = Stages() if args.timings else NO_STAGES
     strengths = request.strengths
     with pipe:
@@ -203,7 +208,8 @@ def run_edit(args: argparse.Namespace) -> int:
                 progress(k * total + done, total * len(strengths))
             if files:
                 results.append(editor.edit_images(attrs, images, [request.prompt] * count, strength=strength,
-                                                  target_prompts=targets, batch=request.batch, progress=report))
+                                                  target_prompts=targets, batch=request.batch, progress=report,
+                                                  originals=originals))
             else:
                 results.append(editor.edit_seeds(attrs, [request.prompt] * count, request.seeds, strength=strength,
                                                  target_prompts=targets, batch=request.batch, progress=report))

@@ -113,11 +113,12 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         z0 = pipe.encode(x)
         vae_only = to_uint8(pipe.decode(z0))[0]
         bar, update = progress_bar("invert")
-        z_t = pipe.invert(z0, args.prompt, steps=args.steps, progress=update)[-1] if noise is None \
-            else pipe.check_latent(noise, 1)
+        z_t = pipe.invert(z0, args.prompt, steps=args.steps, progress=update, originals=[img.size])[-1] \
+            if noise is None else pipe.check_latent(noise, 1)
         bar.close()
         bar, update = progress_bar("resample")
-        z = pipe.sample(z_t, args.prompt, steps=args.steps, guidance=args.guidance, progress=update)
+        z = pipe.sample(z_t, args.prompt, steps=args.steps, guidance=args.guidance, progress=update,
+                        originals=[img.size])
         bar.close()
         out = to_uint8(pipe.decode(z))[0]
         providers = pipe.providers

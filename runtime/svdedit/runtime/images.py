@@ -96,16 +96,29 @@ def encode_png(image_hwc: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def fit_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """What ``fit`` does to a width x height image: (resized width, resized height, crop left, crop top)."""
+    if (width, height) == (size, size):
+        return size, size, 0, 0
+    scale = size / min(width, height)
+    w, h = max(size, round(width * scale)), max(size, round(height * scale))
+    return w, h, (w - size) // 2, (h - size) // 2
+
+
+def size_conditioning(width: int, height: int, size: int) -> tuple[float, ...]:
+    """SDXL's time ids for the image ``fit`` made of a width x height original: (original height, width, crop top,
+    left, target height, width), the crop in the resized image's pixels as SDXL's training data recorded it."""
+    _, _, left, top = fit_box(width, height, size)
+    return (float(height), float(width), float(top), float(left), float(size), float(size))
+
+
 def fit(img, size: int) -> np.ndarray:
     """Cover-resize then centre-crop to size x size; float32 (3, size, size) in [-1, 1]."""
     from PIL import Image
 
-    w, h = img.size
-    scale = size / min(w, h)
-    if (w, h) != (size, size):
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.LANCZOS)
-        w, h = img.size
-        left, top = (w - size) // 2, (h - size) // 2
+    w, h, left, top = fit_box(*img.size, size)
+    if img.size != (size, size):
+        img = img.resize((w, h), Image.LANCZOS)
         img = img.crop((left, top, left + size, top + size))
     arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
     return arr.transpose(2, 0, 1).copy()

@@ -154,6 +154,15 @@ class Pipeline:
         """The conditioning arrays of `prompts` (conditioning.py): (B, L, D), SDXL (B, L + 1, D)."""
         return self.conditioning.encode(prompts)
 
+    def for_images(self, cond: np.ndarray, originals) -> np.ndarray:
+        """`cond` for images that fit() made from originals of these (width, height): SDXL's size conditioning of
+        each (images.size_conditioning); unchanged for the other families, or without `originals`."""
+        if originals is None or not self.manifest.is_xl:
+            return cond
+        from svdedit.runtime.images import size_conditioning
+
+        return self.conditioning.with_time_ids(cond, [size_conditioning(w, h, self.size) for w, h in originals])
+
     @functools.cached_property
     def unconditional_embedding(self) -> np.ndarray:
         """The empty prompt's embedding (1, L, D) (SDXL: zeros, as its config says): made once, reused by every
@@ -230,15 +239,20 @@ class Pipeline:
         return self.sample(x, prompts, steps=steps, guidance=guidance, progress=progress)
 
     def sample(self, latent: np.ndarray, prompt: str | list[str], steps: int = 50, guidance: float = 7.5,
-               start: int = 0, progress: Progress | None = None) -> np.ndarray:
-        """Continue denoising `latent`, which sits at the noise level of sampling step index `start`."""
+               start: int = 0, progress: Progress | None = None, originals=None) -> np.ndarray:
+        """Continue denoising `latent`, which sits at the noise level of sampling step index `start` (`originals`: as
+        for invert)."""
         prompts = [prompt] * len(latent) if isinstance(prompt, str) else list(prompt)
-        return self.denoise(latent, self.encode_prompt(prompts), steps, guidance, start=start, progress=progress).latent
+        cond = self.for_images(self.encode_prompt(prompts), originals)
+        return self.denoise(latent, cond, steps, guidance, start=start, progress=progress).latent
 
     def invert(self, latent0: np.ndarray, prompt: str | list[str], steps: int = 50, guidance: float = 1.0,
-               progress: Progress | None = None) -> list[np.ndarray]:
+               progress: Progress | None = None, originals=None) -> list[np.ndarray]:
+        """DDIM-invert latents; `originals`: the (width, height) each image had before fit() (SDXL's size
+        conditioning, for_images)."""
         prompts = [prompt] * len(latent0) if isinstance(prompt, str) else list(prompt)
-        return self.invert_latents(latent0, self.encode_prompt(prompts), steps, guidance, progress)
+        return self.invert_latents(latent0, self.for_images(self.encode_prompt(prompts), originals), steps, guidance,
+                                   progress)
 
     def check_latent(self, x: np.ndarray, batch: int) -> np.ndarray:
         """A user-supplied latent (e.g. --init-noise) as float32 (batch, C, h, w), or a clear error."""

@@ -50,6 +50,7 @@ class EditJob:
     target_prompt: str | None          # None: an image without a usable caption (Editor.edit_images_with)
     seeds: list[int] | None = None
     image: np.ndarray | None = None    # float32 (3, H, W) in [-1, 1], fitted to the model's size
+    original: tuple[int, int] | None = None  # the image's (width, height) before it was fitted (SDXL's size conditioning)
     intervals: Intervals = Intervals()  # step caching: only jobs with the same intervals share a batch
 
     @property
@@ -134,15 +135,16 @@ class EditService:
             except SvdeditError as exc:  # a prompt without the attribute's word: fine for an image, not for seeds
                 if request.seeds is not None:
                     raise InvalidRequestError("prompt", str(exc)) from None
-        fitted = None
+        fitted = original = None
         if request.images is not None:
             image = request.images[0]
             if len(image) > self.limits.max_file_bytes:
                 raise InvalidRequestError("images", f"the image is {len(image)} bytes; the limit is "
                                                     f"{self.limits.max_file_bytes} bytes.")
-            fitted = fit(decode_image(image, "the uploaded image", self.limits), self.pipe.size)
+            decoded = decode_image(image, "the uploaded image", self.limits)
+            fitted, original = fit(decoded, self.pipe.size), decoded.size
         return EditJob(recipe, request.prompt, target_prompt, list(request.seeds) if request.seeds is not None else None,
-                       fitted, self._intervals(request.cache_interval))
+                       fitted, original, self._intervals(request.cache_interval))
 
     def _intervals(self, cache_interval: int | None) -> Intervals:
         default = self.pipe.default_intervals
@@ -193,7 +195,8 @@ class EditService:
                 result = editor.edit_seeds_with(recipes, prompts, seeds, targets, batch=len(recipes))
             else:
                 images = np.stack([j.image for j in group])
-                result = editor.edit_images_with(recipes, images, prompts, targets, batch=len(recipes))
+                result = editor.edit_images_with(recipes, images, prompts, targets, batch=len(recipes),
+                                                 originals=[j.original for j in group])
         seconds = {k: round(v, 4) for k, v in stages.seconds.items()}
         out, at = [], 0
         for j in group:

@@ -263,10 +263,11 @@ class Editor:
 
     def edit_images(self, attrs: Sequence[Attribute], images: np.ndarray, prompts: Sequence[str],
                     strength: float = 1.0, target_prompts: Sequence[str] | None = None,
-                    batch: int = 16, progress: Progress | None = None) -> EditResult:
-        """Edit real images (float32 (B, 3, H, W) in [-1, 1], already fitted): DDIM-invert, then as for seeds."""
+                    batch: int = 16, progress: Progress | None = None, originals=None) -> EditResult:
+        """Edit real images (float32 (B, 3, H, W) in [-1, 1], already fitted): DDIM-invert, then as for seeds.
+        `originals`: each image's (width, height) before fit(), SDXL's size conditioning (Pipeline.for_images)."""
         return self.edit_images_with(Recipe.for_all(attrs, strength, len(images)), images, prompts, target_prompts,
-                                     batch, progress)
+                                     batch, progress, originals)
 
     def edit_seeds_with(self, recipes: Sequence[Recipe], prompts: Sequence[str], seeds: Sequence[int],
                         target_prompts: Sequence[str] | None = None, batch: int = 16,
@@ -302,7 +303,7 @@ class Editor:
 
     def edit_images_with(self, recipes: Sequence[Recipe], images: np.ndarray, prompts: Sequence[str],
                          target_prompts: Sequence[str] | None = None, batch: int = 16,
-                         progress: Progress | None = None) -> EditResult:
+                         progress: Progress | None = None, originals=None) -> EditResult:
         """edit_images with a recipe per image (attributes and strength may differ from image to image).
 
         A caption ("" for none) need not contain the attributes' words: where it cannot be rewritten, the
@@ -318,6 +319,9 @@ class Editor:
             rs, ps, ts = [recipes[i] for i in group], [prompts[i] for i in group], [tgts[i] for i in group]
             report = None if progress is None else (lambda k, _n, base=done: progress(base + k, len(prompts)))
             for sl, e_src, e_tgt in self._batches(ps, ts, rs, batch, report):
+                if originals is not None:  # SDXL: each image's size conditioning, in both embeddings (and the keys)
+                    sizes = [originals[i] for i in group[sl]]
+                    e_src, e_tgt = self.pipe.for_images(e_src, sizes), self.pipe.for_images(e_tgt, sizes)
                 x, z = self._image_pair(images[group[sl]], e_src, e_tgt, group_knobs)                    # 1., 2.
                 y, _ = self.edit_latents(rs[sl], x, z, e_src, e_tgt, group_knobs)                        # 3., 4.
                 with self.stages("vae_decode"):                                                          # 5.
