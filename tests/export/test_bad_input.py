@@ -52,9 +52,9 @@ def _edit_json(path: Path, **changes) -> None:
      ("inpainting", "StableDiffusionXLPipeline")),
     (lambda d: shutil.rmtree(d / "text_encoder_2"), ("text_encoder_2", "incomplete")),
     (lambda d: shutil.rmtree(d / "tokenizer_2"), ("tokenizer_2", "incomplete")),
-    (lambda d: _edit_json(d / "unet" / "config.json", projection_class_embeddings_input_dim=5 * 8 + 32),
+    (lambda d: _edit_json(d / "unet" / "config.json", projection_class_embeddings_input_dim=5 * 8 + 48),
      ("added conditioning", "refiner")),
-    (lambda d: _edit_json(d / "unet" / "config.json", cross_attention_dim=32), ("32 + 32", "mixes components")),
+    (lambda d: _edit_json(d / "unet" / "config.json", cross_attention_dim=32), ("32 + 48", "mixes components")),
 ])
 def test_sdxl_pipelines_svdedit_cannot_export_are_refused(xl_pipeline, tmp_path, damage, phrases):
     """A refiner, an inpainting pipeline, a folder without text_encoder_2 or tokenizer_2, a UNet that is not SDXL

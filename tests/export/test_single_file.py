@@ -54,3 +54,22 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(tiny_pipelines, tmp
     save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((7, 4, 3, 3), np.float32)}, str(ckpt))
     with pytest.raises(SourceError, match="could not be loaded with the configs of --config"):
         load_components(inspect_source(ckpt, config=tiny_pipelines["sd1"]))
+
+
+def test_an_sdxl_single_file_loads_the_same_weights_as_the_folder(xl_pipeline, tmp_path):
+    """An SDXL checkpoint in the original layout (both text encoders, the OpenCLIP one in open_clip's) with --config:
+    every tensor of the four networks as the pipeline folder's. An export from it is then the folder's export (the
+    same networks through the same exporter, parity in tests/runtime/test_sdxl_parity.py)."""
+    from svdedit.export.source import inspect_source, load_components
+    from tests.fixtures.ldm_checkpoint import write_ldm_checkpoint
+
+    ckpt = write_ldm_checkpoint(xl_pipeline, tmp_path / "tiny-sdxl.safetensors")
+    single = inspect_source(ckpt, config=xl_pipeline)
+    assert (single.kind, single.family) == ("single_file", "sdxl")
+    a, b = load_components(single), load_components(inspect_source(xl_pipeline))
+    assert a.force_zeros_for_empty_prompt and a.tokenizer_2.pad_token == "!"
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert sa.keys() == sb.keys(), name
+        for k in sb:
+            np.testing.assert_array_equal(sa[k].numpy(), sb[k].numpy(), err_msg=f"{name}.{k}")

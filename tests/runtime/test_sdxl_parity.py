@@ -42,7 +42,7 @@ def test_the_engine_dir_is_sdxl(pipe):
     assert set(m.networks) == {"text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder"}
     assert [t.name for t in m.networks["unet"].inputs] == ["sample", "timestep", "encoder_hidden_states",
                                                           "text_embeds", "time_ids"]
-    assert m.added_conditioning.hidden_sizes == (32, 32) and m.added_conditioning.force_zeros_for_empty_prompt
+    assert m.added_conditioning.hidden_sizes == (32, 48) and m.added_conditioning.force_zeros_for_empty_prompt
     assert (m.text.pad_id, m.text_2.pad_id) == (m.text.eos_id, 0)  # the second tokenizer pads with "!"
 
 
@@ -53,10 +53,10 @@ def test_text_embeddings_match_diffusers(pipe, reference):
         hidden, negative, pooled, negative_pooled = reference.encode_prompt(
             PROMPT, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
     cond = pipe.encode_prompt([PROMPT])
-    assert cond.shape == (1, L + 1, 64)
+    assert cond.shape == (1, L + 1, 80)
     np.testing.assert_allclose(cond[:, :L], hidden.numpy(), atol=1e-4)
-    np.testing.assert_allclose(cond[:, L, :32], pooled.numpy(), atol=1e-4)
-    assert not cond[:, L, 32:].any()  # time ids unset: the latent's own size
+    np.testing.assert_allclose(cond[:, L, :48], pooled.numpy(), atol=1e-4)
+    assert not cond[:, L, 48:].any()  # time ids unset: the latent's own size
     assert float(pooled.abs().max()) > 0.1 and float(hidden.abs().max()) > 0.1
     # force_zeros_for_empty_prompt: the unconditional embedding is zeros, not the empty prompt's
     assert not negative.any() and not negative_pooled.any() and not pipe.unconditional_embedding.any()
