@@ -37,6 +37,8 @@ CATALOG = (
     Entry("speed.optimum_export", "~5 min, in Optimum's own venv", "(an Optimum export folder)"),
     Entry("speed.export_sd15_shape", "~4 min (export_total_s 220 s recorded on the AMD EPYC), ~10 GB of disk",
           "export_sd15_shape_<precision>.json"),
+    Entry("speed.export_sdxl_shape", "~20 min, ~30 GB of disk (SDXL base's architecture, random weights)",
+          "export_sdxl_shape_fp32.json"),
     Entry("speed.bench_open", "~1 min (6 opens that hash 4.3 GB, 6 that do not)", "open_sd15_cpu.json"),
     Entry("speed.bench_unet_call", "~10 min (one guided UNet call per engine dir, SD 1.5 shape)",
           "unet_call_sd15_cpu.json"),

@@ -52,8 +52,11 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(tiny_pipelines, tmp
 
     ckpt = tmp_path / "other.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((7, 4, 3, 3), np.float32)}, str(ckpt))
+    with pytest.raises(SourceError, match="does not match --config .* first block has 7 channels, the config's 32"):
+        inspect_source(ckpt, config=tiny_pipelines["sd1"])  # read from the header, before torch
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((32, 4, 3, 3), np.float32)}, str(ckpt))
     with pytest.raises(SourceError, match="could not be loaded with the configs of --config"):
-        load_components(inspect_source(ckpt, config=tiny_pipelines["sd1"]))
+        load_components(inspect_source(ckpt, config=tiny_pipelines["sd1"]))  # the rest is checked by the loader
 
 
 def test_an_sdxl_single_file_loads_the_same_weights_as_the_folder(xl_pipeline, tmp_path):

@@ -121,13 +121,17 @@ def _ort_session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _parity(spec: NetworkSpec, module, path: Path, feeds: dict, precision: str) -> dict:
-    """Max |onnxruntime - torch| over the outputs, on the CPU provider, against the contract's tolerance."""
+def _torch_outputs(spec: NetworkSpec, module, feeds: dict) -> list[np.ndarray]:
+    """The torch module's outputs on `feeds`: the reference the parity checks compare onnxruntime with."""
     import torch
 
     with torch.no_grad():
         refs = module(*(torch.from_numpy(feeds[t.name]) for t in spec.inputs))
-    refs = [r.numpy() for r in (refs if isinstance(refs, tuple) else (refs,))]
+    return [r.numpy() for r in (refs if isinstance(refs, tuple) else (refs,))]
+
+
+def _parity(spec: NetworkSpec, refs: list[np.ndarray], path: Path, feeds: dict, precision: str) -> dict:
+    """Max |onnxruntime - torch| over the outputs, on the CPU provider, against the contract's tolerance."""
     outs = _ort_session(path).run([t.name for t in spec.outputs], feeds)
     max_abs, ref_max, nonfinite = 0.0, float("inf"), []
     for t, out, ref in zip(spec.outputs, outs, refs):  # every output (the split UNet's parts have several)
@@ -151,8 +155,20 @@ def _parity(spec: NetworkSpec, module, path: Path, feeds: dict, precision: str) 
     }
 
 
-def _export_network(name: str, spec: NetworkSpec, module, geo: Geometry, workdir: Path, options: ExportOptions,
-                    log) -> dict:
+@dataclass
+class Exported:
+    """One network's graph on disk, with the torch outputs its checks compare against (computed while the torch
+    weights are loaded, so that they can be freed before onnxruntime loads the graph's)."""
+
+    spec: NetworkSpec
+    path: Path
+    seconds: float
+    feeds: dict           # the parity check's inputs: batch 1 at the model's own size
+    probe_feeds: dict     # the attention fusion's probe: batch 1 at the smallest size (shapes only)
+    refs: list
+
+
+def _export_graph(spec: NetworkSpec, module, geo: Geometry, workdir: Path, options: ExportOptions) -> Exported:
     import onnx
 
     rng = np.random.default_rng(PARITY_SEED)
@@ -160,20 +176,30 @@ def _export_network(name: str, spec: NetworkSpec, module, geo: Geometry, workdir
     # so that the check also proves the dynamic axes work.
     trace_feeds = geo.feeds(spec, batch=2, image_side=2 * geo.multiple_of, rng=rng)
     check_feeds = geo.feeds(spec, batch=1, image_side=geo.default_size, rng=rng)
-    path = workdir / f"{name}.onnx"
+    path = workdir / f"{spec.name}.onnx"
     t0 = time.perf_counter()
     _export_onnx(spec, module, trace_feeds, path, options.opset)
-    t_export = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     onnx.checker.check_model(str(path))
+    probe = geo.feeds(spec, batch=1, image_side=geo.multiple_of, rng=np.random.default_rng(PARITY_SEED))
+    return Exported(spec, path, seconds, check_feeds, probe, _torch_outputs(spec, module, check_feeds))
+
+
+def _check_graph(x: Exported, options: ExportOptions, log) -> dict:
+    """Fuse the graph's attention (unless --no-fuse), check it against torch's outputs, convert it to fp16 where the
+    precision policy says; the manifest's entry for it."""
+    import onnx
+
+    name, path = x.spec.name, x.path
     fused = 0
     if options.fuse:
         from svdedit.export.fusion import fuse_attention
 
-        fused = fuse_attention(path, check_feeds)
+        fused = fuse_attention(path, x.probe_feeds)
         log(f"  {name}: {fused} attention(s) fused into MultiHeadAttention")
-    parity = _parity(spec, module, path, check_feeds, "fp32")
+    parity = _parity(x.spec, x.refs, path, x.feeds, "fp32")
     log(
-        f"  {name}: exported in {t_export:.1f} s, onnx.checker ok, parity max|ort - torch| = "
+        f"  {name}: exported in {x.seconds:.1f} s, onnx.checker ok, parity max|ort - torch| = "
         f"{parity['max_abs']:.2e} (tolerance {parity['tolerance']:.1e}) {'ok' if parity['passed'] else 'FAILED'}"
     )
     if not parity["passed"]:
@@ -187,7 +213,7 @@ def _export_network(name: str, spec: NetworkSpec, module, geo: Geometry, workdir
         "precision": "fp32",
         "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
         "parity": parity,
-        "export_seconds": round(t_export, 2),
+        "export_seconds": round(x.seconds, 2),
     }
     if fused:
         entry["fused"] = {"MultiHeadAttention": fused}
@@ -195,14 +221,14 @@ def _export_network(name: str, spec: NetworkSpec, module, geo: Geometry, workdir
         convert_fp16(path)
         onnx.checker.check_model(str(path))
         entry["precision"] = "fp16"
-        entry["parity_fp16"] = _fp16_parity(spec, module, path, check_feeds, log)
+        entry["parity_fp16"] = _fp16_parity(x.spec, x.refs, path, x.feeds, log)
     return entry
 
 
-def _fp16_parity(spec: NetworkSpec, module, path: Path, feeds: dict, log) -> dict:
+def _fp16_parity(spec: NetworkSpec, refs: list, path: Path, feeds: dict, log) -> dict:
     """fp16 parity on the CPU provider where it can run fp16 graphs; otherwise say it was not measured."""
     try:
-        parity = _parity(spec, module, path, feeds, "fp16")
+        parity = _parity(spec, refs, path, feeds, "fp16")
     except Exception as exc:  # onnxruntime CPU lacks many fp16 kernels
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         log(f"  {spec.name}: fp16 parity not measurable with the CPU provider ({reason})")
@@ -313,14 +339,25 @@ def export_model(
     geo = geometry(components, step_cache=options.step_cache)
     modules = wrappers(components, step_cache=options.step_cache)
     specs = networks_for(src.family)
+    # the UNet last, and its torch weights freed before onnxruntime loads its graph (see _export_unet)
+    order = [n for n in modules if not n.startswith("unet")] + [n for n in modules if n.startswith("unet")]
     try:
         with atomic_dir(out_dir, replace=out_dir.exists()) as work:  # 5. (out_dir exists: --force, or empty)
-            networks = {}
-            for i, (name, module) in enumerate(modules.items(), 1):                                 # 3., 4.
-                log(f"[{i}/{len(modules)}] {name}")
-                entry = _export_network(name, specs[name], module, geo, work, options, log)
-                networks[name] = _network_entry(specs[name], entry, geo, work)
-            step_cache = _step_cache_entry(components, geo, work, log) if options.step_cache else None
+            networks, unet = {}, {}
+            for i, name in enumerate(order, 1):                                                      # 3., 4.
+                log(f"[{i}/{len(order)}] {name}")
+                exported = _export_graph(specs[name], modules[name], geo, work, options)
+                if name.startswith("unet"):
+                    unet[name] = exported
+                else:
+                    networks[name] = _network_entry(specs[name], _check_graph(exported, options, log), geo, work)
+            composed = _composed_reference(components, geo) if options.step_cache else None
+            _free_weights(components.unet)
+            del modules
+            for name, exported in unet.items():
+                networks[name] = _network_entry(specs[name], _check_graph(exported, options, log), geo, work)
+            networks = {name: networks[name] for name in _in_contract_order(specs, networks)}
+            step_cache = _step_cache_entry(composed, specs, work, log) if options.step_cache else None
             manifest = _write_engine_files(work, src, source_sha, components, geo, networks, cache_key, options, t_start,
                                            step_cache)
     except OSError as exc:
@@ -333,15 +370,33 @@ def export_model(
     return manifest
 
 
-def _step_cache_entry(c: Components, geo: Geometry, work: Path, log) -> dict:
-    """The split UNet composed in onnxruntime (unet_in -> unet_deep -> unet_out) against the whole torch UNet, on the
-    parity check's inputs; the manifest's step_cache record. Over tolerance, the export fails."""
-    import torch
-
+def _composed_reference(c: Components, geo: Geometry) -> tuple[dict, np.ndarray]:
+    """The whole torch UNet's output on the parity check's inputs: what the split UNet, composed in onnxruntime,
+    must give (_step_cache_entry)."""
     spec = networks_for(c.family)["unet"]
     feeds = geo.feeds(spec, batch=1, image_side=geo.default_size, rng=np.random.default_rng(PARITY_SEED))
-    with torch.no_grad():
-        ref = wrappers(c)["unet"](*(torch.from_numpy(feeds[t.name]) for t in spec.inputs)).numpy()
+    return feeds, _torch_outputs(spec, wrappers(c)["unet"], feeds)[0]
+
+
+def _free_weights(module) -> None:
+    """Release a torch module's weights (moved to the meta device): the export needs only the outputs it already
+    computed, and onnxruntime is about to load the same weights again. For SDXL's UNet (10.3 GB in fp32) this is
+    what keeps the export within 24 GiB."""
+    import gc
+
+    module.to("meta")
+    gc.collect()
+
+
+def _in_contract_order(specs: dict, networks: dict) -> list[str]:
+    """The networks in the contract's order (the manifest's), whatever order they were exported in."""
+    return [n for n in specs if n in networks]
+
+
+def _step_cache_entry(composed: tuple[dict, np.ndarray], specs: dict, work: Path, log) -> dict:
+    """The split UNet composed in onnxruntime (unet_in -> unet_deep -> unet_out) against the whole torch UNet, on the
+    parity check's inputs; the manifest's step_cache record. Over tolerance, the export fails."""
+    feeds, ref = composed
     first = dict(zip(("hidden", "skips", "emb"), _ort_session(work / "unet_in.onnx").run(None, feeds)))
     text = feeds["encoder_hidden_states"]
     deep = _ort_session(work / "unet_deep.onnx").run(None, {"hidden": first["hidden"], "emb": first["emb"],
@@ -349,7 +404,7 @@ def _step_cache_entry(c: Components, geo: Geometry, work: Path, log) -> dict:
     out = _ort_session(work / "unet_out.onnx").run(None, {"deep": deep, "skips": first["skips"], "emb": first["emb"],
                                                            "encoder_hidden_states": text})[0]
     max_abs = float(np.max(np.abs(out.astype(np.float64) - ref))) if np.all(np.isfinite(out)) else float("inf")
-    tol = spec.tolerance(float(np.max(np.abs(ref))), "fp32")
+    tol = specs["unet"].tolerance(float(np.max(np.abs(ref))), "fp32")
     log(f"  step cache: unet_in -> unet_deep -> unet_out against the whole UNet: max|ort - torch| = {max_abs:.2e} "
         f"(tolerance {tol:.1e}) {'ok' if max_abs <= tol else 'FAILED'}")
     if not max_abs <= tol:

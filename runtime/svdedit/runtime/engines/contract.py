@@ -207,7 +207,6 @@ _XL_CONDITIONING = (TensorSpec("text_embeds", "float32", ("batch", "pooled_size"
 #: embedding; the UNet (and the step cache's first part, which computes the time embedding) takes both as
 #: `added_cond_kwargs` text_embeds and time_ids. The VAE and the rest of the split UNet are SD's.
 XL_NETWORKS: dict[str, NetworkSpec] = {
-    **NETWORKS,
     "text_encoder": NetworkSpec(
         "text_encoder",  # CLIP ViT-L: hidden_states[-2]
         inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence_length")),),
@@ -233,6 +232,7 @@ XL_NETWORKS: dict[str, NetworkSpec] = {
         outputs=NETWORKS["unet_in"].outputs,
         rtol={"fp32": 1e-3, "fp16": 2e-2},
     ),
+    **{name: NETWORKS[name] for name in ("unet_deep", "unet_out", "vae_encoder", "vae_decoder")},
 }
 #: every network name any family has
 NETWORK_NAMES = tuple(dict.fromkeys([*NETWORKS, *XL_NETWORKS]))
