@@ -11,15 +11,16 @@ from svdedit.runtime.engines.contract import EXPORT_PRECISIONS
 
 HELP = """\
 Convert a Stable Diffusion model to an engine dir: four ONNX graphs (text_encoder, unet, vae_encoder,
-vae_decoder) with dynamic batch and image size, tokenizer.json, schedule.json and manifest.json.
+vae_decoder; SDXL adds text_encoder_2 and tokenizer_2.json) with dynamic batch and image size, tokenizer.json,
+schedule.json and manifest.json.
 
 Every graph is checked with onnx.checker and compared with the torch model on onnxruntime's CPU
 provider; the export fails, writing nothing, if any network is over tolerance. The result is written
 under a temporary name and renamed into place, so an interrupted export leaves nothing half-written.
 Exporting the same model with the same options again is a no-op unless --force.
 
-Supported: SD 1.x, SD 2.x (epsilon and v-prediction) text-to-image pipelines. Needs the `export`
-extra (torch, diffusers, transformers, onnx) and onnxruntime.
+Supported: SD 1.x, SD 2.x (epsilon and v-prediction) and SDXL base text-to-image pipelines (not SDXL's
+refiner or inpainting). Needs the `export` extra (torch, diffusers, transformers, onnx) and onnxruntime.
 
 examples:
   svdedit export models/shapes -o engines/shapes
@@ -29,7 +30,7 @@ examples:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = command(
-        sub, "export", run, "convert an SD 1.x/2.x model to a validated ONNX engine dir (needs torch)",
+        sub, "export", run, "convert an SD 1.x/2.x or SDXL model to a validated ONNX engine dir (needs torch)",
         description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", metavar="SOURCE",
