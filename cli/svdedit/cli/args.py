@@ -186,7 +186,8 @@ def knob_args(p: argparse.ArgumentParser) -> None:
         kind = {bool: boolean, int: int, float: number, str: str}[type(default)]
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
                        choices=("target", "source") if f.name == "continuation" else None,
-                       help=f"{KNOB_HELP[f.name]} (default {default})")
+                       # %(default)s: argparse fills it in, and ArgumentDefaultsHelpFormatter adds no second default
+                       help=f"{KNOB_HELP[f.name]} (default %(default)s)")
 
 
 def knobs_from(args: argparse.Namespace) -> Knobs:
