@@ -138,8 +138,9 @@ def _parity(spec: NetworkSpec, refs: list[np.ndarray], path: Path, feeds: dict, 
         if out.shape != ref.shape:
             raise ExportError(f"{spec.name}: onnxruntime returned {t.name} of shape {out.shape}, torch {ref.shape}; the "
                               f"export is broken.")
-        diff = float(np.max(np.abs(out.astype(np.float64) - ref))) if np.all(np.isfinite(out)) else float("inf")
-        if not np.all(np.isfinite(out)):
+        finite = bool(np.all(np.isfinite(out)))
+        diff = float(np.max(np.abs(out.astype(np.float64) - ref))) if finite else float("inf")
+        if not finite:
             nonfinite.append(t.name)
         max_abs, ref_max = max(max_abs, diff), min(ref_max, float(np.max(np.abs(ref))))
     tol = spec.tolerance(ref_max, precision)  # of the output with the smallest values: the strictest
@@ -339,7 +340,7 @@ def export_model(
     geo = geometry(components, step_cache=options.step_cache)
     modules = wrappers(components, step_cache=options.step_cache)
     specs = networks_for(src.family)
-    # the UNet last, and its torch weights freed before onnxruntime loads its graph (see _export_unet)
+    # the UNet last, and its torch weights freed before onnxruntime loads its graph (_free_weights)
     order = [n for n in modules if not n.startswith("unet")] + [n for n in modules if n.startswith("unet")]
     try:
         with atomic_dir(out_dir, replace=out_dir.exists()) as work:  # 5. (out_dir exists: --force, or empty)

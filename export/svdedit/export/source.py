@@ -183,11 +183,10 @@ def _check_xl_architecture(folder: Path, unet: dict, vae: dict, text: dict, text
                           f"SDXL base does not; svdedit does not support it.")
     _check_architecture(folder, {k: v for k, v in unet.items() if k != "addition_embed_type"} |
                         {"cross_attention_dim": text.get("hidden_size")}, vae, text, what)
-    for config, name in ((text_2, "text_encoder_2"),):
-        if config.get("model_type", "clip_text_model") not in ("clip_text_model",) or \
-                "CLIPTextModelWithProjection" not in (config.get("architectures") or ["CLIPTextModelWithProjection"]):
-            raise SourceError(f"{what} {folder}: {name} is not a CLIP text model with a projection "
-                              f"({config.get('architectures')}); supported families: {SUPPORTED}.")
+    if text_2.get("model_type", "clip_text_model") != "clip_text_model" or \
+            "CLIPTextModelWithProjection" not in (text_2.get("architectures") or ["CLIPTextModelWithProjection"]):
+        raise SourceError(f"{what} {folder}: text_encoder_2 is not a CLIP text model with a projection "
+                          f"({text_2.get('architectures')}); supported families: {SUPPORTED}.")
     widths = (text.get("hidden_size"), text_2.get("hidden_size"))
     if not all(isinstance(w, int) and w > 0 for w in widths) or unet.get("cross_attention_dim") != sum(widths):
         raise SourceError(f"{what} {folder}: the UNet attends to {unet.get('cross_attention_dim')}-wide text embeddings "
