@@ -68,7 +68,7 @@ SCHEDULER_CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scale
                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
 
 
-def _lr(step: int, total: int, base: float, warmup: int) -> float:
+def lr_schedule(step: int, total: int, base: float, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 10% of the base rate."""
     if step < warmup:
         return base * (step + 1) / warmup
@@ -84,13 +84,14 @@ def train(cfg: TrainConfig, out_dir: Path, log=print) -> dict:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     t_start = time.perf_counter()
-    data = _data(cfg, log)                                                          # 1.
+    data = render_pool(cfg, log)                                                    # 1.
     vae, vae_history, t_vae = _train_vae(cfg, data, rng, log)                       # 2.
-    lat_mean, lat_std, scaling = _latent_statistics(vae, data, log)                 # 3.
+    lat_mean, lat_std, scaling = latent_statistics(vae, data, log)                  # 3.
     text_encoder, unet, unet_history, t_unet = _train_unet(cfg, data, lat_mean, lat_std, scaling, rng, log)
     report = {                                                                      # 4.
         "config": asdict(cfg),
-        "parameters": {"unet": _count(unet), "vae": _count(vae), "text_encoder": _count(text_encoder)},
+        "parameters": {"unet": count_parameters(unet), "vae": count_parameters(vae),
+                       "text_encoder": count_parameters(text_encoder)},
         "vae_scaling_factor": scaling,
         "seconds": {"vae": round(t_vae, 1), "unet_and_text": round(t_unet, 1),
                     "total": round(time.perf_counter() - t_start, 1)},
@@ -105,14 +106,15 @@ def train(cfg: TrainConfig, out_dir: Path, log=print) -> dict:
 
 
 @dataclass
-class _Data:
+class Pool:
     x: object          # torch float (N, 3, 64, 64) in [-1, 1]
     ids: object        # torch int64 (N, 77): the captions' token ids
     empty_ids: object  # torch int64 (1, 77): the empty caption (classifier-free guidance dropout)
     tokenizer: object
+    captions: list     # the captions of x, as text
 
 
-def _data(cfg: TrainConfig, log) -> _Data:
+def render_pool(cfg: TrainConfig, log) -> Pool:
     """1. The pool of captioned images, rendered from the seed, and their token ids."""
     import torch
 
@@ -126,10 +128,10 @@ def _data(cfg: TrainConfig, log) -> _Data:
     ids_all = torch.tensor(tokenizer(captions, padding="max_length", max_length=77, truncation=True).input_ids)
     empty_ids = torch.tensor(tokenizer([""], padding="max_length", max_length=77).input_ids)
     log(f"data: {len(images)} images rendered in {time.perf_counter() - t0:.1f} s")
-    return _Data(x_all, ids_all, empty_ids, tokenizer)
+    return Pool(x_all, ids_all, empty_ids, tokenizer, captions)
 
 
-def _train_vae(cfg: TrainConfig, data: _Data, rng: np.random.Generator, log):
+def _train_vae(cfg: TrainConfig, data: Pool, rng: np.random.Generator, log):
     """2. The AutoencoderKL: L1 + MSE reconstruction and a small KL term. Returns (vae, history, seconds)."""
     import torch
     import torch.nn.functional as F
@@ -141,7 +143,7 @@ def _train_vae(cfg: TrainConfig, data: _Data, rng: np.random.Generator, log):
     t0 = time.perf_counter()
     for step in range(cfg.vae_steps):
         for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
+            g["lr"] = lr_schedule(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
         x = data.x[rng.integers(0, len(data.x), cfg.vae_batch)]
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
@@ -159,7 +161,7 @@ def _train_vae(cfg: TrainConfig, data: _Data, rng: np.random.Generator, log):
     return vae, history, time.perf_counter() - t0
 
 
-def _latent_statistics(vae, data: _Data, log):
+def latent_statistics(vae, data: Pool, log):
     """3. The posterior mean and std of the whole pool, and SD's scaling factor 1 / std (set in the VAE's config)."""
     import torch
 
@@ -176,7 +178,7 @@ def _latent_statistics(vae, data: _Data, log):
     return lat_mean, lat_std, scaling
 
 
-def _train_unet(cfg: TrainConfig, data: _Data, lat_mean, lat_std, scaling: float, rng: np.random.Generator, log):
+def _train_unet(cfg: TrainConfig, data: Pool, lat_mean, lat_std, scaling: float, rng: np.random.Generator, log):
     """3. The UNet and the text encoder together, epsilon objective with min-SNR weighting, caption dropout, EMA.
     Returns (text_encoder, unet) holding the EMA weights, the loss history and the seconds spent."""
     import torch
@@ -190,15 +192,9 @@ def _train_unet(cfg: TrainConfig, data: _Data, lat_mean, lat_std, scaling: float
     unet = UNet2DConditionModel(**UNET_CONFIG)
     noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one",)})
     alphas_cumprod = noise_sched.alphas_cumprod
-    params = [{"params": unet.parameters(), "lr": cfg.unet_lr}, {"params": text_encoder.parameters(), "lr": cfg.text_lr}]
-    opt = torch.optim.AdamW(params, betas=(0.9, 0.99), weight_decay=1e-2)
-    ema = [p.detach().clone() for p in list(unet.parameters()) + list(text_encoder.parameters())]
-    live = list(unet.parameters()) + list(text_encoder.parameters())
-    history = []
-    t0 = time.perf_counter()
+    trainer = DenoiserTrainer(cfg, list(unet.parameters()), list(text_encoder.parameters()), log)
     for step in range(cfg.unet_steps):
-        for g, base in zip(opt.param_groups, (cfg.unet_lr, cfg.text_lr)):
-            g["lr"] = _lr(step, cfg.unet_steps, base, cfg.warmup_steps)
+        trainer.set_lr(step)
         idx = torch.from_numpy(rng.integers(0, len(data.x), cfg.unet_batch))
         eps_latent = torch.from_numpy(rng.standard_normal((cfg.unet_batch, 4, 16, 16)).astype(np.float32))
         z0 = (lat_mean[idx] + lat_std[idx] * eps_latent) * scaling
@@ -210,27 +206,56 @@ def _train_unet(cfg: TrainConfig, data: _Data, lat_mean, lat_std, scaling: float
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         cond = text_encoder(ids).last_hidden_state
-        pred = unet(zt, t, cond).sample
+        trainer.step(step, unet(zt, t, cond).sample, noise, a)
+    history, seconds = trainer.finish()
+    return text_encoder, unet, history, seconds
+
+
+class DenoiserTrainer:
+    """What both training scripts do each step once the UNet has predicted the noise: the min-SNR weighted epsilon
+    loss, AdamW (the UNet's learning rate and the text encoders'), gradient clipping, the EMA and the log line; at
+    the end the EMA weights are copied into the models."""
+
+    def __init__(self, cfg: TrainConfig, unet_params: list, text_params: list, log):
+        import torch
+
+        self.cfg, self.log, self.torch = cfg, log, torch
+        self.opt = torch.optim.AdamW([{"params": unet_params, "lr": cfg.unet_lr},
+                                      {"params": text_params, "lr": cfg.text_lr}], betas=(0.9, 0.99), weight_decay=1e-2)
+        self.live = unet_params + text_params
+        self.ema = [p.detach().clone() for p in self.live]
+        self.history: list[dict] = []
+        self.t0 = time.perf_counter()
+
+    def set_lr(self, step: int) -> None:
+        for g, base in zip(self.opt.param_groups, (self.cfg.unet_lr, self.cfg.text_lr)):
+            g["lr"] = lr_schedule(step, self.cfg.unet_steps, base, self.cfg.warmup_steps)
+
+    def step(self, step: int, pred, noise, a) -> None:
+        torch, cfg = self.torch, self.cfg
         snr = a.view(-1) / (1 - a.view(-1))
         weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr
         loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(live, 1.0)
-        opt.step()
+        torch.nn.utils.clip_grad_norm_(self.live, 1.0)
+        self.opt.step()
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema, [p.detach() for p in live], 1 - decay)
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.live], 1 - decay)
         if step % 100 == 0 or step == cfg.unet_steps - 1:
-            history.append({"step": step, "loss": loss.item()})
-            elapsed = time.perf_counter() - t0
+            self.history.append({"step": step, "loss": loss.item()})
+            elapsed = time.perf_counter() - self.t0
             eta = elapsed / (step + 1) * (cfg.unet_steps - step - 1)
-            log(f"unet {step:5d}/{cfg.unet_steps}  loss {loss.item():.4f}  {elapsed:.0f} s  (eta {eta / 60:.1f} min)")
-    seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        for p, e in zip(live, ema):
-            p.copy_(e)
-    return text_encoder, unet, history, seconds
+            self.log(f"unet {step:5d}/{cfg.unet_steps}  loss {loss.item():.4f}  {elapsed:.0f} s  (eta {eta / 60:.1f} min)")
+
+    def finish(self) -> tuple[list[dict], float]:
+        """Copy the EMA weights into the models; (the loss history, the seconds since the start)."""
+        seconds = time.perf_counter() - self.t0
+        with self.torch.no_grad():
+            for p, e in zip(self.live, self.ema):
+                p.copy_(e)
+        return self.history, seconds
 
 
 def _save(out_dir: Path, vae, text_encoder, unet, tokenizer, report: dict) -> None:
@@ -247,7 +272,7 @@ def _save(out_dir: Path, vae, text_encoder, unet, tokenizer, report: dict) -> No
         (work / "training_log.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
-def _count(module) -> int:
+def count_parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 

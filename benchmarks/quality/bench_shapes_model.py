@@ -2,6 +2,7 @@
 attribute reader of models/shapes_data.py.
 
     python -m benchmarks.quality.bench_shapes_model [--model models/shapes] [--prompts 200] [--steps 50]
+    python -m benchmarks.quality.bench_shapes_model --model models/shapes_xl --guidance 3.0   # the SDXL-architecture one
 
 - for N held-out prompts (every attribute combination, cycled, each with its own seed) sampled with
   50 DDIM steps at several guidance scales: the fraction of images whose read attributes match the
@@ -9,15 +10,16 @@ attribute reader of models/shapes_data.py.
 - the VAE's reconstruction PSNR on held-out renders (a seed the training never used);
 - a grid PNG of samples for the README.
 
-Sampling here uses diffusers' StableDiffusionPipeline + DDIMScheduler (torch): the runtime's own
-sampler is measured against it elsewhere. Writes benchmarks/results/shapes_model.{json,md} and
-benchmarks/results/shapes_samples.png.
+Sampling here uses diffusers' StableDiffusionPipeline (StableDiffusionXLPipeline for models/shapes_xl) + DDIMScheduler
+(torch): the runtime's own sampler is measured against it elsewhere. Writes benchmarks/results/<model>_model.{json,md}
+and benchmarks/results/<model>_samples.png (<model>: the folder's name, shapes or shapes_xl).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -32,10 +34,13 @@ HELD_OUT_SEED = 10_000  # the training pool uses seed 0
 
 def load_pipeline(model: Path):
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32, safety_checker=None,
-                                                   requires_safety_checker=False, local_files_only=True)
+    if (Path(model) / "text_encoder_2").is_dir():
+        pipe = StableDiffusionXLPipeline.from_pretrained(model, torch_dtype=torch.float32, local_files_only=True)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32, safety_checker=None,
+                                                       requires_safety_checker=False, local_files_only=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -125,7 +130,7 @@ def main() -> None:
     psnr = vae_psnr(pipe, args.vae_images)
     print(f"vae psnr: {psnr}")
     args.out.mkdir(parents=True, exist_ok=True)
-    grid_path = args.out / "shapes_samples.png"
+    grid_path = args.out / f"{args.model.name}_samples.png"
     spread = np.linspace(0, min(len(combos), len(wanted)) - 1, 48).round().astype(int)  # every shape, colour, ...
     save_grid(images_at[best][spread], grid_path, cols=12)
     result = {
@@ -141,12 +146,13 @@ def main() -> None:
         "grid": grid_path.name,
         "machine": describe(),
     }
-    (args.out / "shapes_model.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# The embedded shapes model: does it draw what it is asked?", "",
+    (args.out / f"{args.model.name}_model.json").write_text(json.dumps(result, indent=2) + "\n")
+    title = "The embedded shapes model" if args.model.name == "shapes" else f"models/{args.model.name}"
+    lines = [f"# {title}: does it draw what it is asked?", "",
              f"{args.prompts} held-out prompts (every attribute combination, cycled; seeds {result['seeds']}), "
              f"{result['sampler']}, attributes read by `models/shapes_data.read_attributes`. "
              f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores. "
-             f"Command: `python -m benchmarks.quality.bench_shapes_model`.", "",
+             f"Command: `{' '.join(['python -m benchmarks.quality.bench_shapes_model'] + sys.argv[1:])}`.", "",
              "| guidance | shape | colour | size | position | all four | seconds |", "|---|---|---|---|---|---|---|"]
     for g, r in per_guidance.items():
         lines.append(f"| {g} | {r['shape']:.1%} | {r['colour']:.1%} | {r['size']:.1%} | {r['position']:.1%} | "
@@ -156,7 +162,7 @@ def main() -> None:
         lines.append(f"- {k}: " + ", ".join(f"{v} {s:.0%}" for v, s in vals.items()))
     lines += ["", f"VAE reconstruction PSNR on {psnr['n']} held-out renders: mean {psnr['mean_db']:.2f} dB, "
                   f"min {psnr['min_db']:.2f} dB.", "", f"![samples]({grid_path.name})", ""]
-    (args.out / "shapes_model.md").write_text("\n".join(lines))
+    (args.out / f"{args.model.name}_model.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
