@@ -88,6 +88,30 @@ def test_size_conditioning_matches_diffusers(pipe, reference):
     assert np.abs(ours - plain).max() > 1e-3  # the time ids are not ignored
 
 
+def test_another_size_matches_diffusers_at_that_size(xl_engine, reference):
+    """Pipeline(size=96): noise at 96 px, its own size conditioning (96, 96, 0, 0, 96, 96), as diffusers' height=96."""
+    import torch
+
+    from svdedit.runtime.pipeline import Pipeline
+
+    with Pipeline(xl_engine, size=96) as p:
+        noise = p.noise(seed=6, batch=1)
+        assert noise.shape == (1, 4, 12, 12)
+        ours = p.generate([PROMPT], steps=8, guidance=5.0, init_noise=noise)
+    want = reference(PROMPT, num_inference_steps=8, guidance_scale=5.0, latents=torch.from_numpy(noise),
+                     height=96, width=96, output_type="latent").images.numpy()
+    np.testing.assert_allclose(ours, want, atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [72, 0, 1 << 20, "512"])
+def test_a_size_the_engine_dir_does_not_take_is_refused(xl_engine, size):
+    from svdedit.runtime.errors import SvdeditError
+    from svdedit.runtime.pipeline import Pipeline
+
+    with pytest.raises(SvdeditError, match=r"a multiple of 16 from 16 to \d+ \(its default is 64\)"):
+        Pipeline(xl_engine, size=size)
+
+
 def test_inversion_matches_ddim_inverse_scheduler(pipe, reference):
     import torch
     from diffusers import DDIMInverseScheduler

@@ -147,13 +147,18 @@ def engine_args(p: argparse.ArgumentParser) -> None:
                         "--step-cache engines, benchmarks/results/speed_shapes_cpu.md; 1 otherwise)")
     p.add_argument("--invert-cache-interval", type=bounded_int(1, 1000), metavar="N",
                    help="the same for the DDIM inversion of real images. Default: the engine's own (1)")
+    p.add_argument("--size", type=int, metavar="PX",
+                   help="image side to sample, learn and edit at (images are fitted to it): a multiple of the engine "
+                        "dir's step (manifest.json image_size: 8 x the UNet's downsampling, 32 for SDXL) within its "
+                        "range. Default: the model's (64 for svdedit:shapes, 512 for SD 1.5, 1024 for SDXL, where "
+                        "512 is a quarter of the work)")
 
 
 def open_pipeline(args: argparse.Namespace):
-    """The Pipeline of --engine, --provider and the step-cache intervals (not yet entered)."""
+    """The Pipeline of --engine, --provider, --size and the step-cache intervals (not yet entered)."""
     from svdedit.runtime.pipeline import Intervals, Pipeline
 
-    pipe = Pipeline(args.engine, args.provider)
+    pipe = Pipeline(args.engine, args.provider, size=args.size)
     default = pipe.default_intervals
     pipe.intervals = pipe.check_intervals(Intervals(args.cache_interval or default.sample,
                                                     args.invert_cache_interval or default.invert))

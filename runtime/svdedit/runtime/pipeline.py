@@ -55,9 +55,11 @@ class Intervals:
 
 class Pipeline:
     def __init__(self, engine_dir: str | Path, provider: str = "auto", intervals: Intervals | None = None,
-                 manifest: Manifest | None = None):
+                 manifest: Manifest | None = None, size: int | None = None):
         """`engine_dir`: a folder, or a built-in name (svdedit:shapes). `intervals`: step caching (default: the
-        engine's own, recorded at export; 1 and 1 for an engine without step caching). `manifest`: the one
+        engine's own, recorded at export; 1 and 1 for an engine without step caching). `size`: the image side
+        that noise() draws and fit() crops to (default: the model's, e.g. 1024 for SDXL; any side the engine dir
+        accepts, e.g. 512 to learn and edit SDXL at a quarter of the work). `manifest`: the one
         read_manifest returned for this dir, when the caller has read it already (else it is read here: files
         hashed when new or changed since this user last hashed them, engines/verified.py).
 
@@ -73,7 +75,7 @@ class Pipeline:
         self.scaling = m.latent.vae_scaling_factor
         self.vae_factor = m.latent.vae_scale_factor
         self.channels = m.latent.channels
-        self.size = m.image_size.default
+        self.size = self.check_size(m.image_size.default if size is None else size)
         self.engines = open_engines(self.engine_dir, m, provider)
         self.conditioning = conditioning_for(self.engine_dir, m, self.engines)
         self._opened: ExitStack | None = None
@@ -101,6 +103,14 @@ class Pipeline:
     def default_intervals(self) -> Intervals:
         sc = self.manifest.step_cache
         return Intervals(sc.interval, sc.invert_interval) if sc is not None else Intervals()
+
+    def check_size(self, size: int) -> int:
+        limits = self.manifest.image_size
+        if isinstance(size, bool) or not isinstance(size, int) or not limits.min <= size <= limits.max \
+                or size % limits.multiple_of:
+            raise SvdeditError(f"image size {size!r} is not one {self.engine_dir} accepts: a multiple of "
+                               f"{limits.multiple_of} from {limits.min} to {limits.max} (its default is {limits.default}).")
+        return size
 
     def check_intervals(self, intervals: Intervals) -> Intervals:
         for name in ("sample", "invert"):

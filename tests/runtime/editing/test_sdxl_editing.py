@@ -43,6 +43,15 @@ def test_the_commands_run_on_an_sdxl_engine(xl_engine, xl_attr, engine_dirs, tmp
                    "--seeds", "0-1", "-o", tmp_path / "edits")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "edits").glob("seed?.png")) == ["seed0.png", "seed1.png"]
+    # at another size than the model's (and than the attribute was learned at): the singular values it takes are
+    # per channel, top k, so the attribute applies; a size the engine dir does not take is refused, saying which do
+    proc = run_cli("edit", "--engine", xl_engine, "--attr", xl_attr, "--prompt", SOURCE, "--seeds", "0", "--size", "96",
+                   "-o", tmp_path / "at96")
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "at96" / "seed0.png").size == (96, 96)
+    proc = run_cli("generate", "--engine", xl_engine, "--prompt", SOURCE, "--size", "72", "-o", tmp_path / "72.png")
+    assert_clear_error(proc, "generate", "image size 72", "a multiple of 16")
+    assert not (tmp_path / "72.png").exists()
     proc = run_cli("edit", "--engine", xl_engine, "--attr", xl_attr, "--image", tmp_path / "wide.png", "--prompt",
                    SOURCE, "-o", tmp_path / "edited.png")
     assert proc.returncode == 0, proc.stderr
