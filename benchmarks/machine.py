@@ -64,3 +64,39 @@ def describe() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
+
+
+def rss_gib(pid: int) -> float:
+    """The resident memory of process `pid` now (0 once it is gone)."""
+    try:
+        for line in open(f"/proc/{pid}/status", encoding="utf-8"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_watched(cmd: list[str], limit_gib: float, **popen) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """Run `cmd` (stdout and stderr captured), polling its RSS every 0.2 s; past `limit_gib` it is killed, so that a
+    peer too large for a shared machine is recorded as such instead of the kernel's OOM killer picking a process.
+    Returns (the finished process, None) or (the killed one, {stopped_at_rss_gib, limit_gib, seconds_until_stopped})."""
+    import tempfile
+    import time
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, **popen)
+        peak, stopped = 0.0, None
+        while child.poll() is None:
+            peak = max(peak, rss_gib(child.pid))
+            if peak > limit_gib:
+                child.kill()
+                stopped = {"stopped_at_rss_gib": round(peak, 2), "limit_gib": limit_gib,
+                           "seconds_until_stopped": round(time.perf_counter() - t0, 1)}
+                break
+            time.sleep(0.2)
+        child.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, child.returncode, out.read(), err.read()), stopped

@@ -80,7 +80,15 @@ def strength() -> str:
 
 def edit_sd15() -> str:
     """One edit of a real image on the SD 1.5 shape, stage by stage, against its peers (speed/bench_edit.py)."""
-    res = _load("edit_sd15_fp32_cpu.json")
+    return edit_table(_load("edit_sd15_fp32_cpu.json"))
+
+
+def edit_sdxl() -> str:
+    """The same on the SDXL shape at 512 px."""
+    return edit_table(_load("edit_sdxl_512_fp32_cpu.json"))
+
+
+def edit_table(res: dict) -> str:
     impls = res["implementations"]
     first = [next(b for b in i["batches"] if b["batch"] == 1) for i in impls]
     groups = [("text + VAE encode", ("text", "vae_encode")), (f"{res['steps']} inversion steps", ("invert",)),
@@ -156,7 +164,7 @@ def serve_batching() -> str:
 
 
 TABLES = {"serve-batching": serve_batching, "edit-quality": edit_quality, "strength": strength, "edit-sd15": edit_sd15,
-          "configurations": configurations, "open-time": open_time}
+          "edit-sdxl": edit_sdxl, "configurations": configurations, "open-time": open_time}
 
 
 def render(readme: str) -> str:

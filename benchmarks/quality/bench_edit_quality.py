@@ -50,8 +50,10 @@ ABLATIONS = {"no target loss": "w_target", "no source loss": "w_source",
 
 
 
-def run_pair(editor, pair: EditPair, n_seeds: int, n_renders: int, batch: int, log) -> tuple[dict, dict]:
-    """Learn the pair's attribute (and its ablations), score every method on generated images and on renders."""
+def run_pair(editor, pair: EditPair, n_seeds: int, n_renders: int, batch: int, log,
+             ablations: bool = True) -> tuple[dict, dict]:
+    """Learn the pair's attribute (and, with `ablations`, its ablations and the paper's literal reading), score
+    every method on generated images and on renders."""
     from svdedit.runtime.editing.learn import calibrate, learn
     from svdedit.runtime.editing.knobs import Knobs
 
@@ -63,13 +65,15 @@ def run_pair(editor, pair: EditPair, n_seeds: int, n_renders: int, batch: int, l
     attr = dataclasses.replace(attr, knobs=knobs)
     attr = dataclasses.replace(attr, strength_map=calibrate(editor, attr))  # what learn(knobs) does, timed apart
     calibrate_s = time.perf_counter() - t0 - learn_s
-    variants = {"AVI, " + name: learn(editor, pair.learn_prompt, learn_target, seed=0,
-                                            knobs=knobs.replace(**{w: 0.0}, calibration_seeds=0))
-                for name, w in ABLATIONS.items()}
-    variants["AVI, source continuation (paper, literal)"] = dataclasses.replace(
-        attr, knobs=knobs.replace(continuation="source"))
-    variants["(d) untrained MLP (--iters 0)"] = learn(editor, pair.learn_prompt, learn_target, seed=0,
-                                                            knobs=knobs.replace(iters=0, calibration_seeds=0))
+    variants = {}
+    if ablations:
+        variants = {"AVI, " + name: learn(editor, pair.learn_prompt, learn_target, seed=0,
+                                          knobs=knobs.replace(**{w: 0.0}, calibration_seeds=0))
+                    for name, w in ABLATIONS.items()}
+        variants["AVI, source continuation (paper, literal)"] = dataclasses.replace(
+            attr, knobs=knobs.replace(continuation="source"))
+        variants["(d) untrained MLP (--iters 0)"] = learn(editor, pair.learn_prompt, learn_target, seed=0,
+                                                          knobs=knobs.replace(iters=0, calibration_seeds=0))
     generated, examples = _on_generated(editor, pair, attr, variants, n_seeds, batch, log)
     real, real_pictures = _on_renders(editor, pair, attr, n_renders, batch)
     return {"learn_prompt": pair.learn_prompt, "learn_target": learn_target, "learn_seconds": learn_s,

@@ -4,6 +4,7 @@ same edit, with the same inputs, per stage (runtime.timing.EDIT_STAGES)."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import statistics
@@ -85,7 +86,7 @@ class Svdedit:
         from svdedit.runtime.pipeline import Pipeline
         from svdedit.runtime.timing import Stages
 
-        self.pipe = Pipeline(spec["engine"], spec["provider"]).__enter__()
+        self.pipe = Pipeline(spec["engine"], spec["provider"], size=spec.get("size")).__enter__()
         self.stages = Stages()
         self.editor = Editor(self.pipe, stages=self.stages)
         self.attr = Attribute.load(spec["attr"])
@@ -119,8 +120,9 @@ class Diffusers:
         self.attr = Attribute.load(spec["attr"])
         manifest = read_manifest(spec["engine"], verify="none")
         self.schedule = ddim.Schedule.from_json(Path(spec["engine"]) / manifest.schedule.file)
+        self.vae_factor = manifest.latent.vae_scale_factor
         self.stages = Stages()
-        self.size = manifest.image_size.default
+        self.size = spec.get("size") or manifest.image_size.default
         self.provider = getattr(self, "provider_label", None) or \
             f"torch {torch.__version__} {self.device} ({torch.get_num_threads()} threads)"
 
@@ -130,6 +132,19 @@ class Diffusers:
         ref = StableDiffusionPipeline.from_pretrained(spec["pipeline"], torch_dtype=self.dtype, safety_checker=None,
                                                       requires_safety_checker=False, local_files_only=True)
         return ref.to(self.device)
+
+    # the model family's text conditioning and UNet call (SD 1/2 here; SDXL in DiffusersXL)
+    def encode(self, ps: list[str]):
+        return self.ref.encode_prompt(ps, self.device, 1, False)[0]
+
+    def unconditional(self, like, n: int):
+        return self.encode([""] * n)
+
+    def join(self, a, b):
+        return self.torch.cat([a, b])
+
+    def eps(self, z, t, cond):
+        return self.ref.unet(z, t, cond).sample
 
     def _sync(self):
         if self.device == "cuda":
@@ -147,9 +162,9 @@ class Diffusers:
         g = knobs.guidance
         with torch.no_grad():
             with st("text"):
-                e_src = ref.encode_prompt(ps, self.device, 1, False)[0]
-                e_tgt = ref.encode_prompt(tgts, self.device, 1, False)[0]
-                unc = ref.encode_prompt([""] * n, self.device, 1, False)[0]
+                e_src = self.encode(ps)
+                e_tgt = self.encode(tgts)
+                unc = self.unconditional(e_tgt, n)
                 self._sync()
             with st("vae_encode"):
                 x0 = torch.from_numpy(imgs).to(self.device, self.dtype)
@@ -159,16 +174,16 @@ class Diffusers:
                 self.inverse.set_timesteps(steps)
                 traj = [z]
                 for t in self.inverse.timesteps:
-                    z = self.inverse.step(ref.unet(z, t, e_src).sample, t, z).prev_sample
+                    z = self.inverse.step(self.eps(z, t, e_src), t, z).prev_sample
                     traj.append(z)
                 self._sync()
             x = traj[steps - i_x]
 
             def guided(z, cond, start, stop):
                 self.sched.set_timesteps(steps)
-                both = torch.cat([unc, cond])
+                both = self.join(unc, cond)
                 for t in self.sched.timesteps[start:stop]:
-                    out = ref.unet(torch.cat([z, z]), t, both).sample
+                    out = self.eps(torch.cat([z, z]), t, both)
                     u, c = out.chunk(2)
                     z = self.sched.step(u + g * (c - u), t, z).prev_sample
                 return z
@@ -188,11 +203,48 @@ class Diffusers:
         return to_uint8(out)
 
 
+class DiffusersXL(Diffusers):
+    """The diffusers peer on SDXL: both encoders' penultimate hidden states and the pooled vector
+    (StableDiffusionXLPipeline.encode_prompt), zeros as the unconditional input (force_zeros_for_empty_prompt),
+    and the image's own size as the time ids (original = target = the edited size, no crop), as svdedit's."""
+
+    def __init__(self, spec: dict):
+        index = json.loads((Path(spec["pipeline"]) / "model_index.json").read_text())
+        self.force_zeros = index.get("force_zeros_for_empty_prompt", True)  # diffusers' default
+        super().__init__(spec)
+
+    def load(self, spec: dict):
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline.from_pretrained(spec["pipeline"], torch_dtype=self.dtype,
+                                                         local_files_only=True).to(self.device)
+
+    def encode(self, ps: list[str]):
+        hidden, _, pooled, _ = self.ref.encode_prompt(ps, device=self.device, num_images_per_prompt=1,
+                                                      do_classifier_free_guidance=False)
+        return hidden, pooled
+
+    def unconditional(self, like, n: int):
+        if self.force_zeros:
+            return tuple(self.torch.zeros_like(a) for a in like)
+        return self.encode([""] * n)
+
+    def join(self, a, b):
+        return tuple(self.torch.cat([x, y]) for x, y in zip(a, b))
+
+    def eps(self, z, t, cond):
+        hidden, pooled = cond
+        h, w = (side * self.vae_factor for side in z.shape[-2:])
+        time_ids = self.torch.tensor([[h, w, 0, 0, h, w]], dtype=hidden.dtype, device=z.device).repeat(len(z), 1)
+        return self.ref.unet(z, t, hidden, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+
+
 class Optimum(Diffusers):
     """Optimum's onnxruntime pipeline (ORTStableDiffusionPipeline, its own export, its own venv: facts.md),
     driven by the same loop as the diffusers peer (its components take and return torch tensors)."""
 
     name = "optimum (onnxruntime)"
+    pipeline_class = "ORTStableDiffusionPipeline"
 
     def load(self, spec: dict):
         import optimum.onnxruntime as ortopt
@@ -201,17 +253,25 @@ class Optimum(Diffusers):
 
         provider = "CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"
         self.provider_label = f"optimum-onnx {version('optimum-onnx')}, onnxruntime {version('onnxruntime')} {provider}"
-        return ortopt.ORTStableDiffusionPipeline.from_pretrained(spec["optimum"], provider=provider)
+        return getattr(ortopt, self.pipeline_class).from_pretrained(spec["optimum"], provider=provider)
 
 
-IMPLEMENTATIONS = {"svdedit": Svdedit, "diffusers": Diffusers, "optimum": Optimum}
+class OptimumXL(Optimum, DiffusersXL):
+    """Optimum's SDXL pipeline (ORTStableDiffusionXLPipeline), driven by DiffusersXL's loop."""
+
+    pipeline_class = "ORTStableDiffusionXLPipeline"
+
+
+#: {name: (the implementation for SD 1/2, the one for SDXL)}
+IMPLEMENTATIONS = {"svdedit": (Svdedit, Svdedit), "diffusers": (Diffusers, DiffusersXL),
+                   "optimum": (Optimum, OptimumXL)}
 
 
 def child(impl: str, spec: dict) -> dict:
     """Load one implementation, warm it up, time it; print one JSON line."""
     t0 = time.perf_counter()
     with PeakDeviceMemory() as vram:
-        runner = IMPLEMENTATIONS[impl](spec)
+        runner = IMPLEMENTATIONS[impl][bool(spec.get("xl"))](spec)
         load_s = time.perf_counter() - t0
         rows, first = [], None
         for b in spec["batches"]:

@@ -96,4 +96,6 @@ def markdown(result: dict) -> str:
               "| load (s) | " + " | ".join(f"{i['load_s']:.1f}" for i in impls) + " |"]
     if ours["peak_device_mib"] is not None:
         lines.append("| peak device memory (MiB) | " + " | ".join(str(i["peak_device_mib"]) for i in impls) + " |")
+    for name, why in result.get("peers_not_run", {}).items():
+        lines += ["", f"Not measured: {name}: {why['why']}; it does not fit this machine's memory."]
     return "\n".join(lines) + "\n"
