@@ -182,6 +182,7 @@ def test_schedule_json_matches_diffusers_ddim(engine_dirs, tiny_pipelines, flavo
     assert s["num_train_timesteps"] == 1000
 
 
+@pytest.mark.slow  # 49 s: a second full export with --force; make dist exercises the no-op in make test
 def test_same_export_again_is_a_no_op_and_force_redoes_it(engine_dirs, tiny_pipelines, tmp_path):
     import shutil
 

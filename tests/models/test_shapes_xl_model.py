@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+import pytest
+
 from tests.conftest import requires_torch
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -36,6 +38,7 @@ def test_weights_are_safetensors_within_budget_and_an_sdxl_pipeline():
     assert ours.keys() == embedded.keys() and all(np.array_equal(ours[k], embedded[k]) for k in ours)
 
 
+@pytest.mark.slow  # 50 s beside other work; a check of a committed artifact, not of product code
 def test_it_draws_the_shape_colour_and_size_it_is_asked():
     from benchmarks.quality.bench_shapes_model import generate, load_pipeline
     from models.shapes_data import ATTRIBUTES, parse_caption, read_attributes

@@ -11,6 +11,7 @@ from benchmarks.serving.serve_load import load_test
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
+@pytest.mark.slow  # 34 s; the service's batching and errors are in make test (test_api, test_batching, test_hostile)
 def test_32_clients_on_uvicorn(shapes_engine):
     r = load_test(shapes_engine, clients=32, n=64, deadline=300, tolerance=2)
     assert r["violations"] == [] and r["answers_per_request"] == [1], r

@@ -113,6 +113,7 @@ def test_cli_learn_refusals(shapes_engine, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # 23 s; the knobs reach learn() in make test through the API tests
 def test_learning_ablation_from_the_command_line(shapes_engine, tmp_path):
     proc = run_cli("learn", "--engine", shapes_engine, "--source", SOURCE, "--target", TARGET, "--w-target", "0",
                    "--iters", "30", "-o", tmp_path / "no_target.safetensors")
