@@ -66,15 +66,21 @@ def describe() -> dict:
     }
 
 
+def status_gib(pid: int, field: str) -> float | None:
+    """A memory field of /proc/PID/status in GiB (VmRSS: resident now; VmHWM: its peak); None if it has none.
+    OSError if the process is gone."""
+    for line in open(f"/proc/{pid}/status", encoding="utf-8"):
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 2**20
+    return None
+
+
 def rss_gib(pid: int) -> float:
     """The resident memory of process `pid` now (0 once it is gone)."""
     try:
-        for line in open(f"/proc/{pid}/status", encoding="utf-8"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
+        return status_gib(pid, "VmRSS") or 0.0
     except OSError:
-        pass
-    return 0.0
+        return 0.0
 
 
 def run_watched(cmd: list[str], limit_gib: float, **popen) -> tuple[subprocess.CompletedProcess, dict | None]:

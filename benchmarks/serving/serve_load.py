@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import status_gib
+
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a small red square on the left"
@@ -246,10 +248,8 @@ def reference_edits(engine: Path, attr, requests: list[Request]):
 
 
 def peak_rss_gib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
+    peak = status_gib(pid, "VmHWM")
+    return float("nan") if peak is None else peak
 
 
 def kill_one_replica(after_done: int):
