@@ -206,7 +206,7 @@ def main() -> None:
     not_run = {}
     optimum_export = json.loads(args.optimum_export_result.read_text()) if args.optimum_export_result else {}
     if optimum_export.get("fits") is False:
-        not_run["optimum (onnxruntime)"] = {**optimum_export, "why": (
+        not_run[IMPLEMENTATIONS["optimum"][0].name] = {**optimum_export, "why": (
             f"its export (benchmarks/speed/optimum_export.py --max-rss-gib {optimum_export['limit_gib']:g}) was "
             f"stopped at {optimum_export['stopped_at_rss_gib']:.2f} GiB of RSS after "
             f"{optimum_export['seconds_until_stopped']:.0f} s")}
