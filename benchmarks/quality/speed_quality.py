@@ -4,7 +4,8 @@
 
 The configurations of benchmarks/speed/bench_speed.py on models/shapes at the default knobs (50 steps, T_x = 0.4 T):
 the exact path, step caching at N = 2, 3, 5 (and with the inversion cached too), int8 (static, dynamic) and
-int8 with step caching. The four attributes of benchmarks/quality/bench_edit_quality.py (colour, size, shape,
+int8 with step caching, on onnxruntime; and on OpenVINO (--provider openvino): fp32, bf16 (where the CPU has bf16
+units), bf16 with step caching, int8 (QDQ graphs, bf16 around them) and int8 with step caching. The four attributes of benchmarks/quality/bench_edit_quality.py (colour, size, shape,
 position) are learned once on the exact engine (an attribute file belongs to the model, not to a
 configuration) and applied by each configuration to the same held-out seeds and real renders. Scores:
 success, identity and PSNR outside the shapes (models/shapes_data.score_edit), and the reconstruction PSNR of
@@ -25,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.quality.scoring import PAIRS, SEED0, prompts_for, summarise
-from benchmarks.speed.bench_speed import CONFIGS as SPEED_CONFIGS
-from benchmarks.speed.bench_speed import prepare
+from benchmarks.speed.bench_speed import configs, prepare
 from benchmarks.machine import describe
 from models.shapes_data import render, sample_attributes, score_edit
 
@@ -34,8 +34,13 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 MODEL = Path(__file__).resolve().parents[2] / "models" / "shapes"
 RENDER_SEED = 40_000
 
-#: (label, engine, sampling interval, inversion interval): bench_speed's, and the inversion cached too
-CONFIGS = SPEED_CONFIGS[:4] + [("step cache N=2, inversion N=2", "engine-fp32-stepcache", 2, 2)] + SPEED_CONFIGS[4:]
+
+
+def quality_configs() -> list[tuple]:
+    """(label, engine, sampling interval, inversion interval, provider, precision): bench_speed's, and the inversion
+    cached too."""
+    speed = configs()
+    return speed[:4] + [("step cache N=2, inversion N=2", "engine-fp32-stepcache", 2, 2, "cpu", None)] + speed[4:]
 
 
 def renders(n: int, seed: int, attribute: str | None = None, value: str | None = None):
@@ -52,14 +57,15 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * np.log10(255.0 ** 2 / max(mse, 1e-10))
 
 
-def evaluate(engine: Path, intervals, attrs: dict, n_seeds: int, n_renders: int, log) -> dict:
+def evaluate(engine: Path, intervals, provider: str, precision: str | None, attrs: dict, n_seeds: int,
+             n_renders: int, log) -> dict:
     from svdedit.runtime.editing.edit import Editor
     from svdedit.runtime.images import to_uint8
     from svdedit.runtime.pipeline import Pipeline
 
     out = {"pairs": {}}
     t0 = time.perf_counter()
-    with Pipeline(engine, intervals=intervals) as pipe:
+    with Pipeline(engine, provider, intervals=intervals, precision=precision) as pipe:
         editor = Editor(pipe)
         gen_all, real_all = [], []
         for pair in PAIRS:
@@ -128,13 +134,15 @@ def main(argv: list[str] | None = None) -> int:
         editor = Editor(pipe)
         attrs = {p.attribute: learn(editor, p.learn_prompt, p.learn_prompt.replace(p.source, p.target), seed=0,
                                            knobs=Knobs()) for p in PAIRS}
-    rows = []
-    for label, engine, n, ni in CONFIGS:
-        if args.only and label not in args.only.split(",") and label != CONFIGS[0][0]:
+    rows, all_configs = [], quality_configs()
+    for label, engine, n, ni, provider, precision in all_configs:
+        if args.only and label not in args.only.split(",") and label != all_configs[0][0]:
             continue
         log(f"{label} ...")
-        rows.append({"label": label, "engine": engine, "intervals": [n, ni],
-                     **evaluate(dirs[engine], Intervals(n, ni), attrs, args.seeds, args.renders, log)})
+        rows.append({"label": label, "engine": engine, "intervals": [n, ni], "provider": provider,
+                     "precision": precision,
+                     **evaluate(dirs[engine], Intervals(n, ni), provider, precision, attrs, args.seeds, args.renders,
+                                log)})
     machine = describe()
     res = {"benchmark": "speed_quality", "command": "python -m benchmarks.quality.speed_quality " + " ".join(sys.argv[1:]),
            "device_label": f"{machine['cpu']}, {machine['cores']} cores", "seeds": args.seeds, "renders": args.renders,

@@ -1,6 +1,10 @@
-"""Speed of one edit per configuration (exact, step caching, int8, both) against Optimum and diffusers, in one run.
+"""Speed of one edit per configuration (exact, step caching, int8, both; on onnxruntime and on OpenVINO) against
+Optimum, optimum-intel, OpenVINO GenAI and diffusers, in one run.
 
-    python -m benchmarks.speed.bench_speed --work /tmp/sd15 --optimum-python /tmp/optvenv/bin/python
+    python -m benchmarks.speed.bench_speed --work /tmp/sd15 --optimum-python /tmp/optimum/bin/python \
+        --optimum-intel-python /tmp/optimum-intel/bin/python --genai-python /tmp/genai/bin/python
+
+(the peers' venvs: benchmarks/speed/peer_venvs.sh optimum | optimum-intel | genai)
 
 The SD 1.5-shaped model (benchmarks/speed/export_sd15_shape.py: 512x512, random weights) on this CPU, one real image
 edited end to end (Editor.edit_images: encode, 10 inversion steps, 10 guided steps with the SVD + AVI step at
@@ -14,7 +18,10 @@ Engine dirs under --work (made by this script when missing, from --work/pipeline
     engine-int8-static             svdedit quantize (static)        int8 UNet
     engine-int8-dynamic            svdedit quantize --mode dynamic
     engine-int8-static-stepcache   both
-Optimum's export (--optimum-dir, made with benchmarks/speed/optimum_export.py in its own venv) is its peer.
+Optimum's export (--optimum-dir, made with benchmarks/speed/optimum_export.py in its own venv) is its peer;
+optimum-intel's (WORK/optimum-intel, `optimum-cli export openvino` at its defaults) is optimum-intel's and GenAI's.
+OpenVINO GenAI's Text2ImagePipeline cannot invert an image: it is timed generating at the edit's guided steps,
+beside svdedit generating (the exact path and the fastest OpenVINO configuration), in a second table.
 
 Writes benchmarks/results/speed_sd15_cpu.{json,md}; benchmarks/speed/speed_report.py adds the edit quality of each
 configuration on the embedded model (benchmarks/quality/speed_quality.py) and the plot.
@@ -37,17 +44,40 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 ROOT = Path(__file__).resolve().parents[2]
 
-#: (label, engine dir name, sampling interval, inversion interval)
+#: (label, engine dir name, sampling interval, inversion interval, provider, precision); "{bf16}" in a label and the
+#: precision "default" are OpenVINO's default on this CPU (bf16 where it has bf16 units, else fp32)
 CONFIGS = [
-    ("exact (fp32)", "engine-fp32", 1, 1),
-    ("step cache N=2", "engine-fp32-stepcache", 2, 1),
-    ("step cache N=3", "engine-fp32-stepcache", 3, 1),
-    ("step cache N=5", "engine-fp32-stepcache", 5, 1),
-    ("int8 static", "engine-int8-static", 1, 1),
-    ("int8 dynamic", "engine-int8-dynamic", 1, 1),
-    ("int8 static + step cache N=2", "engine-int8-static-stepcache", 2, 1),
-    ("int8 static + step cache N=3", "engine-int8-static-stepcache", 3, 1),
+    ("exact (fp32)", "engine-fp32", 1, 1, "cpu", None),
+    ("step cache N=2", "engine-fp32-stepcache", 2, 1, "cpu", None),
+    ("step cache N=3", "engine-fp32-stepcache", 3, 1, "cpu", None),
+    ("step cache N=5", "engine-fp32-stepcache", 5, 1, "cpu", None),
+    ("int8 static", "engine-int8-static", 1, 1, "cpu", None),
+    ("int8 dynamic", "engine-int8-dynamic", 1, 1, "cpu", None),
+    ("int8 static + step cache N=2", "engine-int8-static-stepcache", 2, 1, "cpu", None),
+    ("int8 static + step cache N=3", "engine-int8-static-stepcache", 3, 1, "cpu", None),
+    ("OpenVINO fp32", "engine-fp32", 1, 1, "openvino", "fp32"),
+    ("OpenVINO {bf16}", "engine-fp32", 1, 1, "openvino", "default"),
+    ("OpenVINO {bf16} + step cache N=2", "engine-fp32-stepcache", 2, 1, "openvino", "default"),
+    ("OpenVINO {bf16} + step cache N=3", "engine-fp32-stepcache", 3, 1, "openvino", "default"),
+    ("OpenVINO int8 static ({bf16})", "engine-int8-static", 1, 1, "openvino", "default"),
+    ("OpenVINO int8 static ({bf16}) + step cache N=2", "engine-int8-static-stepcache", 2, 1, "openvino", "default"),
+    ("OpenVINO int8 static ({bf16}) + step cache N=3", "engine-int8-static-stepcache", 3, 1, "openvino", "default"),
 ]
+
+
+def configs() -> list[tuple]:
+    """CONFIGS with OpenVINO's default precision on this CPU filled in: (label, engine, n, ni, provider, precision)."""
+    from svdedit.runtime.engines.openvino import default_precision
+
+    here = default_precision()
+    return [(label.replace("{bf16}", here), engine, n, ni, provider, here if precision == "default" else precision)
+            for label, engine, n, ni, provider, precision in CONFIGS]
+
+
+def _generation_children() -> dict:
+    from benchmarks.speed.edit_peers import genai_generation, svdedit_generation
+
+    return {"genai": genai_generation, "svdedit-generate": svdedit_generation}
 
 
 def prepare(pipeline: Path, work: Path, log) -> dict[str, Path]:
@@ -64,7 +94,7 @@ def prepare(pipeline: Path, work: Path, log) -> dict[str, Path]:
                                ("engine-int8-static-stepcache", "engine-fp32-stepcache", "static")):
         if not (work / name / "manifest.json").exists():
             quantize_engine(work / source, work / name, QuantizeOptions(mode=mode), log=log)
-    return {name: work / name for _, name, _, _ in CONFIGS}
+    return {name: work / name for _, name, *_ in CONFIGS}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -76,7 +106,9 @@ def child(spec: dict) -> dict:
 
     impl = spec["impl"]
     t0 = time.perf_counter()
-    runner = IMPLEMENTATIONS[impl](spec)
+    if impl in ("genai", "svdedit-generate"):  # the peer that cannot invert, and svdedit doing the same
+        return _generation_children()[impl](spec)
+    runner = IMPLEMENTATIONS[impl][0](spec)
     if impl == "svdedit":
         from svdedit.runtime.pipeline import Intervals
 
@@ -119,22 +151,77 @@ def run_child(spec: dict, python: str = sys.executable) -> dict:
 def markdown(res: dict) -> str:
     rows = res["rows"]
     ref = {r["label"]: r for r in rows}
-    opt, dif = ref.get("optimum (onnxruntime)"), ref["diffusers (torch)"]
+    opt, dif, ovi = ref.get("optimum (onnxruntime)"), ref["diffusers (torch)"], ref.get(OPTIMUM_INTEL)
+    flags = ", ".join(res["machine"].get("cpu_flags", []))
     lines = [f"# Speed of one edit per configuration: {res['model_label']}, {res['device_label']}", "",
              f"Command: `{res['command']}`. {res['steps']} inversion + {res['steps']} guided steps (guidance "
              f"{res['guidance']}), one 512x512 image, each row in its own process: a 2-step warm-up edit, then the "
              f"median of {res['repeats']} edits. Per-step times carry to 50 steps. Image difference: max |uint8| "
-             f"against the exact path's edit.", "",
-             "| configuration | edit s | invert step s | guided step s | peak RSS GiB | vs Optimum | vs diffusers "
-             "| RSS / diffusers' | max diff vs exact |", "|---|---|---|---|---|---|---|---|---|"]
+             f"against the exact path's edit. CPU flags: {flags or 'not read'}.", "",
+             "| configuration | edit s | invert step s | guided step s | peak RSS GiB | vs Optimum | vs optimum-intel "
+             "| vs diffusers | RSS / diffusers' | max diff vs exact |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ratio(peer, r):
+        return f"{peer['seconds_median'] / r['seconds_median']:.2f}x" if peer else "-"
+
     for r in rows:
-        vs_opt = f"{opt['seconds_median'] / r['seconds_median']:.2f}x" if opt else "-"
         lines.append(f"| {r['label']} | {r['seconds_median']:.1f} | {r['invert_step_s']:.2f} | {r['guided_step_s']:.2f} "
-                     f"| {r['peak_rss_gib']:.2f} | {vs_opt} | {dif['seconds_median'] / r['seconds_median']:.2f}x "
+                     f"| {r['peak_rss_gib']:.2f} | {ratio(opt, r)} | {ratio(ovi, r)} | {ratio(dif, r)} "
                      f"| {r['peak_rss_gib'] / dif['peak_rss_gib']:.2f} | {r.get('max_diff_vs_exact', '-')} |")
     lines += ["", "Speed ratios are the peer's seconds over the row's (above 1: the row is faster). Step caching "
-              "applies to sampling only here (inversion interval 1: the inversion is what the edit rests on)."]
+              "applies to sampling only here (inversion interval 1: the inversion is what the edit rests on). "
+              "optimum-intel runs the same edit (the same loop drives its OpenVINO components)."]
+    gen = res.get("generation") or []
+    if gen:
+        genai = gen[-1]
+        lines += ["", f"## Generation only: {res['steps']} guided steps and the decode, 512x512 (GenAI cannot invert)",
+                  "", "| implementation | seconds | vs GenAI | peak RSS GiB |", "|---|---|---|---|"]
+        lines += [f"| {g['label']} ({g['provider']}) | {g['seconds_median']:.1f} | {ratio(genai, g)} | "
+                  f"{g['peak_rss_gib']:.2f} |" for g in gen]
     return "\n".join(lines) + "\n"
+
+
+OPTIMUM_INTEL = "optimum-intel (OpenVINO)"
+
+
+def openvino_export(python: str, work: Path) -> Path:
+    """optimum-intel's own export of WORK/pipeline (optimum-cli export openvino, its defaults), made once; its time
+    and peak RSS go to WORK/optimum-intel-export.json."""
+    out = work / "optimum-intel"
+    if not (out / "model_index.json").exists():
+        t = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", str(Path(python).parent / "optimum-cli"), "export", "openvino",
+                               "-m", str(work / "pipeline"), "--library", "diffusers", "--task", "text-to-image",
+                               str(out)], capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"optimum-intel's export failed:\n{proc.stderr[-3000:]}")
+        (work / "optimum-intel-export.json").write_text(json.dumps({
+            "seconds": round(time.perf_counter() - t, 1),
+            "peak_rss_gib": round(int(proc.stderr.strip().splitlines()[-1]) / 2**20, 2)}))
+    return out
+
+
+def generation_rows(args, base: dict, rows: list[dict], work: Path) -> list[dict]:
+    """GenAI generating at the edit's guided steps, beside svdedit generating with the exact path and with the fastest
+    OpenVINO configuration of `rows` (none without --genai-python)."""
+    if not (args.genai_python and args.optimum_intel_python):
+        return []
+    from svdedit.runtime.editing.avi import Attribute
+
+    knobs = Attribute.load(base["attr"]).knobs
+    fastest = min((r for r in rows if r["label"].startswith("OpenVINO")), key=lambda r: r["seconds_median"])
+    by_label = {c[0]: c for c in configs()}
+    spec = dict(base, steps=knobs.steps, guidance=knobs.guidance, size=512)
+    jobs = [dict(spec, impl="svdedit-generate", label=f"svdedit generate, {label}", engine=str(work / by_label[label][1]),
+                 provider=by_label[label][4], run_precision=by_label[label][5])
+            for label in (CONFIGS[0][0], fastest["label"])]
+    jobs.append(dict(spec, impl="genai", label="OpenVINO GenAI Text2ImagePipeline", python=args.genai_python))
+    out = []
+    for job in jobs:
+        print(f"running {job['label']} ...", file=sys.stderr)
+        job["out"] = str(work / f"generation-{len(out)}.npy")
+        out.append({"label": job["label"], **run_child(job, job.pop("python", sys.executable))})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--optimum-python", metavar="PYTHON")
     ap.add_argument("--optimum-dir", type=Path, help="Optimum's export (default: WORK/optimum)")
+    ap.add_argument("--optimum-intel-python", metavar="PYTHON",
+                    help="optimum-intel's venv (benchmarks/speed/peer_venvs.sh optimum-intel): its OVStableDiffusionPipeline "
+                         "at its defaults and forced to fp32, on its own export (WORK/optimum-intel, made when missing)")
+    ap.add_argument("--genai-python", metavar="PYTHON",
+                    help="OpenVINO GenAI's venv (peer_venvs.sh genai): Text2ImagePipeline on the same export; it cannot "
+                         "invert, so it is timed generating, beside svdedit generating (needs --optimum-intel-python)")
     ap.add_argument("--only", help="comma-separated labels to run (default: all)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -166,12 +259,17 @@ def main(argv: list[str] | None = None) -> int:
                         str(attr)], check=True, stdout=subprocess.DEVNULL)
     base = {"pipeline": str(work / "pipeline"), "attr": str(attr), "provider": "cpu", "precision": "fp32",
             "repeats": args.repeats, "optimum": str(args.optimum_dir or work / "optimum")}
-    jobs = [dict(base, impl="svdedit", label=label, engine=str(work / engine), intervals=[n, ni])
-            for label, engine, n, ni in CONFIGS]
+    jobs = [dict(base, impl="svdedit", label=label, engine=str(work / engine), intervals=[n, ni], provider=provider,
+                 run_precision=precision) for label, engine, n, ni, provider, precision in configs()]
     jobs.append(dict(base, impl="diffusers", label="diffusers (torch)", engine=str(work / "engine-fp32")))
     if args.optimum_python:
         jobs.append(dict(base, impl="optimum", label="optimum (onnxruntime)", engine=str(work / "engine-fp32"),
                          python=args.optimum_python))
+    if args.optimum_intel_python:
+        base["optimum_intel"] = str(openvino_export(args.optimum_intel_python, work))
+        for precision, label in (("default", OPTIMUM_INTEL), ("fp32", OPTIMUM_INTEL + ", forced to fp32")):
+            jobs.append(dict(base, impl="optimum-intel", label=label, engine=str(work / "engine-fp32"),
+                             python=args.optimum_intel_python, precision=precision))
     if args.only:
         keep = set(args.only.split(","))
         jobs = [j for j in jobs if j["label"] in keep or j["impl"] != "svdedit"]
@@ -186,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     exact = np.load(work / "speed-0.npy").astype(int)
     for i, r in enumerate(rows):
         r["max_diff_vs_exact"] = int(np.abs(np.load(work / f"speed-{i}.npy").astype(int) - exact).max())
+    generation = generation_rows(args, base, rows, work)
     machine = describe()
     from svdedit.runtime.editing.avi import Attribute
 
@@ -194,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
            "model_label": "SD 1.5 shape (512x512, random weights)",
            "device_label": f"{machine['cpu']}, {machine['cores']} cores", "steps": args.steps,
            "guidance": knobs.guidance, "t_edit": knobs.t_edit, "repeats": args.repeats, "machine": machine,
-           "versions": versions(), "rows": rows}
+           "versions": versions(), "rows": rows, "generation": generation}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "speed_sd15_cpu.json").write_text(json.dumps(res, indent=2) + "\n")
     (RESULTS / "speed_sd15_cpu.md").write_text(markdown(res))

@@ -1,6 +1,7 @@
-"""The implementations `benchmarks/speed/bench_edit.py` measures, each run in its own child process: svdedit
-(Editor.edit_images, the product's path), diffusers (torch) and Optimum's onnxruntime pipeline doing the
-same edit, with the same inputs, per stage (runtime.timing.EDIT_STAGES)."""
+"""The implementations `benchmarks/speed/bench_edit.py` and `bench_speed.py` measure, each run in its own child
+process: svdedit (Editor.edit_images, the product's path), diffusers (torch), Optimum's onnxruntime pipeline and
+optimum-intel's OpenVINO pipeline doing the same edit, with the same inputs, per stage (runtime.timing.EDIT_STAGES);
+and OpenVINO GenAI's Text2ImagePipeline, which cannot invert an image, timed generating at the same steps."""
 
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ class Svdedit:
         from svdedit.runtime.pipeline import Pipeline
         from svdedit.runtime.timing import Stages
 
-        self.pipe = Pipeline(spec["engine"], spec["provider"], size=spec.get("size")).__enter__()
+        self.pipe = Pipeline(spec["engine"], spec["provider"], size=spec.get("size"),
+                             precision=spec.get("run_precision")).__enter__()
         self.stages = Stages()
         self.editor = Editor(self.pipe, stages=self.stages)
         self.attr = Attribute.load(spec["attr"])
@@ -256,6 +258,74 @@ class Optimum(Diffusers):
         return getattr(ortopt, self.pipeline_class).from_pretrained(spec["optimum"], provider=provider)
 
 
+class OptimumIntel(Optimum):
+    """optimum-intel's OpenVINO pipeline (OVStableDiffusionPipeline, its own export and venv: peer_venvs.sh),
+    driven by the same loop (its components take and return torch tensors). spec["precision"] "default": its
+    defaults (OpenVINO's CPU plugin: bf16 where the CPU has bf16 units); "fp32": forced to f32."""
+
+    name = "optimum-intel (OpenVINO)"
+    pipeline_class = "OVStableDiffusionPipeline"
+
+    def load(self, spec: dict):
+        from importlib.metadata import version
+
+        import openvino
+        from optimum import intel
+
+        extra = {"ov_config": {"INFERENCE_PRECISION_HINT": "f32"}} if spec["precision"] == "fp32" else {}
+        pipe = getattr(intel, self.pipeline_class).from_pretrained(spec["optimum_intel"], **extra)
+        pipe.compile()
+        hint = pipe.unet.request.get_property("INFERENCE_PRECISION_HINT")
+        self.provider_label = (f"optimum-intel {version('optimum-intel')}, OpenVINO {openvino.__version__.split('-')[0]}"
+                               f" CPU {hint}")
+        return pipe
+
+
+def svdedit_generation(spec: dict) -> dict:
+    """svdedit's generation (Pipeline.generate, then decode) at the same steps as genai_generation, for its ratio."""
+    from svdedit.runtime.pipeline import Pipeline
+
+    t0 = time.perf_counter()
+    with Pipeline(spec["engine"], spec["provider"], precision=spec.get("run_precision")) as pipe:
+        load_s = time.perf_counter() - t0
+        pipe.decode(pipe.generate(PROMPTS[0], steps=2, guidance=spec["guidance"]))  # warm-up
+        times = []
+        for _ in range(spec["repeats"]):
+            t = time.perf_counter()
+            image = pipe.decode(pipe.generate(PROMPTS[0], steps=spec["steps"], guidance=spec["guidance"]))
+            times.append(time.perf_counter() - t)
+        provider = pipe.providers.get("unet") or pipe.providers["unet_deep"]
+    np.save(spec["out"], image)
+    return {"impl": "svdedit generate", "load_s": load_s, "provider": provider,
+            "seconds_median": statistics.median(times), "seconds_runs": [round(t, 3) for t in times],
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def genai_generation(spec: dict) -> dict:
+    """OpenVINO GenAI's Text2ImagePipeline on optimum-intel's export: it has no inversion, so it generates at the
+    edit's guided step count and guidance (a warm-up, then the median of spec["repeats"]), with its defaults."""
+    import openvino
+    import openvino_genai
+
+    from importlib.metadata import version
+
+    t0 = time.perf_counter()
+    pipe = openvino_genai.Text2ImagePipeline(spec["optimum_intel"], "CPU")
+    load_s = time.perf_counter() - t0
+    size, kw = spec["size"], dict(num_inference_steps=spec["steps"], guidance_scale=spec["guidance"])
+    pipe.generate(PROMPTS[0], width=size, height=size, **{**kw, "num_inference_steps": 2})  # warm-up
+    times = []
+    for _ in range(spec["repeats"]):
+        t = time.perf_counter()
+        image = pipe.generate(PROMPTS[0], width=size, height=size, **kw)
+        times.append(time.perf_counter() - t)
+    np.save(spec["out"], np.asarray(image.data))
+    return {"impl": "OpenVINO GenAI (Text2ImagePipeline)", "load_s": load_s,
+            "provider": f"openvino-genai {version('openvino-genai')}, OpenVINO {openvino.__version__.split('-')[0]} CPU",
+            "seconds_median": statistics.median(times), "seconds_runs": [round(t, 3) for t in times],
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
 class OptimumXL(Optimum, DiffusersXL):
     """Optimum's SDXL pipeline (ORTStableDiffusionXLPipeline), driven by DiffusersXL's loop."""
 
@@ -264,7 +334,7 @@ class OptimumXL(Optimum, DiffusersXL):
 
 #: {name: (the implementation for SD 1/2, the one for SDXL)}
 IMPLEMENTATIONS = {"svdedit": (Svdedit, Svdedit), "diffusers": (Diffusers, DiffusersXL),
-                   "optimum": (Optimum, OptimumXL)}
+                   "optimum": (Optimum, OptimumXL), "optimum-intel": (OptimumIntel, None)}
 
 
 def child(impl: str, spec: dict) -> dict:

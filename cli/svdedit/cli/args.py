@@ -133,14 +133,24 @@ def command(sub: argparse._SubParsersAction, name: str, run, summary: str, descr
 
 
 
+PROVIDER_HELP = ("what runs the networks: auto (TensorRT plans from `svdedit build` when this GPU has them, else "
+                 "onnxruntime's TensorRT, CUDA, then CPU provider; never OpenVINO), tensorrt (the plans), ort-tensorrt, "
+                 "cuda, cpu, or openvino (OpenVINO on the CPU, extra svdedit[openvino]: fastest on CPUs with bf16 "
+                 "units, README)")
+RUN_PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISION_HELP = ("what the networks compute in. --provider openvino: fp32 or bf16 (default bf16 where the CPU has "
+                  "bf16 units, avx512_bf16 or amx_bf16; else fp32). Other providers run the engine dir's own "
+                  "precision (`svdedit export --precision`) and refuse another")
+
+
 def engine_args(p: argparse.ArgumentParser) -> None:
-    """--engine and --provider, as every command that runs an engine dir takes them."""
+    """--engine, --provider and --precision, as every command that runs an engine dir takes them."""
     p.add_argument("--engine", required=True, metavar="DIR", help="an engine dir written by `svdedit export`, or "
                                                                     "svdedit:shapes (the embedded model, built in)")
     p.add_argument("--provider", default="auto",
-                   help="what runs the networks: auto (TensorRT plans from `svdedit build` when this GPU has them, "
-                        "else onnxruntime's TensorRT, CUDA, then CPU provider), tensorrt (the plans), "
-                        "ort-tensorrt, cuda or cpu")
+                   help=PROVIDER_HELP)
+    p.add_argument("--precision", choices=RUN_PRECISIONS, default=None,
+                   help=PRECISION_HELP)
     p.add_argument("--cache-interval", type=bounded_int(1, 1000), metavar="N",
                    help="step caching (an engine exported with --step-cache): the UNet's deep branch runs every N "
                         "sampling steps, the steps between reuse it. 1 = exact. Default: the engine's own (2 for "
@@ -155,10 +165,10 @@ def engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def open_pipeline(args: argparse.Namespace):
-    """The Pipeline of --engine, --provider, --size and the step-cache intervals (not yet entered)."""
+    """The Pipeline of --engine, --provider, --precision, --size and the step-cache intervals (not yet entered)."""
     from svdedit.runtime.pipeline import Intervals, Pipeline
 
-    pipe = Pipeline(args.engine, args.provider, size=args.size)
+    pipe = Pipeline(args.engine, args.provider, size=args.size, precision=args.precision)
     default = pipe.default_intervals
     pipe.intervals = pipe.check_intervals(Intervals(args.cache_interval or default.sample,
                                                     args.invert_cache_interval or default.invert))

@@ -7,14 +7,16 @@ import argparse
 import json
 import sys
 
-from svdedit.cli.args import command, positive_int
+from svdedit.cli.args import PRECISION_HELP, PROVIDER_HELP, RUN_PRECISIONS, command, positive_int
 from svdedit.runtime.engines.contract import BUILD_PRECISIONS
 
 CHECK_DESCRIPTION = """\
-Verify an engine dir: the manifest's format version, every file's sha256, then one onnxruntime call
-per network at the model's default size, checked against the manifest's declared outputs. Prints one
-JSON line per network, then one per TensorRT build of the engine (`svdedit build`: where its plans
-are, and whether each is there with its recorded sha256). Exit status 1 when a build's plans are not.
+Verify an engine dir: the manifest's format version, every file's sha256, then one call per network
+(onnxruntime, or OpenVINO with --provider openvino) at the model's default size, checked against the
+manifest's declared outputs. Prints one JSON line per network (with OpenVINO: its precision, whether the
+compiled model came from the cache, and the CPU's bf16/AMX/VNNI flags), then one per TensorRT build of
+the engine (`svdedit build`: where its plans are, and whether each is there with its recorded sha256).
+Exit status 1 when a build's plans are not.
 """
 
 BUILD_DESCRIPTION = """\
@@ -46,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "check", run_check, "verify an engine dir and run each of its networks once",
                 description=CHECK_DESCRIPTION)
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="a folder written by `svdedit export`, or svdedit:shapes (the embedded model, built in)")
-    p.add_argument("--provider", default="auto", help="onnxruntime execution provider (default: auto)")
+    p.add_argument("--provider", default="auto", help=PROVIDER_HELP)
+    p.add_argument("--precision", choices=RUN_PRECISIONS, default=None, help=PRECISION_HELP)
 
     p = command(sub, "build", run_build, "build TensorRT plans from an engine dir's ONNX graphs (NVIDIA GPU + TensorRT)",
                 description=BUILD_DESCRIPTION, epilog=BUILD_EXAMPLE)
@@ -76,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_check(args: argparse.Namespace) -> int:
     from svdedit.runtime.engines.check import check_engine_dir
 
-    lines = check_engine_dir(args.engine_dir, provider=args.provider)
+    lines = check_engine_dir(args.engine_dir, provider=args.provider, precision=args.precision)
     for line in lines:
         print(json.dumps(line))
     return 0 if all(line["ok"] for line in lines) else 1

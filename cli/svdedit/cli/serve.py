@@ -20,7 +20,10 @@ app runs as a Ray Serve deployment of --replicas replicas (extra svdedit[ray]).
 
 SETTING_HELP = {
     "store": "the attribute store folder (default: ~/.local/share/svdedit/attributes/<engine identity>)",
-    "provider": "what runs the networks (see svdedit generate --help)",
+    "provider": "what runs the networks (see svdedit generate --help): auto, tensorrt, ort-tensorrt, cuda, cpu or "
+                "openvino",
+    "precision": "what the networks compute in: fp32 or bf16 with --provider openvino (default bf16 where the CPU "
+                 "has bf16 units), else the engine dir's own (see svdedit generate --help)",
     "max_batch": "most images in one batch", "max_wait_ms": "longest wait of a request for others to batch with",
     "max_queue": "most images waiting; beyond, 503",
     "request_timeout_s": "a request still unanswered after this many seconds gets 504",

@@ -27,8 +27,8 @@ DEMO_PROMPTS = ["a small red square on the left", "a large red triangle on the r
 
 ENV_DESCRIPTION = """\
 Print the versions and the hardware svdedit runs on: svdedit, Python, NumPy, onnxruntime (and which build) with
-its available providers, CuPy and the CUDA it sees, TensorRT if importable, the GPU and its memory, and the
-built-in engines. Paste it into a bug report. --json for one JSON object.
+its available providers, CuPy and the CUDA it sees, TensorRT and OpenVINO if importable, the CPU and the flags
+that decide its kernels (AVX-512, VNNI, bf16, AMX), the GPU and its memory, and the built-in engines. Paste it into a bug report. --json for one JSON object.
 """
 
 
@@ -132,6 +132,15 @@ def environment() -> dict:
         info["tensorrt"] = tensorrt.__version__
     except ImportError:
         info["tensorrt"] = None
+    try:
+        import openvino
+
+        info["openvino"] = openvino.__version__.split("-")[0]
+    except ImportError:
+        info["openvino"] = None
+    from svdedit.runtime.engines.openvino import cpu_report
+
+    info["cpu"] = cpu_report()
     info["torch"] = v("torch")
     info["built_in_engines"] = {BUILTIN_PREFIX + n: (packaged_root() / n / "manifest.json").is_file() for n in PACKAGED}
     info["cache_dir"] = str(user_cache_root())

@@ -33,7 +33,7 @@ import numpy as np
 
 from svdedit.runtime import ddim
 from svdedit.runtime.conditioning import conditioning_for
-from svdedit.runtime.engines import Manifest, open_engines, read_manifest
+from svdedit.runtime.engines import Manifest, open_engines, read_manifest, resolve_precision
 from svdedit.runtime.errors import NonFiniteLatentError, SvdeditError
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
@@ -55,11 +55,12 @@ class Intervals:
 
 class Pipeline:
     def __init__(self, engine_dir: str | Path, provider: str = "auto", intervals: Intervals | None = None,
-                 manifest: Manifest | None = None, size: int | None = None):
+                 manifest: Manifest | None = None, size: int | None = None, precision: str | None = None):
         """`engine_dir`: a folder, or a built-in name (svdedit:shapes). `intervals`: step caching (default: the
         engine's own, recorded at export; 1 and 1 for an engine without step caching). `size`: the image side
         that noise() draws and fit() crops to (default: the model's, e.g. 1024 for SDXL; any side the engine dir
-        accepts, e.g. 512 to learn and edit SDXL at a quarter of the work). `manifest`: the one
+        accepts, e.g. 512 to learn and edit SDXL at a quarter of the work). `precision`: what the networks compute
+        in (engines.resolve_precision: fp32 or bf16 with provider "openvino", else the engine dir's). `manifest`: the one
         read_manifest returned for this dir, when the caller has read it already (else it is read here: files
         hashed when new or changed since this user last hashed them, engines/verified.py).
 
@@ -76,7 +77,8 @@ class Pipeline:
         self.vae_factor = m.latent.vae_scale_factor
         self.channels = m.latent.channels
         self.size = self.check_size(m.image_size.default if size is None else size)
-        self.engines = open_engines(self.engine_dir, m, provider)
+        self.precision = resolve_precision(provider, precision, m)
+        self.engines = open_engines(self.engine_dir, m, provider, self.precision)
         self.conditioning = conditioning_for(self.engine_dir, m, self.engines)
         self._opened: ExitStack | None = None
 
@@ -95,7 +97,8 @@ class Pipeline:
 
     def numerics_key(self) -> tuple:
         """What, besides the engine and the inputs, changes the numbers this pipeline computes (the key of cached
-        latents, runtime/svdedit/runtime/editing/cache.py): the providers that run the networks, and the step caching."""
+        latents, runtime/svdedit/runtime/editing/cache.py): the providers that run the networks (OpenVINO's name its
+        precision), and the step caching."""
         return tuple(sorted(self.providers.items())) + (self.intervals,)
 
     # ---- step caching ----

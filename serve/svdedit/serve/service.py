@@ -85,7 +85,8 @@ class EditService:
     # ---- lifecycle ----
     def open(self, manifest: Manifest | None = None) -> "EditService":
         """Load the engines (`manifest`: the engine dir's, if the caller has read it already)."""
-        pipe = Pipeline(self.settings.engine_dir, self.settings.provider, manifest=manifest).__enter__()
+        pipe = Pipeline(self.settings.engine_dir, self.settings.provider, manifest=manifest,
+                        precision=self.settings.precision).__enter__()
         ids = pipe.manifest.identities()
         self.store = AttributeStore(self.settings.store or default_store_root() / ids[0][:16], ids)
         self.pipe = pipe

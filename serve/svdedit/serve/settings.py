@@ -26,6 +26,8 @@ class ServeSettings:
     #: the attribute store; default: default_store_root() / <the engine's identity>, so models never mix
     store: Path | None = None
     provider: str = "auto"
+    #: what the networks compute in (None: the provider's default; runtime/svdedit/runtime/engines resolve_precision)
+    precision: str | None = None
     # ---- dynamic batching ----
     max_batch: int = 8              # images per batch: concurrent requests share every UNet call
     max_wait_ms: float = 25.0       # how long the first request of a batch waits for others

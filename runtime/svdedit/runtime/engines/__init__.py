@@ -5,8 +5,9 @@
     with runners["unet"] as unet:                              # base.py: activate / infer / deactivate
         eps = unet(sample=x, timestep=t, encoder_hidden_states=e)["model_output"]
 
-Runners: ``OrtRunner`` (onnxrt.py: onnxruntime, CPU / CUDA / TensorRT providers) and ``TensorrtRunner``
-(tensorrt.py: the plans of `svdedit build`). Nothing here knows the editing method.
+Runners: ``OrtRunner`` (onnxrt.py: onnxruntime, CPU / CUDA / TensorRT providers), ``TensorrtRunner``
+(tensorrt.py: the plans of `svdedit build`) and ``OpenvinoRunner`` (openvino.py: OpenVINO on the CPU, fp32 or
+bf16). Nothing here knows the editing method.
 """
 
 from __future__ import annotations
@@ -16,14 +17,38 @@ from pathlib import Path
 from svdedit.runtime.engines.base import Runner
 from svdedit.runtime.engines.manifest import Manifest, read_manifest
 from svdedit.runtime.engines.onnxrt import OrtRunner
+from svdedit.runtime.engines.openvino import PROVIDER as OPENVINO, OpenvinoRunner, check_precision
 from svdedit.runtime.engines.tensorrt import SharedActivations, TensorrtRunner, plans_for_this_device
+from svdedit.runtime.errors import SvdeditError
 
-__all__ = ["Manifest", "OrtRunner", "Runner", "TensorrtRunner", "open_engines", "read_manifest"]
+__all__ = ["Manifest", "OpenvinoRunner", "OrtRunner", "Runner", "TensorrtRunner", "open_engines", "read_manifest",
+           "resolve_precision"]
 
 
-def open_engines(engine_dir: str | Path, manifest: Manifest, provider: str = "auto") -> dict[str, Runner]:
-    """One runner per network, not yet active: TensorRT plans when asked for (`tensorrt`), or when `auto` and
-    `svdedit build` made plans for this GPU; otherwise onnxruntime sessions on the provider asked for."""
+def resolve_precision(provider: str, precision: str | None, manifest: Manifest) -> str:
+    """The precision the networks compute in: for OpenVINO fp32 or bf16 (default bf16 where the CPU has bf16
+    units); for onnxruntime and TensorRT the engine dir's own (`svdedit export --precision`), which is all they
+    can run. SvdeditError naming the fix for any other combination."""
+    if provider == OPENVINO:
+        return check_precision(precision)
+    if precision is None or precision == manifest.precision:
+        return manifest.precision
+    if precision == "bf16":
+        raise SvdeditError("bf16 needs the provider openvino: onnxruntime and TensorRT have no bf16 compute here and "
+                           f"run the engine dir's own precision ({manifest.precision}).")
+    raise SvdeditError(f"this engine dir was exported in {manifest.precision}, so the provider {provider} runs "
+                       f"{manifest.precision}, not {precision}: export it again with `svdedit export MODEL -o DIR "
+                       f"--precision {precision}`, or leave the precision out.")
+
+
+def open_engines(engine_dir: str | Path, manifest: Manifest, provider: str = "auto",
+                 precision: str | None = None) -> dict[str, Runner]:
+    """One runner per network, not yet active: OpenVINO when asked for (`openvino`, at `precision`); TensorRT plans
+    when asked for (`tensorrt`), or when `auto` and `svdedit build` made plans for this GPU; otherwise onnxruntime
+    sessions on the provider asked for. `auto` never picks OpenVINO: installing it changes no one's numbers."""
+    precision = resolve_precision(provider, precision, manifest)
+    if provider == OPENVINO:
+        return {name: OpenvinoRunner(engine_dir, name, manifest, precision) for name in manifest.networks}
     if provider == "tensorrt" or (provider == "auto" and plans_for_this_device(manifest, Path(engine_dir))):
         shared = SharedActivations()  # the networks run one after another: one activation buffer
         return {name: TensorrtRunner(engine_dir, name, manifest, shared) for name in manifest.networks}

@@ -92,6 +92,17 @@ class Runner:
                 elif size != want:
                     raise EngineDirError(f"{self.network}: input {name!r} has shape {a.shape}, the manifest declares {list(shape)}.")
 
+    def check_graph(self, path: Path, inputs: list[tuple], outputs: list[tuple]) -> None:
+        """The loaded graph's real inputs and outputs, as (name, NumPy dtype name, rank), against the manifest's, so
+        that another network's graph under this name is refused on activation, naming the file, not at its first
+        call. EngineDirError if they differ."""
+        for role, got, declared in (("inputs", inputs, self.entry.inputs), ("outputs", outputs, self.entry.outputs)):
+            want = [(t.name, t.dtype, len(t.shape)) for t in declared]
+            if got != want:
+                raise EngineDirError(f"{path} is not the {self.network} the manifest describes: its {role} are {got}, "
+                                     f"the manifest says {want} (name, dtype, rank). Re-create the engine dir with "
+                                     f"`svdedit export ... --force`.")
+
     # ---- what a subclass implements ----
     def _activate(self) -> None:
         raise NotImplementedError

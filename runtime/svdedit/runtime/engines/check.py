@@ -8,23 +8,28 @@ from pathlib import Path
 
 import numpy as np
 
+from svdedit.runtime.engines import OPENVINO, OpenvinoRunner, OrtRunner, resolve_precision
 from svdedit.runtime.engines.contract import resolve_shape
 from svdedit.runtime.engines.manifest import read_manifest
 from svdedit.runtime.engines.names import resolve_engine
-from svdedit.runtime.engines.onnxrt import OrtRunner
+from svdedit.runtime.engines.openvino import cpu_report
 from svdedit.runtime.engines.plans import all_plans
 from svdedit.runtime.errors import EngineDirError, TensorrtError
 
 
-def check_engine_dir(engine_dir: str | Path, provider: str = "auto") -> list[dict]:
-    """One report per network: provider, milliseconds, precision, the export's parity; EngineDirError if not sound."""
+def check_engine_dir(engine_dir: str | Path, provider: str = "auto", precision: str | None = None) -> list[dict]:
+    """One report per network: provider, milliseconds, precision, the export's parity; EngineDirError if not sound.
+    The networks run on onnxruntime (`provider`), or on OpenVINO (provider "openvino", at `precision`)."""
     engine_dir = resolve_engine(engine_dir)
     manifest = read_manifest(engine_dir, verify="all")
+    precision = resolve_precision(provider, precision, manifest)
     sizes = manifest.axis_sizes(batch=1)
     rng = np.random.default_rng(0)
     report = []
     for name in manifest.networks:
-        with OrtRunner(engine_dir, name, manifest, provider) as runner:
+        runner = (OpenvinoRunner(engine_dir, name, manifest, precision) if provider == OPENVINO
+                  else OrtRunner(engine_dir, name, manifest, provider))
+        with runner:
             feeds = {t.name: (np.zeros(resolve_shape(t.shape, sizes), np.int64) + manifest.text.bos_id
                               if t.dtype == "int64"
                               else rng.standard_normal(resolve_shape(t.shape, sizes)).astype(t.dtype))
@@ -38,8 +43,13 @@ def check_engine_dir(engine_dir: str | Path, provider: str = "auto") -> list[dic
                     raise EngineDirError(f"{name}: output {t.name} has shape {list(a.shape)} (want {list(want)}) "
                                          f"or non-finite values.")
             parity = runner.entry.parity_fp16 or runner.entry.parity
-            report.append({"network": name, "provider": runner.provider, "ms": round(ms, 2),
-                           "precision": runner.entry.precision, "parity_max_abs": parity.get("max_abs"), "ok": True})
+            line = {"network": name, "provider": runner.provider, "ms": round(ms, 2),
+                    "precision": precision if provider == OPENVINO else runner.entry.precision,
+                    "parity_max_abs": parity.get("max_abs"), "ok": True}
+            if provider == OPENVINO:
+                line.update({"compiled_from": runner.opened_from, "open_s": round(runner.open_seconds, 2),
+                             "cpu": cpu_report()})
+            report.append(line)
     return report + check_plans(engine_dir, manifest)
 
 

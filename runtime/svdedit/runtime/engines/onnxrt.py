@@ -101,26 +101,18 @@ class OrtRunner(Runner):
                 f"onnxruntime cannot load {path} ({str(exc).splitlines()[0][:300]}). The graph is damaged or was "
                 f"written by an incompatible exporter; re-create the engine dir with `svdedit export ... --force`."
             ) from None
-        self._check_graph(path)
+        try:
+            self.check_graph(path, *([(a.name, ORT_TYPES.get(a.type, a.type), len(a.shape)) for a in args]
+                                     for args in (self.session.get_inputs(), self.session.get_outputs())))
+        except EngineDirError:
+            self.session = None
+            raise
         self.provider = self.session.get_providers()[0]
         log.info("%s: onnxruntime session on %s", self.network, self.provider)
         if self.provider != wanted[0]:
             # onnxruntime-gpu lists providers whose CUDA libraries it cannot load, then silently uses the CPU.
             log.warning("%s: asked for %s but onnxruntime gave %s (its libraries could not be loaded); running on %s.",
                         self.network, wanted[0], self.provider, self.provider)
-
-    def _check_graph(self, path: Path) -> None:
-        """The graph's real inputs and outputs (names, element types, ranks) against the manifest's, so that
-        another network's graph under this name is refused now, naming the file, not at its first call."""
-        for role, real, declared in (("inputs", self.session.get_inputs(), self.entry.inputs),
-                                     ("outputs", self.session.get_outputs(), self.entry.outputs)):
-            got = [(a.name, ORT_TYPES.get(a.type, a.type), len(a.shape)) for a in real]
-            want = [(t.name, t.dtype, len(t.shape)) for t in declared]
-            if got != want:
-                self.session = None
-                raise EngineDirError(f"{path} is not the {self.network} the manifest describes: its {role} are {got}, "
-                                     f"the manifest says {want} (name, dtype, rank). Re-create the engine dir with "
-                                     f"`svdedit export ... --force`.")
 
     def _infer(self, feeds: dict) -> dict:
         try:

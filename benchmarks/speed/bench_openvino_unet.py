@@ -1,0 +1,193 @@
+"""One guided UNet call on the SD 1.5 shape under onnxruntime and under OpenVINO, both ways OpenVINO can run our
+engine dirs: the `openvino` runtime (svdedit's OpenvinoRunner) and onnxruntime's OpenVINO plugin provider
+(onnxruntime-ep-openvino). What decided which way svdedit takes (issue 30), and what bf16 and int8 cost.
+
+    python -m benchmarks.speed.bench_openvino_unet --work /tmp/sd15 [--ep-python /tmp/ep-openvino/bin/python]
+
+Engine dirs under --work: bench_speed.py's (engine-fp32, engine-int8-static; made there). --ep-python: a venv with
+onnxruntime and onnxruntime-ep-openvino (benchmarks/speed/peer_venvs.sh ep-openvino); without it, the plugin's
+rows are not run. Every case in its own process (its peak RSS is its own): it opens the UNet with an empty
+compiled-model cache (the first open: OpenVINO compiles), closes it and opens it again (the second open: from
+the cache), then one warm-up call and the median of --repeats calls, batch 2 (one guided step), 64x64 latent.
+Every output is compared with onnxruntime's fp32 output on the same inputs (relative L2).
+Writes benchmarks/results/openvino_unet_sd15_cpu.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+ROOT = Path(__file__).resolve().parents[2]
+#: (label, way, engine dir under --work, precision)
+CASES = [
+    ("onnxruntime CPU, fp32", "svdedit:cpu", "engine-fp32", None),
+    ("onnxruntime CPU, int8 static", "svdedit:cpu", "engine-int8-static", None),
+    ("OpenVINO runtime (svdedit), fp32", "svdedit:openvino", "engine-fp32", "fp32"),
+    ("OpenVINO runtime (svdedit), bf16", "svdedit:openvino", "engine-fp32", "bf16"),
+    ("OpenVINO runtime (svdedit), int8 static + bf16", "svdedit:openvino", "engine-int8-static", "bf16"),
+    ("onnxruntime + OpenVINO plugin EP, fp32", "ep", "engine-fp32", "fp32"),
+    ("onnxruntime + OpenVINO plugin EP, bf16", "ep", "engine-fp32", "bf16"),
+    ("onnxruntime + OpenVINO plugin EP, int8 static + bf16", "ep", "engine-int8-static", "bf16"),
+]
+
+
+def inputs():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return {"sample": rng.standard_normal((2, 4, 64, 64), dtype=np.float32),
+            "timestep": np.full((2,), 500.0, np.float32),
+            "encoder_hidden_states": rng.standard_normal((2, 77, 768), dtype=np.float32)}
+
+
+def timed_calls(call, repeats: int) -> tuple[list[float], object]:
+    out = call()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return times, out
+
+
+def child_svdedit(engine: str, provider: str, precision: str | None, repeats: int, out_npy: str) -> dict:
+    """svdedit's runner of `provider` (cpu: onnxruntime; openvino: OpenvinoRunner), its UNet only."""
+    import os
+
+    import numpy as np
+
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ov-cache-")  # the first open compiles
+    from svdedit.runtime.engines import open_engines, read_manifest
+
+    manifest = read_manifest(engine)
+    opens = []
+    for _ in range(2):
+        runner = open_engines(engine, manifest, provider, precision)["unet"]
+        t = time.perf_counter()
+        runner.activate()
+        opens.append(time.perf_counter() - t)
+        if len(opens) == 1:
+            runner.deactivate()
+    feeds = inputs()
+    times, out = timed_calls(lambda: runner(**feeds)["model_output"], repeats)
+    np.save(out_npy, out)
+    return {"provider": runner.provider, "first_open_s": opens[0], "second_open_s": opens[1],
+            "seconds_median": statistics.median(times), "seconds_runs": [round(t, 3) for t in times],
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def child_ep(engine: str, precision: str, repeats: int, out_npy: str) -> dict:
+    """onnxruntime with the OpenVINO plugin provider on the engine dir's unet.onnx (no svdedit: its own venv).
+    Precision through the plugin's load_config (INFERENCE_PRECISION_HINT); its model cache in a fresh folder."""
+    import numpy as np
+    import onnxruntime as ort
+    import onnxruntime_ep_openvino as plugin
+
+    ort.register_execution_provider_library("openvino_ep", plugin.get_library_path())
+    device = [d for d in ort.get_ep_devices() if d.ep_name == plugin.get_ep_name()
+              and d.ep_metadata.get("ov_device") == "CPU"][0]
+    cache = tempfile.mkdtemp(prefix="ep-cache-")
+    options = {"load_config": json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]}}),
+               "cache_dir": cache}
+    opens = []
+    for _ in range(2):
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.add_provider_for_devices([device], options)
+        t = time.perf_counter()
+        session = ort.InferenceSession(str(Path(engine) / "unet.onnx"), so)
+        opens.append(time.perf_counter() - t)
+    feeds = inputs()
+    times, out = timed_calls(lambda: session.run(["model_output"], feeds)[0], repeats)
+    np.save(out_npy, out)
+    return {"provider": session.get_providers()[0], "first_open_s": opens[0], "second_open_s": opens[1],
+            "seconds_median": statistics.median(times), "seconds_runs": [round(t, 3) for t in times],
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "versions": {"onnxruntime": ort.__version__}}
+
+
+def markdown(res: dict) -> str:
+    rows = res["rows"]
+    lines = [f"# One guided UNet call, onnxruntime and OpenVINO: SD 1.5 shape, {res['device_label']}", "",
+             f"Command: `{res['command']}`. Batch 2 (one guided step), 64x64 latent (512 px), random weights; each row "
+             f"in its own process: open with an empty cache, close, open again, a warm-up call, then the median of "
+             f"{res['repeats']} calls. CPU flags: {', '.join(res['machine'].get('cpu_flags', []))}.", "",
+             "| way | call s | vs onnxruntime fp32 | rel. L2 vs onnxruntime fp32 | first open s | second open s | "
+             "peak RSS GiB |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['label']} | not run: {r['skipped']} | | | | | |")
+            continue
+        lines.append(f"| {r['label']} | {r['seconds_median']:.2f} | {r['speedup']:.2f}x | {r['rel_l2']:.4f} | "
+                     f"{r['first_open_s']:.2f} | {r['second_open_s']:.2f} | {r['peak_rss_gib']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/sd15"))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ep-python", type=Path, default=None, help="a Python with onnxruntime-ep-openvino")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # way engine precision out.npy
+    args = ap.parse_args(argv)
+    if args.child:
+        way, engine, precision, out_npy = args.child
+        precision = None if precision == "-" else precision
+        result = (child_ep(engine, precision, args.repeats, out_npy) if way == "ep" else
+                  child_svdedit(engine, way.split(":")[1], precision, args.repeats, out_npy))
+        print(json.dumps(result))
+        return 0
+
+    import numpy as np
+
+    from benchmarks.machine import describe
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, way, engine, precision) in enumerate(CASES):
+            python = args.ep_python if way == "ep" else Path(sys.executable)
+            if python is None:
+                rows.append({"label": label, "skipped": "no --ep-python (benchmarks/speed/peer_venvs.sh ep-openvino)"})
+                continue
+            out_npy = f"{tmp}/{i}.npy"
+            proc = subprocess.run([str(python), "-m", "benchmarks.speed.bench_openvino_unet", "--repeats",
+                                   str(args.repeats), "--child", way, str(args.work / engine), precision or "-", out_npy],
+                                  cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode:
+                rows.append({"label": label, "skipped": proc.stderr.strip().splitlines()[-1][:200]})
+                print(f"{label}: failed: {rows[-1]['skipped']}", file=sys.stderr)
+                continue
+            rows.append({"label": label, "way": way, "engine": engine, "precision": precision,
+                         **json.loads(proc.stdout.strip().splitlines()[-1]), "output": np.load(out_npy)})
+            print(f"{label}: {rows[-1]['seconds_median']:.2f} s", file=sys.stderr)
+    ref_seconds, ref_out = rows[0]["seconds_median"], rows[0]["output"]
+    for r in rows:
+        if "output" in r:
+            r["speedup"] = ref_seconds / r["seconds_median"]
+            r["rel_l2"] = float(np.linalg.norm(r.pop("output") - ref_out) / np.linalg.norm(ref_out))
+    machine = describe()
+    import openvino
+
+    res = {"benchmark": "bench_openvino_unet",
+           "command": "python -m benchmarks.speed.bench_openvino_unet " + " ".join(sys.argv[1:]),
+           "model": "SD 1.5 shape (random weights), batch 2 (one guided step), 64x64 latent", "machine": machine,
+           "device_label": f"{machine['cpu']}, {machine['cores']} cores", "repeats": args.repeats,
+           "versions": {"openvino": openvino.__version__.split("-")[0]}, "rows": rows}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "openvino_unet_sd15_cpu.json").write_text(json.dumps(res, indent=2) + "\n")
+    (RESULTS / "openvino_unet_sd15_cpu.md").write_text(markdown(res))
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The OpenVINO runner: one network's ONNX graph compiled by OpenVINO for this CPU (extra svdedit[openvino]).
+
+    with OpenvinoRunner(engine_dir, "unet", manifest, precision="bf16") as unet:   # same interface as OrtRunner
+        eps = unet(sample=x, timestep=t, encoder_hidden_states=e)["model_output"]
+
+Why a runner of its own: onnxruntime's CPU provider computes in fp32 or int8 and has no bf16 compute, so the
+bf16 units of today's server CPUs (AVX-512-BF16, AMX-BF16) stay idle under it; OpenVINO's CPU plugin computes
+in bf16 where they exist. It reads the engine dir's ONNX files as they are (the fused com.microsoft attention,
+the step-cache split, the int8 QDQ graphs of `svdedit quantize`), so no export changes. The `openvino`
+runtime is used directly rather than onnxruntime's OpenVINO plugin provider (onnxruntime-ep-openvino): the
+whole graph is OpenVINO's (the plugin hands unsupported nodes back to onnxruntime without a word), the
+precision is one compile option, and the compiled model can be exported to our cache atomically. The figures
+that decided it are in benchmarks/results/openvino_unet_sd15_cpu.md.
+
+Precision is explicit (`precision`: "fp32" or "bf16", OpenVINO's INFERENCE_PRECISION_HINT f32 / bf16); bf16
+on a CPU without bf16 units is refused (OpenVINO would quietly compute in fp32). The provider name a runner
+reports carries it ("OpenVINO-CPU-bf16"), so the edit cache's key (Pipeline.numerics_key) does too.
+
+Compiled models are cached per user beside the TensorRT plans (plans.py):
+    <engine cache>/openvino/<OpenVINO version>_<CPU key>/<network>-<precision>-<graph sha256[:16]>.blob
+written through a temporary file and a rename; a blob that cannot be imported (damaged, another build) is
+compiled again and replaced, saying so on stderr; an unwritable cache is a warning, and every open compiles.
+`import openvino` happens on activation only: its absence is a SvdeditError that says how to install it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from svdedit.runtime.engines.base import Runner
+from svdedit.runtime.engines.manifest import Manifest
+from svdedit.runtime.engines.names import engine_cache_dir
+from svdedit.runtime.errors import EngineDirError, SvdeditError
+from svdedit.runtime.files import atomic_write_bytes
+
+log = logging.getLogger("svdedit.runtime")
+
+PROVIDER = "openvino"
+INSTALL_HINT = "OpenVINO is not installed: pip install 'svdedit[openvino]' (the openvino wheel; CPU)."
+#: our precision names -> OpenVINO's inference precision hint
+PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+#: the CPU flags that mean bf16 compute units (Linux /proc/cpuinfo names)
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: the flags `svdedit env` and `svdedit check` report: what decides OpenVINO's and onnxruntime's CPU kernels
+REPORTED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+CACHE_DIR = "openvino"
+
+
+def import_openvino():
+    """The openvino module, or a SvdeditError that says how to install it."""
+    try:
+        import openvino  # noqa: PLC0415  (import guard: OpenVINO is optional)
+    except ImportError:
+        raise SvdeditError(INSTALL_HINT) from None
+    return openvino
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as Linux names them (/proc/cpuinfo); empty where that file does not exist."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_report() -> dict:
+    """The CPU's model, the reported flags it has, and whether it has bf16 units (for env and check)."""
+    flags = cpu_flags()
+    return {"model": cpu_model(), "flags": [f for f in REPORTED_FLAGS if f in flags], "bf16_units": has_bf16()}
+
+
+def has_bf16() -> bool:
+    return any(f in cpu_flags() for f in BF16_FLAGS)
+
+
+def default_precision() -> str:
+    """bf16 where the CPU has bf16 units, else fp32."""
+    return "bf16" if has_bf16() else "fp32"
+
+
+def check_precision(precision: str | None) -> str:
+    """The precision an OpenVINO run uses: `precision`, or the default; SvdeditError if this CPU cannot compute it."""
+    if precision is None:
+        return default_precision()
+    if precision not in PRECISIONS:
+        raise SvdeditError(f"OpenVINO on the CPU computes in {' or '.join(PRECISIONS)}, not {precision!r}: use "
+                           f"the precision fp32 (exact) or bf16 (faster on CPUs with bf16 units).")
+    if precision == "bf16" and not has_bf16():
+        raise SvdeditError(f"this CPU ({cpu_model()}) has no bf16 units ({' or '.join(BF16_FLAGS)}), so OpenVINO "
+                           f"would compute in fp32 anyway: use the precision fp32.")
+    return precision
+
+
+def cpu_key() -> str:
+    """What a compiled blob depends on besides OpenVINO's version: the CPU model and its flags."""
+    flags = " ".join(sorted(cpu_flags()))
+    name = "".join(c if c.isalnum() else "-" for c in cpu_model()).strip("-").lower()[:40]
+    return f"{name}-{hashlib.sha256(flags.encode()).hexdigest()[:8]}"
+
+
+def blob_path(manifest: Manifest, network: str, precision: str, version: str) -> Path:
+    """Where the compiled model of one network lives in the user cache (not created here)."""
+    entry = manifest.networks[network]
+    safe_version = "".join(c if c.isalnum() or c in ".-" else "-" for c in version.split("-")[0])
+    return (engine_cache_dir(manifest.identity(), manifest.graphs_key()) / CACHE_DIR / f"{safe_version}_{cpu_key()}"
+            / f"{network}-{precision}-{entry.sha256[:16]}.blob")
+
+
+class OpenvinoRunner(Runner):
+    """One network of an engine dir, compiled by OpenVINO for the CPU. `compiled` and `request` while active;
+    `opened_from` says whether the last activation compiled the graph or imported the cached blob, and
+    `open_seconds` how long it took."""
+
+    def __init__(self, engine_dir: str | Path, network: str, manifest: Manifest, precision: str | None = None):
+        super().__init__(engine_dir, network, manifest)
+        self.precision = check_precision(precision)
+        self.compiled = self.request = None
+        self.opened_from: str | None = None
+        self.open_seconds: float | None = None
+
+    def _activate(self) -> None:
+        ov = import_openvino()
+        t0 = time.perf_counter()
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[self.precision]}
+        blob = blob_path(self.manifest, self.network, self.precision, ov.__version__)
+        self.compiled = self._import(core, blob, config)
+        self.opened_from = "cache" if self.compiled is not None else "graph"
+        if self.compiled is None:
+            self.compiled = self._compile(core, config)
+            self._store(blob)
+        try:
+            self.check_graph(self.engine_dir / self.entry.file, *(
+                [(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()).name, p.get_partial_shape().rank.get_length())
+                 for p in ports] for ports in (self.compiled.inputs, self.compiled.outputs)))
+        except EngineDirError:
+            self.compiled = None
+            raise
+        self.request = self.compiled.create_infer_request()
+        self.open_seconds = time.perf_counter() - t0
+        self.provider = f"OpenVINO-CPU-{self.precision}"
+        log.info("%s: OpenVINO %s on the CPU, %s, from the %s in %.2f s", self.network, ov.__version__.split("-")[0],
+                 self.precision,
+                 self.opened_from, self.open_seconds)
+
+    def _import(self, core, blob: Path, config: dict):
+        """The cached compiled model, or None when there is none or it cannot be imported (said on stderr)."""
+        if not blob.is_file():
+            return None
+        try:
+            return core.import_model(blob.read_bytes(), "CPU", config)
+        except (RuntimeError, OSError) as exc:
+            log.warning("%s: the cached OpenVINO model %s cannot be used (%s); compiling the graph again.",
+                        self.network, blob, str(exc).strip().splitlines()[-1][:200])
+            return None
+
+    def _compile(self, core, config: dict):
+        path = self.engine_dir / self.entry.file
+        try:
+            return core.compile_model(core.read_model(str(path)), "CPU", config)
+        except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable and uncompilable graphs alike
+            lines = [ln for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
+            raise EngineDirError(
+                f"OpenVINO cannot compile {path} ({(lines[-1] if lines else str(exc))[:300]}). Run it on "
+                f"the provider cpu (onnxruntime), or re-create the engine dir with `svdedit export ... --force`."
+            ) from None
+
+    def _store(self, blob: Path) -> None:
+        """Write the compiled model to the cache (atomically); a cache that cannot be written is only a warning."""
+        try:
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            stream = self.compiled.export_model()
+            atomic_write_bytes(blob, stream.getvalue() if hasattr(stream, "getvalue") else bytes(stream))
+        except (OSError, SvdeditError) as exc:
+            log.warning("%s: cannot write OpenVINO's compiled model to %s (%s); every open will compile again. "
+                        "Point XDG_CACHE_HOME at a writable folder.", self.network, blob.parent, exc)
+
+    def _infer(self, feeds: dict) -> dict:
+        try:
+            result = self.request.infer(feeds)
+        except RuntimeError as exc:
+            raise EngineDirError(f"{self.network} ({self.engine_dir / self.entry.file}) failed under OpenVINO on inputs "
+                                 f"of shapes { {n: tuple(a.shape) for n, a in feeds.items()} }: "
+                                 f"{str(exc).strip().splitlines()[-1][:300]}") from None
+        return {name: result[name] for name in self.output_names}
+
+    def _deactivate(self) -> None:
+        self.compiled = self.request = None
