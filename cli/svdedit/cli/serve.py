@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     options = {n: getattr(args, n) for n in names}
     options["store"] = Path(options["store"]) if options["store"] else None
     settings = ServeSettings.make(Path(args.engine_dir), **options).check()
+    from svdedit.runtime.engines import resolve_precision
+
+    resolve_precision(settings.provider, settings.precision, manifest)  # a precision it cannot run: an error now
     if not args.ray:
         serving.run_uvicorn(settings, args.host, args.port, manifest)
         return 0
