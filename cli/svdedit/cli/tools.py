@@ -148,6 +148,8 @@ def environment() -> dict:
 
 
 def run_env(args: argparse.Namespace) -> int:
+    from svdedit.runtime.engines.openvino import REPORTED_FLAGS
+
     info = environment()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -155,6 +157,9 @@ def run_env(args: argparse.Namespace) -> int:
     for key, value in info.items():
         if isinstance(value, list):
             value = ", ".join(value) or "none"
+        elif key == "cpu":
+            value = (f"{value['model']}; {', '.join(value['flags']) or 'none of ' + ', '.join(REPORTED_FLAGS)}; "
+                     f"bf16 units: {'yes' if value['bf16_units'] else 'no'}")
         elif isinstance(value, dict):
             value = ", ".join(f"{k} ({'installed' if ok else 'not in this installation'})" for k, ok in value.items())
         elif value is None:
