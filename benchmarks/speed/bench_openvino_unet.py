@@ -121,14 +121,18 @@ def markdown(res: dict) -> str:
              f"Command: `{res['command']}`. Batch 2 (one guided step), 64x64 latent (512 px), random weights; each row "
              f"in its own process: open with an empty cache, close, open again, a warm-up call, then the median of "
              f"{res['repeats']} calls. CPU flags: {', '.join(res['machine'].get('cpu_flags', []))}.", "",
-             "| way | call s | vs onnxruntime fp32 | rel. L2 vs onnxruntime fp32 | first open s | second open s | "
-             "peak RSS GiB |", "|---|---|---|---|---|---|---|"]
+             "| way | call s | calls, min-max s | vs onnxruntime fp32 | rel. L2 vs onnxruntime fp32 | first open s | "
+             "second open s | peak RSS GiB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['label']} | not run: {r['skipped']} | | | | | |")
+            lines.append(f"| {r['label']} | not run: {r['skipped']} | | | | | | |")
             continue
-        lines.append(f"| {r['label']} | {r['seconds_median']:.2f} | {r['speedup']:.2f}x | {r['rel_l2']:.4f} | "
+        lines.append(f"| {r['label']} | {r['seconds_median']:.2f} | {min(r['seconds_runs']):.2f}-"
+                     f"{max(r['seconds_runs']):.2f} | {r['speedup']:.2f}x | {r['rel_l2']:.4f} | "
                      f"{r['first_open_s']:.2f} | {r['second_open_s']:.2f} | {r['peak_rss_gib']:.2f} |")
+    lines += ["", "The first open compiles (OpenVINO) or optimises (onnxruntime) the graph; the second reads OpenVINO's "
+              "compiled model from the cache (svdedit: the per-user cache; the plugin: its cache_dir). The plugin "
+              "compiles on the first call as well, which its open time does not show."]
     return "\n".join(lines) + "\n"
 
 
