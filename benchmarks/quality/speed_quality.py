@@ -11,7 +11,7 @@ configuration) and applied by each configuration to the same held-out seeds and 
 success, identity and PSNR outside the shapes (models/shapes_data.score_edit), and the reconstruction PSNR of
 inverted real renders (DDIM inversion with the caption at guidance 1, sampled back at guidance 1).
 
-Writes benchmarks/results/speed_quality_shapes.{json,md}.
+Writes benchmarks/results/speed_quality_shapes.{json,md} (--name: another name, for a subset of rows).
 """
 
 from __future__ import annotations
@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=40)
     ap.add_argument("--renders", type=int, default=16)
     ap.add_argument("--only", help="comma-separated labels (default: all)")
+    ap.add_argument("--name", default="speed_quality_shapes",
+                    help="the result files' name under benchmarks/results/ (default: speed_quality_shapes, which "
+                         "speed_report.py reads; another name for a subset given with --only)")
     args = ap.parse_args(argv)
     from svdedit.runtime.editing.learn import learn
     from svdedit.runtime.editing.edit import Editor
@@ -148,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
            "device_label": f"{machine['cpu']}, {machine['cores']} cores", "seeds": args.seeds, "renders": args.renders,
            "machine": machine, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "speed_quality_shapes.json").write_text(json.dumps(res, indent=2) + "\n")
-    (RESULTS / "speed_quality_shapes.md").write_text(markdown(res))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(res))
     print(markdown(res))
     return 0
 
