@@ -7,15 +7,7 @@ import platform
 import subprocess
 from datetime import datetime, timezone
 
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from svdedit.runtime.engines.openvino import cpu_flags, cpu_model
 
 
 #: the CPU features that decide int8 and bf16 speed (onnxruntime's int8 uses VNNI/AMX-INT8; bf16 units: AVX-512-bf16, AMX)
@@ -24,14 +16,7 @@ ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", 
 
 def _cpu_flags() -> list[str]:
     """Which of ISA this CPU has (as lscpu lists them): a CPU timing means little without them."""
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in ISA if f in have]
-    except OSError:
-        pass
-    return []
+    return [f for f in ISA if f in cpu_flags()]
 
 
 def _memory_gib() -> float | None:
@@ -56,7 +41,7 @@ def _gpu() -> str | None:
 def describe() -> dict:
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_flags": _cpu_flags(),
         "cores": os.cpu_count(),
         "memory_gib": _memory_gib(),

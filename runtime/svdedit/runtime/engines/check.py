@@ -25,6 +25,7 @@ def check_engine_dir(engine_dir: str | Path, provider: str = "auto", precision: 
     precision = resolve_precision(provider, precision, manifest)
     sizes = manifest.axis_sizes(batch=1)
     rng = np.random.default_rng(0)
+    cpu = cpu_report() if provider == OPENVINO else None
     report = []
     for name in manifest.networks:
         runner = (OpenvinoRunner(engine_dir, name, manifest, precision) if provider == OPENVINO
@@ -48,7 +49,7 @@ def check_engine_dir(engine_dir: str | Path, provider: str = "auto", precision: 
                     "parity_max_abs": parity.get("max_abs"), "ok": True}
             if provider == OPENVINO:
                 line.update({"compiled_from": runner.opened_from, "open_s": round(runner.open_seconds, 2),
-                             "cpu": cpu_report()})
+                             "cpu": cpu})
             report.append(line)
     return report + check_plans(engine_dir, manifest)
 

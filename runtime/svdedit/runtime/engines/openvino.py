@@ -8,9 +8,9 @@ bf16 units of today's server CPUs (AVX-512-BF16, AMX-BF16) stay idle under it; O
 in bf16 where they exist. It reads the engine dir's ONNX files as they are (the fused com.microsoft attention,
 the step-cache split, the int8 QDQ graphs of `svdedit quantize`), so no export changes. The `openvino`
 runtime is used directly rather than onnxruntime's OpenVINO plugin provider (onnxruntime-ep-openvino): the
-whole graph is OpenVINO's (the plugin hands unsupported nodes back to onnxruntime without a word), the
-precision is one compile option, and its compiled-model cache can be kept in our per-user cache, stored atomically. The figures
-that decided it are in benchmarks/results/openvino_unet_sd15_cpu.md.
+whole graph is OpenVINO's (a plugin provider gets the part OpenVINO claims, onnxruntime runs the rest), the
+precision is one compile option, and its compiled-model cache can be kept in our per-user cache, stored
+atomically. Both run at the same speed within this machine's noise: benchmarks/results/openvino_unet_sd15_cpu.md.
 
 Precision is explicit (`precision`: "fp32" or "bf16", OpenVINO's INFERENCE_PRECISION_HINT f32 / bf16); bf16
 on a CPU without bf16 units is refused (OpenVINO would quietly compute in fp32). The provider name a runner
@@ -68,28 +68,29 @@ def import_openvino():
 
 
 @lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags as Linux names them (/proc/cpuinfo); empty where that file does not exist."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where that file does not exist), read once."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if not line.strip():
+                    break  # the end of the first processor's block
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return frozenset()
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as Linux names them (/proc/cpuinfo); empty where that file does not exist."""
+    return frozenset(_cpuinfo().get("flags", "").split())
 
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo), else platform.processor()."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return _cpuinfo().get("model name") or platform.processor() or "unknown CPU"
 
 
 def cpu_report() -> dict:
