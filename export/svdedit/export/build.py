@@ -7,7 +7,7 @@ runtime/svdedit/runtime/engines/tensorrt.py (TensorrtRunner). The engine dir is 
 cache (runtime/svdedit/runtime/engines/plans.py), recorded in its builds.json under their device key (GPU, compute
 capability, TensorRT version), so read-only and installed engine dirs (svdedit:shapes) get plans too:
 
-    <engine cache>/tensorrt/timing.cache          shared by every build of this engine
+    <engine cache>/tensorrt/timing-<key>.cache    one per device key: a timing cache holds one GPU's kernel timings
     <engine cache>/tensorrt/<key>/{text_encoder,unet,vae_encoder,vae_decoder}.plan
     <engine cache> = $XDG_CACHE_HOME/svdedit/engines/<identity>-<graphs>/  (~/.cache by default)
 
@@ -25,8 +25,10 @@ range, since the last batch of a run and the empty prompt's encoding are smaller
 
 Everything that needs neither TensorRT nor a GPU (options, profiles, the build record, refusals) is
 plain Python and tested on CPU; `import tensorrt` happens only when a plan is built. The plans are
-written to a temporary folder and renamed, and the record is rewritten atomically. Nothing here has
-run against a real TensorRT yet.
+written to a temporary folder and renamed, and the record is rewritten atomically; a timing cache TensorRT
+rejects (another GPU's, or a damaged file) is set aside with a warning, never the build's plans. Nothing here
+has run against a real TensorRT yet: tests/export/test_build_strict.py drives it with a strict stand-in for
+TensorRT 11's API (None returns, rejected caches, no STRONGLY_TYPED or precision flags).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from svdedit.runtime.engines import plans as plans_mod
-from svdedit.runtime.engines.contract import BUILD_PRECISIONS, TIMING_CACHE, network_precision, resolve_shape
+from svdedit.runtime.engines.contract import BUILD_PRECISIONS, network_precision, resolve_shape
 from svdedit.runtime.engines.manifest import Manifest, read_manifest
 from svdedit.runtime.engines.names import resolve_engine
 from svdedit.runtime.engines.plans import Plans
@@ -168,25 +170,78 @@ def build_plans(engine_dir: str | Path, options: BuildOptions, log: Callable[[st
     root = plans_mod.writable_plans_dir(manifest)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
+    if builder is None:
+        raise TensorrtError("TensorRT could not create a builder (its log above says why: most often no usable GPU "
+                            "or a driver older than its CUDA).")
+    timings = TimingCache(trt, root / f"timing-{key}.cache", log)
     plans = {}
     with atomic_dir(root / key, replace=True) as staging:  # the old plans stay until the new ones are in
         for name in manifest.networks:
             plans[name] = _build_network(trt, builder, logger, engine_dir, manifest, name, options, device, staging,
-                                         timing_cache=root / TIMING_CACHE)
+                                         timings)
             log(f"  {name}: {plans[name]['precision']}, {len(plans[name]['profiles'])} profile(s), "
                 f"{plans[name]['build_seconds']} s")
+    timings.save()
     log(f"plans in {root / key}")
     return record_build(manifest, device, options, plans)
 
 
+class TimingCache:
+    """One device key's timing cache: read once, handed to every network's build config, written after the plans.
+
+    TensorRT refuses a cache from another GPU or TensorRT, or a damaged one: set_timing_cache returns False (and
+    get_timing_cache() then gives None). Such a file is set aside (renamed *.rejected) with a warning, and the build
+    goes on with an empty cache: a timing cache only saves time, it never decides a plan."""
+
+    def __init__(self, trt, path: Path, log: Callable[[str], None]):
+        self.trt, self.path, self.log = trt, path, log
+        self.blob = path.read_bytes() if path.exists() else b""
+        self.cache = None  # the latest config's cache object, whose serialization is saved
+
+    def attach(self, config) -> None:
+        cache = config.create_timing_cache(self.blob)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            self.cache = cache
+            return
+        if self.blob:
+            self.log(f"  TensorRT rejected the timing cache {self.path.name} (another GPU's or TensorRT's, or "
+                     f"damaged); set aside as {self.path.name}.rejected, building without it")
+            self.path.replace(self.path.with_name(self.path.name + ".rejected"))
+            self.blob = b""
+            cache = config.create_timing_cache(b"")
+            if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+                self.cache = cache
+
+    def keep(self, config) -> None:
+        """After a network's build: its config's cache (now holding this build's timings) seeds the next one."""
+        cache = config.get_timing_cache()
+        if cache is not None:
+            self.cache = cache
+            self.blob = bytes(cache.serialize())
+
+    def save(self) -> None:
+        """Write the cache (after the plans are in place: a failure here costs the next build time, not plans)."""
+        if self.blob:
+            try:
+                atomic_write_bytes(self.path, self.blob)
+            except OSError as exc:
+                self.log(f"  could not write the timing cache {self.path} ({exc}); the plans are kept")
+
+
+def network_flags(trt, strong: bool) -> int:
+    """create_network's flags. TensorRT 10 builds strongly typed only when asked (STRONGLY_TYPED); TensorRT 11 always
+    does, and deprecates the flag (it may be gone): it is looked up, never assumed."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 1 << int(flag) if strong and flag is not None else 0
+
+
 def _build_network(trt, builder, logger, engine_dir: Path, manifest: Manifest, name: str, options: BuildOptions,
-                   device: dict, staging: Path, timing_cache: Path) -> dict:
+                   device: dict, staging: Path, timings: TimingCache) -> dict:
     """Parse one ONNX graph, set its precision and profiles, build its plan into `staging`; the plan's record."""
     t0 = time.perf_counter()
     entry = manifest.networks[name]
     strong, flag = typing(name, entry.precision, options.precision, device["tensorrt"])
-    network = builder.create_network(  # explicit batch is the only mode since TensorRT 10
-        1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strong else 0)
+    network = builder.create_network(network_flags(trt, strong))  # explicit batch: the only mode since TensorRT 10
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(engine_dir / entry.file)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -194,9 +249,12 @@ def _build_network(trt, builder, logger, engine_dir: Path, manifest: Manifest, n
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * 2**30))
     if flag is not None:
+        if not hasattr(trt.BuilderFlag, flag):
+            raise TensorrtError(f"TensorRT {device['tensorrt']} has no BuilderFlag.{flag}: it builds {name} in the "
+                                f"precision of its ONNX graph only. Export with `svdedit export ... --precision "
+                                f"{flag.lower()} --no-fuse`.")
         config.set_flag(getattr(trt.BuilderFlag, flag))
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    timings.attach(config)
     network_profiles = profiles(manifest, name, options)
     for prof in network_profiles:
         p = builder.create_optimization_profile()
@@ -207,8 +265,8 @@ def _build_network(trt, builder, logger, engine_dir: Path, manifest: Manifest, n
     if serialized is None:
         raise TensorrtError(f"TensorRT failed to build {name} (see its log above).")
     plan = staging / f"{name}.plan"
-    plan.write_bytes(bytes(serialized))
-    atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    plan.write_bytes(bytes(serialized))  # the plan first: nothing after this loses it
+    timings.keep(config)
     return {"file": f"{device_key(device)}/{name}.plan", "sha256": sha256_file(plan), "precision": network_precision(name, options.precision),
             "profiles": [{k: [list(s) for s in v] for k, v in prof.items()} for prof in network_profiles],
             "build_seconds": round(time.perf_counter() - t0, 1)}

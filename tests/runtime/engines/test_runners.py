@@ -93,3 +93,39 @@ def test_open_engines_gives_one_inactive_runner_per_network(engine):
     d, m = engine
     runners = open_engines(d, m, "cpu")
     assert sorted(runners) == sorted(m.networks) and not any(r.is_active for r in runners.values())
+
+
+#: onnxruntime's fallback banner (onnxruntime_inference_collection.py prints it when a provider's libraries do not
+#: load under `auto`), and a native library writing to file descriptor 1: both at every session's creation
+NOISY_ONNXRUNTIME = """
+import os, sys
+import onnxruntime as ort
+Real = ort.InferenceSession
+class Noisy(Real):
+    def __init__(self, *args, **kwargs):
+        print("*************** EP Error ***************")
+        print("EP Error libnvinfer.so.10: cannot open shared object file when using ['TensorrtExecutionProvider']")
+        os.write(1, b"native library says hello\\n")
+        super().__init__(*args, **kwargs)
+ort.InferenceSession = Noisy
+from svdedit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["check", "generate"])
+def test_what_providers_print_while_loading_goes_to_stderr(engine, tmp_path, command):
+    import json
+    import subprocess
+    import sys
+
+    d, _ = engine
+    args = [d] if command == "check" else ["--engine", d, "--prompt", "a red circle", "--steps", "2",
+                                           "-o", tmp_path / "x.png"]
+    proc = subprocess.run([sys.executable, "-c", NOISY_ONNXRUNTIME, command, *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "EP Error" in proc.stderr and "native library says hello" in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines and all(isinstance(json.loads(line), dict) for line in lines), proc.stdout
+    assert len(lines) == (1 if command == "generate" else 4)

@@ -9,10 +9,17 @@ The base class owns the lifecycle and the contract: every call is checked agains
 (input names, dtypes, ranks and fixed sizes, and the dynamic axes that must agree across inputs, such
 as ``batch``) before a subclass sees it, and using a runner that is not active, or activating it twice,
 raises RunnerError. A subclass implements ``_activate``, ``_infer`` and ``_deactivate``.
+
+Activation runs with stdout sent to stderr (``stdout_to_stderr``): the commands print one JSON line on stdout,
+and the libraries print on it while loading (onnxruntime's "EP Error ... Falling back" banner when the TensorRT
+provider's libraries do not load, under the provider auto).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +27,28 @@ import numpy as np
 from svdedit.runtime.engines.contract import DYNAMIC_AXES, NETWORK_NAMES
 from svdedit.runtime.engines.manifest import Manifest
 from svdedit.runtime.errors import EngineDirError, RunnerError, SvdeditError
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send everything written to stdout to stderr while the block runs: Python's prints and, where stdout and
+    stderr are real files, the native libraries' writes to file descriptor 1."""
+    try:
+        fd_out, fd_err = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced streams (pytest's capture, a service's logger)
+        fd_out = fd_err = None
+    sys.stdout.flush()
+    saved = os.dup(fd_out) if fd_out is not None else None
+    try:
+        if saved is not None:
+            os.dup2(fd_err, fd_out)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, fd_out)
+            os.close(saved)
 
 
 class Runner:
@@ -41,7 +70,8 @@ class Runner:
     def activate(self) -> "Runner":
         if self.is_active:
             raise RunnerError(f"{self.network}: the runner is already active; activate it once (one `with` block).")
-        self._activate()
+        with stdout_to_stderr():
+            self._activate()
         self.is_active = True
         return self
 

@@ -36,9 +36,8 @@ MANIFEST_FILE = "manifest.json"
 SCHEDULE_FILE = "schedule.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_2_FILE = "tokenizer_2.json"
-#: TensorRT's folder in an engine dir: plans of `svdedit build` under <device key>/, its timing cache, ORT-TRT's caches
+#: TensorRT's folder in an engine dir: plans of `svdedit build` under <device key>/, their timing caches, ORT-TRT's caches
 TENSORRT_DIR = "tensorrt"
-TIMING_CACHE = "timing.cache"
 
 #: Axes that vary from call to call. Everything else is a constant of the model.
 DYNAMIC_AXES = ("batch", "height", "width", "latent_height", "latent_width")

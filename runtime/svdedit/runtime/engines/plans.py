@@ -3,7 +3,7 @@
 `svdedit build` (export/svdedit/export/build.py) writes, for one engine dir and one kind of GPU:
 
     <engine cache>/tensorrt/builds.json              which builds exist: {device key: TensorrtBuild}
-    <engine cache>/tensorrt/timing.cache             TensorRT's timing cache, shared by the builds
+    <engine cache>/tensorrt/timing-<device key>.cache  TensorRT's timing cache of one kind of GPU
     <engine cache>/tensorrt/<device key>/<network>.plan
 
 <engine cache> is ``names.engine_cache_dir`` ($XDG_CACHE_HOME/svdedit/engines/<identity>-<graphs>/): keyed by the

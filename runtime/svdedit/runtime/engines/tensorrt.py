@@ -111,6 +111,27 @@ def choose_profile(profiles: list[dict], shapes: dict[str, tuple[int, ...]], net
                         f"provider cpu or cuda.")
 
 
+#: TensorRT's output types (DataType names) as NumPy/CuPy dtypes; BF16 has none: it is read as uint16 and widened
+OUTPUT_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "BF16": np.uint16, "INT32": np.int32, "INT64": np.int64,
+                 "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
+
+
+def output_dtype(trt_dtype, network: str, name: str):
+    """The buffer dtype of an output TensorRT reports as `trt_dtype` (an fp16 plan's outputs are fp16, not fp32)."""
+    kind = getattr(trt_dtype, "name", str(trt_dtype)).rsplit(".", 1)[-1]
+    if kind not in OUTPUT_DTYPES:
+        raise TensorrtError(f"{network}: its plan's output {name} is {kind}, which svdedit cannot read; build the plans "
+                            f"from an fp32 or fp16 export.")
+    return OUTPUT_DTYPES[kind]
+
+
+def widen(a):
+    """A bf16 output (held as uint16) as float32: its bits are the top half of a float32's."""
+    if a.dtype != np.uint16:
+        return a
+    return (a.astype(np.uint32) << 16).view(np.float32)
+
+
 class SharedActivations:
     """One device buffer for the activation memory of engines that run one after another."""
 
@@ -159,15 +180,30 @@ class TensorrtRunner(Runner):
             self.cuda_graphs = build.static
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-        strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
-        self.contexts = [self.engine.create_execution_context(strategy) for _ in self.profiles]
+        if self.engine is None:  # TensorRT returns None (and logs why) rather than raising
+            raise TensorrtError(f"TensorRT {trt.__version__} could not load the plan {path} (see its log above: a plan "
+                                f"from another TensorRT build, or too little GPU memory). Run `svdedit build "
+                                f"{self.engine_dir}` again, or choose the provider cuda or cpu.")
+        self._allocation = trt.ExecutionContextAllocationStrategy.USER_MANAGED
         self.stream = cupy.cuda.Stream(non_blocking=True)
-        for i, ctx in enumerate(self.contexts):
-            ctx.set_optimization_profile_async(i, self.stream.ptr)
+        self.contexts = [self._context(i) for i in range(len(self.profiles))]
+        self.output_dtypes = {n: output_dtype(self.engine.get_tensor_dtype(n), self.network, n)
+                              for n in self.output_names}
         log.info("%s: TensorRT plan %s", self.network, plan.file)
+
+    def _context(self, profile: int):
+        """A new execution context on `profile` (None from TensorRT is an error: most often GPU memory)."""
+        ctx = self.engine.create_execution_context(self._allocation)
+        if ctx is None:
+            raise TensorrtError(f"{self.network}: TensorRT could not create an execution context for its plan (see its "
+                                f"log above; most often too little GPU memory). Close other GPU work, or build the "
+                                f"plans for a smaller batch (`svdedit build --help`).")
+        ctx.set_optimization_profile_async(profile, self.stream.ptr)
+        return ctx
 
     def _deactivate(self) -> None:
         self.contexts, self.engine, self._graphs = [], None, {}
+        self.output_dtypes = {}
 
     def _infer(self, feeds: dict) -> dict:
         shapes = {n: tuple(a.shape) for n, a in feeds.items()}
@@ -177,6 +213,7 @@ class TensorrtRunner(Runner):
         else:
             outputs = self._run(i, feeds)
         self.stream.synchronize()
+        outputs = {n: widen(a) for n, a in outputs.items()}
         if all(isinstance(a, np.ndarray) for a in feeds.values()):
             return {n: a.get() for n, a in outputs.items()}
         # a graph's output buffers are overwritten by its next launch: hand out copies
@@ -188,7 +225,7 @@ class TensorrtRunner(Runner):
 
         for n, a in inputs.items():
             ctx.set_input_shape(n, a.shape)
-        outputs = {n: cupy.empty(tuple(ctx.get_tensor_shape(n)), dtype=np.float32) for n in self.output_names}
+        outputs = {n: cupy.empty(tuple(ctx.get_tensor_shape(n)), dtype=self.output_dtypes[n]) for n in self.output_names}
         ctx.set_device_memory(memory.data.ptr, memory.nbytes)
         for n, a in {**inputs, **outputs}.items():
             ctx.set_tensor_address(n, a.data.ptr)
@@ -215,15 +252,18 @@ class TensorrtRunner(Runner):
         key = tuple(sorted(shapes.items()))
         with self.stream:
             if key not in self._graphs:
+                # a captured graph holds its context's shapes and addresses: each graph gets a context of its own,
+                # or the next capture on a shared one would rebind the tensors an earlier graph launches with
+                ctx = self._context(i)
                 inputs = {n: cupy.empty(s, dtype=feeds[n].dtype) for n, s in shapes.items()}
                 memory = cupy.empty(max(1, self.engine.get_device_memory_size_for_profile_v2(i)), cupy.uint8)
-                outputs = self._bind(self.contexts[i], inputs, memory)
-                self._execute(self.contexts[i], shapes)  # TensorRT's shape-dependent setup happens outside capture
+                outputs = self._bind(ctx, inputs, memory)
+                self._execute(ctx, shapes)  # TensorRT's shape-dependent setup happens outside capture
                 self.stream.begin_capture()
-                self._execute(self.contexts[i], shapes)
+                self._execute(ctx, shapes)
                 graph = self.stream.end_capture()
-                self._graphs[key] = (inputs, outputs, memory, graph)
-            inputs, outputs, _, graph = self._graphs[key]
+                self._graphs[key] = (inputs, outputs, memory, graph, ctx)
+            inputs, outputs, _, graph, _ = self._graphs[key]
             for n, a in inputs.items():
                 a[...] = cupy.asarray(feeds[n])
             graph.launch(self.stream)
