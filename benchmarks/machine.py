@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 from datetime import datetime, timezone
+from pathlib import Path
 
 from svdedit.runtime.engines.openvino import cpu_flags, cpu_model
 
@@ -49,6 +51,17 @@ def describe() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_result(stem: str, res: dict, markdown: str) -> None:
+    """benchmarks/results/STEM.json (the result, with its machine) and STEM.md (its table), and the table on stdout."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown)
+    print(markdown)
 
 
 def status_gib(pid: int, field: str) -> float | None:

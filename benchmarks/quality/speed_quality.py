@@ -17,7 +17,6 @@ Writes benchmarks/results/speed_quality_shapes.{json,md} (--name: another name, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,10 +26,9 @@ import numpy as np
 
 from benchmarks.quality.scoring import PAIRS, SEED0, prompts_for, summarise
 from benchmarks.speed.bench_speed import configs, prepare
-from benchmarks.machine import describe
+from benchmarks.machine import describe, write_result
 from models.shapes_data import render, sample_attributes, score_edit
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 MODEL = Path(__file__).resolve().parents[2] / "models" / "shapes"
 RENDER_SEED = 40_000
 
@@ -150,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {"benchmark": "speed_quality", "command": "python -m benchmarks.quality.speed_quality " + " ".join(sys.argv[1:]),
            "device_label": f"{machine['cpu']}, {machine['cores']} cores", "seeds": args.seeds, "renders": args.renders,
            "machine": machine, "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(res))
-    print(markdown(res))
+    write_result(args.name, res, markdown(res))
     return 0
 
 

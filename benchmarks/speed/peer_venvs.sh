@@ -5,13 +5,14 @@
 #   benchmarks/speed/peer_venvs.sh optimum [DIR]        Optimum's ONNX Runtime pipelines (bench_speed, bench_edit)
 #   benchmarks/speed/peer_venvs.sh optimum-intel [DIR]  optimum-intel's OVStableDiffusionPipeline
 #   benchmarks/speed/peer_venvs.sh genai [DIR]          OpenVINO GenAI's Text2ImagePipeline
+#   benchmarks/speed/peer_venvs.sh nncf [DIR]           NNCF's post-training quantization (bench_nncf)
 #
 # DIR defaults to /tmp/<name>. uv does the installs when the checkout has it (make puts it in build/tools), else
 # pip. torch comes from pip's find-links where this machine keeps its CPU wheel (elsewhere add PyTorch's CPU index:
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu). Each venv gets this checkout without dependencies, so that the
 # benchmarks' child processes can import their own module. Pins: what the results in benchmarks/results/ used.
 set -euo pipefail
-name=${1:?"usage: $0 ep-openvino|optimum|optimum-intel|genai [DIR]"}
+name=${1:?"usage: $0 ep-openvino|optimum|optimum-intel|genai|nncf [DIR]"}
 dir=${2:-/tmp/$name}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 uv=$root/build/tools/bin/uv
@@ -26,7 +27,9 @@ case $name in
   # optimum-intel 2.2 needs transformers < 5.6 and brings its own OpenVINO; its export needs torch
   optimum-intel) pkgs=("torch==2.13.0" "optimum-intel[openvino,diffusers]==2.2.0" "transformers<5.6" pillow safetensors) ;;
   genai)         pkgs=("openvino-genai==2026.4.1.0" numpy pillow) ;;
-  *) echo "$0: unknown peer $name (ep-openvino, optimum, optimum-intel, genai)" >&2; exit 2 ;;
+  # NNCF beside svdedit's runtime (bench_nncf records the calibration with it): torch-free
+  nncf)          pkgs=("nncf==3.4.0" "openvino==2026.4.1" "onnxruntime==1.32.0" onnx numpy pillow tokenizers safetensors tqdm) ;;
+  *) echo "$0: unknown peer $name (ep-openvino, optimum, optimum-intel, genai, nncf)" >&2; exit 2 ;;
 esac
 
 if [ -x "$uv" ]; then
