@@ -104,3 +104,68 @@ def test_weak_typing_on_tensorrt_11_names_the_export_to_make(shapes_engine_plain
     install(monkeypatch)
     with pytest.raises(TensorrtError, match=r"strong typing.*--precision fp16 --no-fuse"):
         build.build_plans(shapes_engine_plain, BuildOptions(precision="fp16"))
+
+
+def test_a_tensorrt_int8_engine_dir_builds_strongly_typed_from_its_qdq(shapes_engine_plain, cache, monkeypatch,
+                                                                        tmp_path):
+    from svdedit.export.quantize import QuantizeOptions, quantize_engine
+
+    int8 = tmp_path / "int8"
+    quantize_engine(shapes_engine_plain, int8, QuantizeOptions(mode="tensorrt", prompts=1, steps=4))
+    _, seen = install(monkeypatch, version="11.4.0")
+    plans = build.build_plans(int8, BuildOptions())
+    assert plans.build.networks["unet"].precision == "int8" and plans.build.networks["vae_decoder"].precision == "fp32"
+    assert all(flags == [] for what, _, flags in (c for c in seen.calls if c[0] == "build"))   # no INT8 flag in 11
+    _, seen = install(monkeypatch, version="10.13.2")
+    build.build_plans(int8, BuildOptions())
+    assert {c[1] for c in seen.calls if c[0] == "create_network"} == {1 << 1}  # strongly typed on 10 too
+
+
+# ---- refit (the LoRA issue swaps weights this way) ----
+def _a_weight(engine):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(engine / "unet.onnx"))
+    init = next(i for i in model.graph.initializer if len(i.dims) >= 2)
+    return init.name, numpy_helper.to_array(init)
+
+
+def test_a_refittable_build_takes_new_weights_without_a_rebuild(shapes_engine_plain, cache, monkeypatch):
+    import numpy as np
+
+    _, seen = install(monkeypatch)
+    plans = build.build_plans(shapes_engine_plain, BuildOptions(refittable=True))
+    assert plans.build.refittable and all("REFIT" in flags for what, _, flags in (c for c in seen.calls
+                                                                                   if c[0] == "build"))
+    old = plans.path("unet")
+    name, value = _a_weight(shapes_engine_plain)
+    messages = []
+    after = build.refit_plan(shapes_engine_plain, "unet", {name: value * 2}, log=messages.append)
+    assert after.intact("unet") and after.path("unet") != old and not old.exists()
+    assert json.loads(after.path("unet").read_bytes()[len(b"STRICT-TRT-PLAN\n"):])["refitted"] == {
+        name: pytest.approx(float(np.asarray(value, np.float64).sum() * 2))}
+    assert all(after.intact(n) for n in after.build.networks) and "refitted" in messages[0]
+    from svdedit.runtime.engines.tensorrt import TensorrtRunner
+
+    with TensorrtRunner(shapes_engine_plain, "unet", read_manifest(shapes_engine_plain)) as unet:
+        assert unet.provider == "TensorRT"
+
+
+def test_refit_refusals_keep_the_plan_in_use(shapes_engine_plain, cache, monkeypatch):
+    install(monkeypatch)
+    build.build_plans(shapes_engine_plain, BuildOptions())
+    name, value = _a_weight(shapes_engine_plain)
+    with pytest.raises(TensorrtError, match="built without --refittable.*svdedit build .*--refittable"):
+        build.refit_plan(shapes_engine_plain, "unet", {name: value})
+    plans = build.build_plans(shapes_engine_plain, BuildOptions(refittable=True))
+    before = plans.path("unet").read_bytes()
+    with pytest.raises(TensorrtError, match="no weights named not.a.weight.*ONNX initializer names"):
+        build.refit_plan(shapes_engine_plain, "unet", {"not.a.weight": value})
+    with pytest.raises(TensorrtError, match=f"refused the weights {name}.*shape"):
+        build.refit_plan(shapes_engine_plain, "unet", {name: value.ravel()[:-1]})
+    install(monkeypatch, fail_refit=True)
+    with pytest.raises(TensorrtError, match="could not refit unet's plan.*old plan stays"):
+        build.refit_plan(shapes_engine_plain, "unet", {name: value})
+    again = plans_mod.all_plans(read_manifest(shapes_engine_plain), shapes_engine_plain)[_key()]
+    assert again.path("unet").read_bytes() == before and again.intact("unet")

@@ -18,7 +18,7 @@ PROMPT = "a large red circle on the left"
 def int8_engines(engine_dirs, tmp_path_factory):
     root = tmp_path_factory.mktemp("int8")
     out = {}
-    for mode in ("static", "dynamic"):
+    for mode in ("static", "dynamic", "tensorrt"):
         out[mode] = root / mode
         proc = run_cli("quantize", engine_dirs["sd1"], "-o", out[mode], "--mode", mode, "--prompts", "2", "--steps", "4")
         assert proc.returncode == 0, proc.stderr
@@ -26,7 +26,7 @@ def int8_engines(engine_dirs, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("mode", ["static", "dynamic"])
+@pytest.mark.parametrize("mode", ["static", "dynamic", "tensorrt"])
 def test_an_int8_engine_dir_checks_runs_and_keeps_the_models_identity(int8_engines, engine_dirs, mode):
     import onnx
 
@@ -40,7 +40,7 @@ def test_an_int8_engine_dir_checks_runs_and_keeps_the_models_identity(int8_engin
     q = m.raw["quantization"]
     assert q["mode"] == mode and q["networks"]["unet"]["parity_int8"]["inputs"] >= 1
     ops = {n.op_type for n in onnx.load(str(engine / "unet.onnx")).graph.node}
-    assert ({"QuantizeLinear", "DequantizeLinear"} <= ops) if mode == "static" else \
+    assert ({"QuantizeLinear", "DequantizeLinear"} <= ops) if mode != "dynamic" else \
         ({"DynamicQuantizeLinear"} <= ops or "MatMulInteger" in ops)
     assert (engine / "unet.onnx").stat().st_size < 0.5 * (engine_dirs["sd1"] / "unet.onnx").stat().st_size
     proc = run_cli("check", engine)
@@ -73,8 +73,32 @@ def test_build_refuses_an_int8_engine_dir(int8_engines):
     from svdedit.runtime.engines.manifest import read_manifest
     from svdedit.runtime.errors import SvdeditError
 
-    with pytest.raises(SvdeditError, match="quantized by `svdedit quantize`"):
+    with pytest.raises(SvdeditError, match=r"quantized by `svdedit quantize --mode static`.*--mode tensorrt"):
         BuildOptions().check(read_manifest(int8_engines["static"]))
+    with pytest.raises(SvdeditError, match="builds in fp32 around its int8 layers"):
+        BuildOptions(precision="fp16").check(read_manifest(int8_engines["tensorrt"]))
+
+
+def test_the_tensorrt_mode_writes_what_tensorrt_reads(int8_engines):
+    """TensorRT's explicit quantization: int8 Q/DQ with every zero point 0 (symmetric), no quantized (int32) biases;
+    the static mode's graph is the other kind (uint8 activations with zero points), which TensorRT refuses."""
+    import onnx
+    from onnx import numpy_helper
+
+    def zero_points(engine):
+        g = onnx.load(str(engine / "unet.onnx")).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        qdq = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        return [inits[n.input[2]] for n in qdq if len(n.input) > 2 and n.input[2] in inits], qdq, inits
+
+    points, qdq, inits = zero_points(int8_engines["tensorrt"])
+    assert qdq and points and all(p.dtype == np.int8 and not p.any() for p in points)
+    assert not any(inits[n.input[0]].dtype == np.int32 for n in qdq if n.op_type == "DequantizeLinear"
+                   and n.input[0] in inits)                                     # biases stay fp32
+    static, _, _ = zero_points(int8_engines["static"])
+    assert any(p.dtype == np.uint8 for p in static)
+    q = json.loads((int8_engines["tensorrt"] / "manifest.json").read_text())["quantization"]
+    assert q["mode"] == "tensorrt" and q["biases"] == "fp32" and "zero point 0" in q["activations"]
 
 
 def test_a_quantizer_that_cannot_read_the_graph_is_a_clear_error(engine_dirs, tmp_path, monkeypatch):

@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="image sizes the plans must accept, e.g. 512x512,768x768 (default: the model's size); "
                         "the first is the one TensorRT optimises for")
     p.add_argument("--max-batch", type=positive_int, default=4, help="most images edited at once (default 4)")
+    p.add_argument("--refittable", action="store_true",
+                   help="build plans whose weights can be replaced later without a rebuild (TensorRT's refit: LoRA "
+                        "weights swapped at run time); TensorRT then keeps weights out of its constant folding (not measured here)")
     p.add_argument("--static", action="store_true",
                    help="one fixed image size (give one --shapes entry): faster plans, and the runner captures a "
                         "CUDA graph per input shape")
@@ -68,8 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                 description=QUANTIZE_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="an fp32 engine dir written by `svdedit export`, or svdedit:shapes")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="the int8 engine dir to write")
-    p.add_argument("--mode", choices=("static", "dynamic"), default="static", help="static (calibrated QDQ) or dynamic")
-    p.add_argument("--prompts", type=positive_int, default=2, help="calibration prompts (static)")
+    p.add_argument("--mode", choices=("static", "dynamic", "tensorrt"), default="static",
+                   help="static: calibrated QDQ for onnxruntime and OpenVINO (uint8 activations); dynamic: activations "
+                        "quantized per call; tensorrt: calibrated QDQ as TensorRT reads it (int8 symmetric, zero "
+                        "points 0, biases fp32), for `svdedit build` from a --no-fuse export")
+    p.add_argument("--prompts", type=positive_int, default=2, help="calibration prompts (static, tensorrt)")
     p.add_argument("--steps", type=positive_int, default=10, help="DDIM steps per calibration prompt")
     p.add_argument("--size", type=positive_int, default=None,
                    help="image side of the calibration samples (default: the model's own; smaller needs less memory)")
@@ -88,7 +94,8 @@ def run_check(args: argparse.Namespace) -> int:
 def run_build(args: argparse.Namespace) -> int:
     from svdedit.export.build import BuildOptions, build_plans, parse_shapes
 
-    options = BuildOptions(args.precision, parse_shapes(args.shapes) if args.shapes else (), args.max_batch, args.static)
+    options = BuildOptions(args.precision, parse_shapes(args.shapes) if args.shapes else (), args.max_batch, args.static,
+                           refittable=args.refittable)
     plans = build_plans(args.engine_dir, options, log=lambda m: print(m, file=sys.stderr))
     print(json.dumps({"engine_dir": args.engine_dir, "device": plans.key, "plans": str(plans.root / plans.key)}))
     return 0

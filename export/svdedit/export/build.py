@@ -33,6 +33,8 @@ TensorRT 11's API (None returns, rejected caches, no STRONGLY_TYPED or precision
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,7 @@ from svdedit.runtime.engines.manifest import Manifest, read_manifest
 from svdedit.runtime.engines.names import resolve_engine
 from svdedit.runtime.engines.plans import Plans
 from svdedit.runtime.engines.plans import device_key
-from svdedit.runtime.engines.tensorrt import current_device, import_tensorrt
+from svdedit.runtime.engines.tensorrt import current_device, find_plans, import_tensorrt
 from svdedit.runtime.errors import SvdeditError, TensorrtError
 from svdedit.runtime.files import atomic_dir, atomic_write_bytes, sha256_file
 
@@ -59,6 +61,7 @@ class BuildOptions:
     max_batch: int = 4                # images edited at once (the Editor's --batch)
     static: bool = False
     workspace_gib: float = 8.0
+    refittable: bool = False          # BuilderFlag.REFIT: weights replaceable later (refit_plan)
 
     def check(self, manifest: Manifest) -> "BuildOptions":
         precision = self.precision or manifest.precision
@@ -74,17 +77,22 @@ class BuildOptions:
                                    f"pixels, a multiple of {size.multiple_of}.")
         if self.static and len(shapes) != 1:
             raise SvdeditError(f"--static builds one shape; give exactly one in --shapes (got {len(shapes)}).")
-        if manifest.quantization is not None:
-            raise SvdeditError("this engine dir's UNet was quantized by `svdedit quantize` (onnxruntime int8, for its "
-                               "CPU and CUDA providers). Build TensorRT plans from the fp32/fp16 engine dir it came "
-                               "from; TensorRT's own int8 path (QDQ graph + BuilderFlag.INT8) is not built here.")
+        mode = (manifest.quantization or {}).get("mode")
+        if mode not in (None, "tensorrt"):
+            raise SvdeditError(f"this engine dir's UNet was quantized by `svdedit quantize --mode {mode}` (int8 for "
+                               f"onnxruntime and OpenVINO: uint8 activations, which TensorRT does not read). For int8 "
+                               f"plans quantize the --no-fuse fp32 engine dir with `svdedit quantize --mode tensorrt`, or "
+                               f"build from the fp32/fp16 engine dir it came from.")
+        if mode == "tensorrt" and precision != "fp32":
+            raise SvdeditError(f"--precision {precision}: an int8 engine dir (svdedit quantize --mode tensorrt) builds "
+                               f"in fp32 around its int8 layers; leave --precision out.")
         if any(n.fused for n in manifest.networks.values()):
             raise SvdeditError("this engine dir's attention is fused into onnxruntime's MultiHeadAttention, which "
                                "TensorRT cannot parse; export the model again with `svdedit export ... --no-fuse` "
                                "to build TensorRT plans (svdedit:shapes is such an engine dir: from a clone of "
                                "svdedit, `svdedit export models/shapes -o DIR --no-fuse`).")
         return BuildOptions(precision, tuple(shapes[:1]) + tuple(sorted(set(shapes[1:]) - {shapes[0]})),
-                            self.max_batch, self.static, self.workspace_gib)
+                            self.max_batch, self.static, self.workspace_gib, self.refittable)
 
 
 def parse_shapes(text: str) -> tuple[int, ...]:
@@ -108,7 +116,7 @@ def typing(network: str, graph_precision: str, requested: str, trt_version: str)
     typed: TensorRT runs it as typed. TensorRT 11 only builds that way (it removed BuilderFlag.FP16/BF16);
     TensorRT 10 can still lower an fp32 graph with a precision flag (weak typing)."""
     want = network_precision(network, requested)
-    if want == graph_precision:
+    if want == graph_precision or graph_precision == "int8":  # QDQ: int8 where its Q/DQ nodes say, fp32 elsewhere
         return True, None
     if int(trt_version.split(".")[0]) >= 11:
         raise TensorrtError(
@@ -150,7 +158,7 @@ def record_build(manifest: Manifest, device: dict, options: BuildOptions, plans:
     key = device_key(device)
     return plans_mod.record_build(manifest, key, {
         **device, "directory": key, "precision": options.precision, "shapes": list(options.shapes),
-        "max_batch": options.max_batch, "static": options.static,
+        "max_batch": options.max_batch, "static": options.static, "refittable": options.refittable,
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "networks": plans,
     })
 
@@ -254,6 +262,8 @@ def _build_network(trt, builder, logger, engine_dir: Path, manifest: Manifest, n
                                 f"precision of its ONNX graph only. Export with `svdedit export ... --precision "
                                 f"{flag.lower()} --no-fuse`.")
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    if options.refittable:
+        config.set_flag(trt.BuilderFlag.REFIT)
     timings.attach(config)
     network_profiles = profiles(manifest, name, options)
     for prof in network_profiles:
@@ -267,6 +277,65 @@ def _build_network(trt, builder, logger, engine_dir: Path, manifest: Manifest, n
     plan = staging / f"{name}.plan"
     plan.write_bytes(bytes(serialized))  # the plan first: nothing after this loses it
     timings.keep(config)
-    return {"file": f"{device_key(device)}/{name}.plan", "sha256": sha256_file(plan), "precision": network_precision(name, options.precision),
+    precision = "int8" if entry.precision == "int8" else network_precision(name, options.precision)
+    return {"file": f"{device_key(device)}/{name}.plan", "sha256": sha256_file(plan), "precision": precision,
             "profiles": [{k: [list(s) for s in v] for k, v in prof.items()} for prof in network_profiles],
             "build_seconds": round(time.perf_counter() - t0, 1)}
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Refit: new weights into a refittable plan, no rebuild
+# --------------------------------------------------------------------------------------------------
+def refit_plan(engine_dir: str | Path, network: str, weights: dict, log: Callable[[str], None] = lambda m: None) -> Plans:
+    """Replace the named weights (ONNX initializer names: {name: array}) of one network's plan for this GPU, built
+    --refittable, with TensorRT's Refitter; the refitted plan is written beside the old one under a new name and the
+    record switched to it atomically, so a failure anywhere leaves the old plan in use."""
+    import numpy as np
+
+    engine_dir = resolve_engine(engine_dir)
+    manifest = read_manifest(engine_dir)
+    trt = import_tensorrt()
+    plans = find_plans(manifest, current_device(), engine_dir)
+    if plans.where != plans_mod.IN_CACHE:
+        raise TensorrtError(f"the plans of {engine_dir} are svdedit 0.1's, inside the engine dir, which svdedit only "
+                            f"reads; run `svdedit build {engine_dir} --refittable` to put refittable plans in the cache.")
+    if not plans.build.refittable:
+        raise TensorrtError(f"the TensorRT plans in {plans.root / plans.key} were built without --refittable; build "
+                            f"them again with `svdedit build {engine_dir} --refittable` to replace weights.")
+    if network not in plans.build.networks or not plans.intact(network):
+        raise TensorrtError(f"no intact plan for {network} in {plans.root / plans.key}; run `svdedit build "
+                            f"{engine_dir} --refittable` again.")
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(plans.path(network).read_bytes())
+    if engine is None:
+        raise TensorrtError(f"TensorRT {trt.__version__} could not load {plans.path(network)}; build it again.")
+    refitter = trt.Refitter(engine, logger)
+    known = set(refitter.get_all_weights())
+    unknown = sorted(set(weights) - known)
+    if unknown:
+        raise TensorrtError(f"{network}'s plan has no weights named {', '.join(unknown[:5])}"
+                            f"{' ...' if len(unknown) > 5 else ''}; its weights carry the ONNX initializer names "
+                            f"(e.g. {', '.join(sorted(known)[:3])}).")
+    arrays = {name: np.ascontiguousarray(value) for name, value in weights.items()}  # alive until the refit is done
+    for name, value in arrays.items():
+        if not refitter.set_named_weights(name, trt.Weights(value)):
+            raise TensorrtError(f"TensorRT refused the weights {name} of {network} (shape {value.shape}, {value.dtype}): "
+                                f"they must have the shape and type of the initializer they replace.")
+    missing = list(refitter.get_missing_weights())
+    if missing:
+        raise TensorrtError(f"refitting {network} needs these weights too (TensorRT folded them with the ones given): "
+                            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}.")
+    if not refitter.refit_cuda_engine():
+        raise TensorrtError(f"TensorRT could not refit {network}'s plan (see its log above); the old plan stays.")
+    blob = bytes(engine.serialize())
+    digest = hashlib.sha256(blob).hexdigest()
+    name = f"{network}-refit-{digest[:12]}.plan"
+    atomic_write_bytes(plans.root / plans.key / name, blob)
+    old = plans.path(network)
+    record = dataclasses.asdict(plans.build)
+    record["networks"][network].update(file=f"{plans.key}/{name}", sha256=digest)
+    out = plans_mod.record_build(manifest, plans.key, record)
+    if old.name != name:
+        old.unlink(missing_ok=True)
+    log(f"  {network}: {len(arrays)} weight(s) refitted into {name}")
+    return out

@@ -11,7 +11,9 @@ The story, top to bottom (``quantize_engine``):
    are quantized per call at run time;
 3. quantize: static = QDQ (QuantizeLinear/DequantizeLinear pairs around Conv and MatMul; uint8
    activations, int8 weights per channel: the u8s8 path of onnxruntime's x86 kernels, VNNI where the CPU
-   has it); dynamic = MatMul/Gemm weights int8, activations quantized on the fly. Other ops stay fp32;
+   has it); dynamic = MatMul/Gemm weights int8, activations quantized on the fly; tensorrt = the QDQ of
+   static as TensorRT's explicit quantization reads it (int8 activations and weights, symmetric so every
+   zero point is 0, biases left fp32), which `svdedit build` takes. Other ops stay fp32;
 4. parity: the int8 graph against the fp32 graph on recorded inputs held out from the calibration,
    written into the manifest (there is no torch reference here: the export's own parity still holds for
    the fp32 graph the int8 one came from);
@@ -19,9 +21,9 @@ The story, top to bottom (``quantize_engine``):
    networks' new files, hashes, precision "int8" and a ``quantization`` record. The engine's identity is
    the model's, so attribute files learned on the fp32 engine load on the int8 one.
 
-Torch-free (onnx and onnxruntime only). TensorRT: an int8 ONNX (QDQ) graph would be built with
-BuilderFlag.INT8 from the QDQ scales; `svdedit build` refuses it here (never run: no TensorRT on this
-machine), see README "TensorRT".
+Torch-free (onnx and onnxruntime only). TensorRT builds a QDQ graph strongly typed, its int8 scales read from the
+Q/DQ nodes (no BuilderFlag.INT8: TensorRT 11 removed it); it accepts only symmetric int8 Q/DQ, hence the tensorrt
+mode. Never built on a real TensorRT here (no machine had one), see README "TensorRT".
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ from svdedit.runtime.engines.manifest import Manifest, read_manifest, write_mani
 from svdedit.runtime.errors import SvdeditError
 from svdedit.runtime.files import atomic_dir, sha256_file
 
-MODES = ("static", "dynamic")
+MODES = ("static", "dynamic", "tensorrt")
+#: the modes calibrated on recorded UNet inputs (static ranges); dynamic computes each call's ranges
+CALIBRATED = ("static", "tensorrt")
 #: what static QDQ quantizes: the convolutions and matrix products (nearly all of a UNet's FLOPs); norms,
 #: softmax, the fused attention and the elementwise ops stay fp32. The convolution that reads the graph's latent
 #: input (conv_in) stays fp32 too: one MinMax range cannot cover both pure noise and a clean latent (embedded
@@ -155,11 +159,16 @@ def _quantize(src: Path, dst: Path, mode: str, calibration: list[dict] | None, l
     if mode == "dynamic":
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=DYNAMIC_OPS,
                          use_external_data_format=large, extra_options={"MatMulConstBOnly": True})
-    else:
-        quantize_static(src, dst, _Feeds(calibration), quant_format=QuantFormat.QDQ, op_types_to_quantize=STATIC_OPS,
-                        nodes_to_exclude=_reading_graph_inputs(src),
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large)
+        return
+    # tensorrt: what TensorRT's explicit quantization reads (int8 Q/DQ, symmetric: zero points 0; biases left fp32);
+    # static: onnxruntime's fastest x86 path (uint8 activations, asymmetric)
+    trt = mode == "tensorrt"
+    quantize_static(src, dst, _Feeds(calibration), quant_format=QuantFormat.QDQ, op_types_to_quantize=STATIC_OPS,
+                    nodes_to_exclude=_reading_graph_inputs(src), per_channel=True,
+                    activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                   "QuantizeBias": False} if trt else {})
 
 
 def _reading_graph_inputs(path: Path) -> list[str]:
@@ -217,12 +226,12 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
                            f"even with --force.")
     t_start = time.perf_counter()
     names = unet_networks(manifest)
-    if options.mode == "static":
+    if options.mode in CALIBRATED:
         log(f"recording the UNet's inputs: {options.prompts} prompt(s) x {options.steps} steps at "
             f"{options.size or manifest.image_size.default} px")
     # the held-out inputs of the parity check are recorded in both modes (dynamic needs no calibration: one short
     # sample is enough for its parity check)
-    recorded = record_unet_inputs(engine_dir, options if options.mode == "static" else
+    recorded = record_unet_inputs(engine_dir, options if options.mode in CALIBRATED else
                                   dataclasses.replace(options, prompts=1, steps=min(options.steps, 4)), log)
     raw = manifest.to_dict()
     with atomic_dir(out_dir, replace=out_dir.exists()) as work:
@@ -235,10 +244,10 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
             calls = recorded[name]
             held_out = calls[-2:] if len(calls) > 2 else calls   # the last steps of the last prompt
             calibration = calls[:-2] if len(calls) > 2 else calls
-            log(f"  {name}: {options.mode} int8 ({len(calibration)} calibration calls)" if options.mode == "static"
+            log(f"  {name}: {options.mode} int8 ({len(calibration)} calibration calls)" if options.mode in CALIBRATED
                 else f"  {name}: dynamic int8")
             src, dst = engine_dir / net.file, work / net.file
-            took = quantize_network(src, dst, options.mode, calibration if options.mode == "static" else None)
+            took = quantize_network(src, dst, options.mode, calibration if options.mode in CALIBRATED else None)
             for stray in work.glob("*-inferred.onnx"):  # the quantizer's scratch files
                 stray.unlink()
             p = parity(src, dst, held_out)
@@ -252,15 +261,19 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
             if data.exists():
                 entry.update(external_data=data.name, external_data_sha256=sha256_file(data))
             records[name] = {"parity_int8": p, "seconds": took["seconds"]}
+        calibrated = options.mode in CALIBRATED
         raw["quantization"] = {
             "mode": options.mode, "tool": f"onnxruntime.quantization {_ort_version()}",
-            "ops": STATIC_OPS if options.mode == "static" else DYNAMIC_OPS,
-            "activations": "uint8, per tensor, MinMax" if options.mode == "static" else "uint8, per call (dynamic)",
-            "weights": "int8, per channel" if options.mode == "static" else "int8, per tensor",
-            "kept_fp32": "Conv nodes reading a graph input (conv_in)" if options.mode == "static" else None,
+            "ops": STATIC_OPS if calibrated else DYNAMIC_OPS,
+            "activations": {"static": "uint8, per tensor, MinMax", "dynamic": "uint8, per call (dynamic)",
+                            "tensorrt": "int8 symmetric (zero point 0), per tensor, MinMax"}[options.mode],
+            "weights": {"static": "int8, per channel", "dynamic": "int8, per tensor",
+                        "tensorrt": "int8 symmetric, per channel"}[options.mode],
+            "biases": "fp32" if options.mode == "tensorrt" else "int32" if calibrated else "fp32",
+            "kept_fp32": "Conv nodes reading a graph input (conv_in)" if calibrated else None,
             "calibration": {"prompts": CALIBRATION_PROMPTS[:options.prompts], "steps": options.steps,
                             "size": options.size or manifest.image_size.default, "guidance": options.guidance,
-                            "calls": {n: len(recorded[n]) for n in names}} if options.mode == "static" else None,
+                            "calls": {n: len(recorded[n]) for n in names}} if calibrated else None,
             "networks": records, "from": {"cache_key": manifest.cache_key},
             "seconds": round(time.perf_counter() - t_start, 1),
         }

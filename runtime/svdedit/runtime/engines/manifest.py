@@ -140,6 +140,7 @@ class TensorrtBuild:
     static: bool                    # one image size, CUDA graphs in the runner
     networks: dict[str, Plan]
     built: str | None = None        # UTC time of the build
+    refittable: bool | None = None  # built --refittable: weights replaceable by refit_plan (None: records before it)
 
 
 @dataclass(frozen=True)

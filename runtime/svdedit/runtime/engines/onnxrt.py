@@ -9,6 +9,7 @@ word; the runner logs a warning (logger "svdedit.runtime", which the command lin
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -41,6 +42,20 @@ def choose_providers(requested: str = "auto") -> list[str]:
             f"Use the provider auto, or install onnxruntime-gpu for CUDA/TensorRT."
         )
     return [name] + (["CPUExecutionProvider"] if name != "CPUExecutionProvider" else [])
+
+
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from their wheels (the gpu extra's onnxruntime-gpu[cuda,cudnn]) before the first CUDA or
+    TensorRT session, as onnxruntime-gpu asks (onnxruntime.preload_dlls, 1.21+); once per process. Where they are
+    not wheels (a system CUDA) onnxruntime finds them itself, so a failure here is only logged."""
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # noqa: BLE001  its errors are OSErrors or its own; the session says what is missing
+            log.info("onnxruntime.preload_dlls: %s", exc)
 
 
 def provider_entry(name: str, cache_dir: Path, precision: str):
@@ -90,6 +105,8 @@ class OrtRunner(Runner):
         import onnxruntime as ort
 
         wanted = choose_providers(self.requested_provider)
+        if wanted[0] != "CPUExecutionProvider":
+            preload_cuda_libraries()
         path = self.engine_dir / self.entry.file
         try:
             self.session = ort.InferenceSession(

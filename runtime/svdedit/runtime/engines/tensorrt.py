@@ -20,6 +20,7 @@ TensorrtError that says how to install it). Nothing here has run against a real 
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -40,12 +41,15 @@ INSTALL_HINT = (
 
 
 def import_tensorrt():
-    """The tensorrt module, or a TensorrtError that says how to install it."""
-    try:
-        import tensorrt as trt  # noqa: PLC0415  (import guard: TensorRT is optional)
-    except ImportError:
-        raise TensorrtError(INSTALL_HINT) from None
-    return trt
+    """The tensorrt module, or a TensorrtError that says how to install it. `tensorrt` is the module of the tensorrt-cu13
+    package, which re-exports `tensorrt_bindings` (the tensorrt-cu13-bindings wheel); the bindings alone serve too where
+    TensorRT's libraries are installed some other way."""
+    for name in ("tensorrt", "tensorrt_bindings"):
+        try:
+            return importlib.import_module(name)  # import guard: TensorRT is optional
+        except ImportError:
+            continue
+    raise TensorrtError(INSTALL_HINT)
 
 
 # --------------------------------------------------------------------------------------------------
