@@ -31,7 +31,7 @@ CATALOG = (
           "speed_sd15_cpu.{json,md}"),
     Entry("speed.bench_openvino_unet", "~7 min: 8 ways x (2 opens + 6 UNet calls of 2-10 s) on the SD 1.5 shape (its "
           "int8 engine from bench_speed's prepare: ~30 min once)", "openvino_unet_sd15_cpu.{json,md}"),
-    Entry("speed.bench_nncf", "~1 min on the embedded model; the SD 1.5 shape not yet run (in NNCF's own venv)",
+    Entry("speed.bench_nncf", "~1 min on the embedded model; ~28 min on the SD 1.5 shape (in NNCF's own venv)",
           "nncf_int8_<name>_cpu.{json,md}"),
     Entry("speed.speed_report", "seconds (joins two result files)", "speed_report.{json,md,png}"),
     Entry("speed.bench_edit", "~15 min for --model sd15 (3 peers x 2 batches x 3 runs of 40-80 s); ~2 min for shapes; "
