@@ -17,6 +17,7 @@ Engine dirs under --work (made by this script when missing, from --work/pipeline
     engine-fp32-stepcache          svdedit export --step-cache      step caching at N = 2, 3, 5
     engine-int8-static             svdedit quantize (static)        int8 UNet
     engine-int8-dynamic            svdedit quantize --mode dynamic
+    engine-int8-tensorrt           svdedit quantize --mode tensorrt  TensorRT's kind of int8, priced on the CPU
     engine-int8-static-stepcache   both
 Optimum's export (--optimum-dir, made with benchmarks/speed/optimum_export.py in its own venv) is its peer;
 optimum-intel's (WORK/optimum-intel, `optimum-cli export openvino` at its defaults) is optimum-intel's and GenAI's.
@@ -53,6 +54,7 @@ CONFIGS = [
     ("step cache N=5", "engine-fp32-stepcache", 5, 1, "cpu", None),
     ("int8 static", "engine-int8-static", 1, 1, "cpu", None),
     ("int8 dynamic", "engine-int8-dynamic", 1, 1, "cpu", None),
+    ("int8 tensorrt mode", "engine-int8-tensorrt", 1, 1, "cpu", None),
     ("int8 static + step cache N=2", "engine-int8-static-stepcache", 2, 1, "cpu", None),
     ("int8 static + step cache N=3", "engine-int8-static-stepcache", 3, 1, "cpu", None),
     ("OpenVINO fp32", "engine-fp32", 1, 1, "openvino", "fp32"),
@@ -91,6 +93,7 @@ def prepare(pipeline: Path, work: Path, log) -> dict[str, Path]:
             export_model(pipeline, work / name, options, log=log)
     for name, source, mode in (("engine-int8-static", "engine-fp32", "static"),
                                ("engine-int8-dynamic", "engine-fp32", "dynamic"),
+                               ("engine-int8-tensorrt", "engine-fp32", "tensorrt"),
                                ("engine-int8-static-stepcache", "engine-fp32-stepcache", "static")):
         if not (work / name / "manifest.json").exists():
             quantize_engine(work / source, work / name, QuantizeOptions(mode=mode), log=log)
