@@ -27,7 +27,8 @@ class Entry:
 
 
 CATALOG = (
-    Entry("speed.bench_speed", "~1 h: 10 configurations x 3 runs of a ~75 s SD 1.5-shape edit, plus their exports",
+    Entry("speed.bench_speed", "~2 h on the Intel Xeon: 16 configurations and 5 peers x 3 runs of 50-200 s SD 1.5-shape "
+          "edits, plus their exports and quantizations (~40 min once)",
           "speed_sd15_cpu.{json,md}"),
     Entry("speed.bench_openvino_unet", "~7 min: 8 ways x (2 opens + 6 UNet calls of 2-10 s) on the SD 1.5 shape (its "
           "int8 engine from bench_speed's prepare: ~30 min once)", "openvino_unet_sd15_cpu.{json,md}"),

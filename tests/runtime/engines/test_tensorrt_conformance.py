@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -27,15 +28,45 @@ CONSTRUCTED = {"Builder", "Runtime", "OnnxParser", "Logger", "Refitter", "Weight
 CACHE = Path(os.environ.get("SVDEDIT_TEST_CACHE") or Path.home() / ".cache" / "svdedit-tests") / "tensorrt"
 
 
+#: onnxruntime-gpu of the gpu and ort-tensorrt extras (the floor; also the newest on the index)
+ORT_GPU = "1.31.1"
+ORT_TENSORRT_LIBRARY = "onnxruntime/capi/libonnxruntime_providers_tensorrt.so"
+
+
+def unavailable(exc: NotAvailable, what: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"TensorRT conformance cannot run under CI: {exc}")
+    pytest.skip(f"TensorRT conformance needs {what}: {exc}")
+
+
 @pytest.fixture(scope="module", params=VERSIONS)
 def api(request) -> dict:
     try:
         site, stubs = bindings(request.param, CACHE)
     except NotAvailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"TensorRT conformance cannot run under CI: {exc}")
-        pytest.skip(f"TensorRT conformance needs the bindings wheel and a C compiler: {exc}")
+        unavailable(exc, "the bindings wheel and a C compiler")
     return read_api(site, stubs)
+
+
+@pytest.fixture(scope="module")
+def ort_tensorrt_library() -> bytes:
+    from tests.fixtures.wheel_member import wheel_member
+
+    try:
+        return wheel_member("onnxruntime-gpu", ORT_GPU, ORT_TENSORRT_LIBRARY, CACHE)
+    except NotAvailable as exc:
+        unavailable(exc, "onnxruntime-gpu's TensorRT provider library from the index")
+
+
+def test_the_options_given_to_onnxruntimes_tensorrt_provider_are_its_own(ort_tensorrt_library, tmp_path):
+    """onnxruntime ignores or refuses provider options it does not know; each name we pass is a C string of the
+    provider library (read out of the onnxruntime-gpu wheel by range requests, 0.4 of its 256 MB)."""
+    from svdedit.runtime.engines.onnxrt import provider_entry
+
+    _, options = provider_entry("TensorrtExecutionProvider", tmp_path, "fp16")
+    assert options and all(k.encode() + b"\0" in ort_tensorrt_library for k in options), sorted(
+        k for k in options if k.encode() + b"\0" not in ort_tensorrt_library)
+    assert b"trt_fp16_enabled\0" not in ort_tensorrt_library  # a near miss is not found: the check can fail
 
 
 def fake_for(api: dict):
@@ -108,3 +139,33 @@ def test_the_stand_in_is_as_strict_as_the_version_it_plays(api):
     for name in ("set_device_memory", "get_device_memory_size_for_profile_v2"):  # from 10.1 on (not in 10.0)
         owner = "IExecutionContext" if name == "set_device_memory" else "ICudaEngine"
         assert name in api["classes"][owner]
+
+
+#: cupy-cuda13x of the gpu extra, and what the TensorRT runner and tests/fixtures/strict_tensorrt.py's CuPy use of it
+CUPY = "14.2.0"
+CUPY_NAMES = {
+    "cupy/cuda/stream.cpython-311-x86_64-linux-gnu.so": [b"non_blocking", b"synchronize", b"begin_capture",
+                                                         b"end_capture", b"ptr"],
+    "cupy/cuda/graph.cpython-311-x86_64-linux-gnu.so": [b"launch"],
+    "cupy_backends/cuda/api/runtime.cpython-311-x86_64-linux-gnu.so": [b"getDeviceProperties"],
+}
+
+
+def test_the_cupy_names_the_runner_uses_are_cupys():
+    """The Cython modules of the cupy-cuda13x wheel (read by range requests) define the names the runner calls
+    (Stream(non_blocking=...).synchronize/begin_capture/end_capture/ptr, Graph.launch, getDeviceProperties); the
+    NumPy-like ones (empty, asarray, ascontiguousarray) are in its __init__.py."""
+    from tests.fixtures.wheel_member import wheel_member
+
+    try:
+        modules = {m: wheel_member("cupy-cuda13x", CUPY, m, CACHE) for m in [*CUPY_NAMES, "cupy/__init__.py"]}
+    except NotAvailable as exc:
+        unavailable(exc, "cupy-cuda13x's modules from the index")
+    missing = [f"{m}: {n.decode()}" for m, names in CUPY_NAMES.items() for n in names if n not in modules[m]]
+    init = modules["cupy/__init__.py"].decode()
+    missing += [name for name in ("ascontiguousarray", "asarray", "empty", "uint8") if not re.search(
+        rf"\b{name}\b", init)]
+    assert not missing, missing
+    fake = strict_tensorrt.make_cupy()
+    assert {n for n in vars(fake) if not n.startswith("_")} <= {"uint8", "empty", "asarray", "ascontiguousarray",
+                                                                "cuda"}  # the stand-in offers no more than is checked
