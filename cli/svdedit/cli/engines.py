@@ -37,7 +37,9 @@ QUANTIZE_DESCRIPTION = """\
 Write a copy of ENGINE_DIR whose UNet is int8 (onnxruntime's quantization tools; export/svdedit/export/quantize.py).
 static: QDQ, calibrated on the UNet's inputs recorded while the fp32 engine samples --prompts prompts
 for --steps steps each (uint8 activations, int8 weights per channel; Conv and MatMul); dynamic:
-MatMul weights int8, activations quantized per call, no calibration. The int8 graph is compared with
+MatMul weights int8, activations quantized per call, no calibration; tensorrt: calibrated like static, in the
+QDQ TensorRT reads (int8 activations and weights, symmetric: zero points 0; biases fp32), which `svdedit build`
+takes (from a --no-fuse export) and onnxruntime and OpenVINO run too. The int8 graph is compared with
 the fp32 one on held-out recorded inputs; the figures go into the manifest. Attribute files of the
 fp32 engine work on the int8 one (same model identity). Torch-free. Measured speed and edit quality:
 benchmarks/results/speed_*.md.
@@ -62,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=positive_int, default=4, help="most images edited at once (default 4)")
     p.add_argument("--refittable", action="store_true",
                    help="build plans whose weights can be replaced later without a rebuild (TensorRT's refit: LoRA "
-                        "weights swapped at run time); TensorRT then keeps weights out of its constant folding (not measured here)")
+                        "weights swapped at run time); TensorRT's documentation warns that refittable plans can run slower (not measured here)")
     p.add_argument("--static", action="store_true",
                    help="one fixed image size (give one --shapes entry): faster plans, and the runner captures a "
                         "CUDA graph per input shape")
