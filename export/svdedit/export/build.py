@@ -46,7 +46,7 @@ from svdedit.runtime.engines.manifest import Manifest, read_manifest
 from svdedit.runtime.engines.names import resolve_engine
 from svdedit.runtime.engines.plans import Plans
 from svdedit.runtime.engines.plans import device_key
-from svdedit.runtime.engines.tensorrt import current_device, find_plans, import_tensorrt
+from svdedit.runtime.engines.tensorrt import current_device, find_plans, import_tensorrt, load_plan
 from svdedit.runtime.errors import SvdeditError, TensorrtError
 from svdedit.runtime.files import atomic_dir, atomic_write_bytes, sha256_file
 
@@ -181,7 +181,7 @@ def build_plans(engine_dir: str | Path, options: BuildOptions, log: Callable[[st
     if builder is None:
         raise TensorrtError("TensorRT could not create a builder (its log above says why: most often no usable GPU "
                             "or a driver older than its CUDA).")
-    timings = TimingCache(trt, root / f"timing-{key}.cache", log)
+    timings = TimingCache(root / f"timing-{key}.cache", log)
     plans = {}
     with atomic_dir(root / key, replace=True) as staging:  # the old plans stay until the new ones are in
         for name in manifest.networks:
@@ -201,30 +201,28 @@ class TimingCache:
     get_timing_cache() then gives None). Such a file is set aside (renamed *.rejected) with a warning, and the build
     goes on with an empty cache: a timing cache only saves time, it never decides a plan."""
 
-    def __init__(self, trt, path: Path, log: Callable[[str], None]):
-        self.trt, self.path, self.log = trt, path, log
+    def __init__(self, path: Path, log: Callable[[str], None]):
+        self.path, self.log = path, log
         self.blob = path.read_bytes() if path.exists() else b""
-        self.cache = None  # the latest config's cache object, whose serialization is saved
 
     def attach(self, config) -> None:
-        cache = config.create_timing_cache(self.blob)
-        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
-            self.cache = cache
+        if self._set(config, self.blob) or not self.blob:
             return
-        if self.blob:
-            self.log(f"  TensorRT rejected the timing cache {self.path.name} (another GPU's or TensorRT's, or "
-                     f"damaged); set aside as {self.path.name}.rejected, building without it")
-            self.path.replace(self.path.with_name(self.path.name + ".rejected"))
-            self.blob = b""
-            cache = config.create_timing_cache(b"")
-            if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
-                self.cache = cache
+        self.log(f"  TensorRT rejected the timing cache {self.path.name} (another GPU's or TensorRT's, or "
+                 f"damaged); set aside as {self.path.name}.rejected, building without it")
+        self.path.replace(self.path.with_name(self.path.name + ".rejected"))
+        self.blob = b""
+        self._set(config, b"")
+
+    @staticmethod
+    def _set(config, blob: bytes) -> bool:
+        cache = config.create_timing_cache(blob)
+        return cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
 
     def keep(self, config) -> None:
         """After a network's build: its config's cache (now holding this build's timings) seeds the next one."""
         cache = config.get_timing_cache()
         if cache is not None:
-            self.cache = cache
             self.blob = bytes(cache.serialize())
 
     def save(self) -> None:
@@ -306,9 +304,7 @@ def refit_plan(engine_dir: str | Path, network: str, weights: dict, log: Callabl
         raise TensorrtError(f"no intact plan for {network} in {plans.root / plans.key}; run `svdedit build "
                             f"{engine_dir} --refittable` again.")
     logger = trt.Logger(trt.Logger.WARNING)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plans.path(network).read_bytes())
-    if engine is None:
-        raise TensorrtError(f"TensorRT {trt.__version__} could not load {plans.path(network)}; build it again.")
+    _runtime, engine = load_plan(trt, logger, plans.path(network), engine_dir)  # the runtime outlives the engine
     refitter = trt.Refitter(engine, logger)
     known = set(refitter.get_all_weights())
     unknown = sorted(set(weights) - known)

@@ -226,12 +226,13 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
                            f"even with --force.")
     t_start = time.perf_counter()
     names = unet_networks(manifest)
-    if options.mode in CALIBRATED:
+    calibrated = options.mode in CALIBRATED
+    if calibrated:
         log(f"recording the UNet's inputs: {options.prompts} prompt(s) x {options.steps} steps at "
             f"{options.size or manifest.image_size.default} px")
     # the held-out inputs of the parity check are recorded in both modes (dynamic needs no calibration: one short
     # sample is enough for its parity check)
-    recorded = record_unet_inputs(engine_dir, options if options.mode in CALIBRATED else
+    recorded = record_unet_inputs(engine_dir, options if calibrated else
                                   dataclasses.replace(options, prompts=1, steps=min(options.steps, 4)), log)
     raw = manifest.to_dict()
     with atomic_dir(out_dir, replace=out_dir.exists()) as work:
@@ -244,10 +245,10 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
             calls = recorded[name]
             held_out = calls[-2:] if len(calls) > 2 else calls   # the last steps of the last prompt
             calibration = calls[:-2] if len(calls) > 2 else calls
-            log(f"  {name}: {options.mode} int8 ({len(calibration)} calibration calls)" if options.mode in CALIBRATED
+            log(f"  {name}: {options.mode} int8 ({len(calibration)} calibration calls)" if calibrated
                 else f"  {name}: dynamic int8")
             src, dst = engine_dir / net.file, work / net.file
-            took = quantize_network(src, dst, options.mode, calibration if options.mode in CALIBRATED else None)
+            took = quantize_network(src, dst, options.mode, calibration if calibrated else None)
             for stray in work.glob("*-inferred.onnx"):  # the quantizer's scratch files
                 stray.unlink()
             p = parity(src, dst, held_out)
@@ -261,7 +262,6 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
             if data.exists():
                 entry.update(external_data=data.name, external_data_sha256=sha256_file(data))
             records[name] = {"parity_int8": p, "seconds": took["seconds"]}
-        calibrated = options.mode in CALIBRATED
         raw["quantization"] = {
             "mode": options.mode, "tool": f"onnxruntime.quantization {_ort_version()}",
             "ops": STATIC_OPS if calibrated else DYNAMIC_OPS,
@@ -269,7 +269,7 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
                             "tensorrt": "int8 symmetric (zero point 0), per tensor, MinMax"}[options.mode],
             "weights": {"static": "int8, per channel", "dynamic": "int8, per tensor",
                         "tensorrt": "int8 symmetric, per channel"}[options.mode],
-            "biases": "fp32" if options.mode == "tensorrt" else "int32" if calibrated else "fp32",
+            "biases": {"static": "int32", "dynamic": "fp32", "tensorrt": "fp32"}[options.mode],
             "kept_fp32": "Conv nodes reading a graph input (conv_in)" if calibrated else None,
             "calibration": {"prompts": CALIBRATION_PROMPTS[:options.prompts], "steps": options.steps,
                             "size": options.size or manifest.image_size.default, "guidance": options.guidance,

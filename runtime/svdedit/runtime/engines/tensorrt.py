@@ -115,6 +115,18 @@ def choose_profile(profiles: list[dict], shapes: dict[str, tuple[int, ...]], net
                         f"provider cpu or cuda.")
 
 
+def load_plan(trt, logger, path: Path, engine_dir: Path, also: str = "") -> tuple:
+    """(runtime, engine) of one plan file; the runtime must outlive the engine. TensorRT returns None (and logs why)
+    rather than raising: that is an error naming the plan and the rebuild (`also`: another way out, for the message)."""
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise TensorrtError(f"TensorRT {trt.__version__} could not load the plan {path} (see its log above: a plan "
+                            f"from another TensorRT build, or too little GPU memory). Run `svdedit build "
+                            f"{engine_dir}` again{also}.")
+    return runtime, engine
+
+
 #: TensorRT's output types (DataType names) as NumPy/CuPy dtypes; BF16 has none: it is read as uint16 and widened
 OUTPUT_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "BF16": np.uint16, "INT32": np.int32, "INT64": np.int64,
                  "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
@@ -182,12 +194,8 @@ class TensorrtRunner(Runner):
         self.profiles = [{k: tuple(tuple(s) for s in v) for k, v in p.items()} for p in plan.profiles]
         if self.cuda_graphs is None:
             self.cuda_graphs = build.static
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-        if self.engine is None:  # TensorRT returns None (and logs why) rather than raising
-            raise TensorrtError(f"TensorRT {trt.__version__} could not load the plan {path} (see its log above: a plan "
-                                f"from another TensorRT build, or too little GPU memory). Run `svdedit build "
-                                f"{self.engine_dir}` again, or choose the provider cuda or cpu.")
+        self._runtime, self.engine = load_plan(trt, trt.Logger(trt.Logger.WARNING), path, self.engine_dir,
+                                               also=", or choose the provider cuda or cpu")
         self._allocation = trt.ExecutionContextAllocationStrategy.USER_MANAGED
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.contexts = [self._context(i) for i in range(len(self.profiles))]
