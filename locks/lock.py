@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PYPROJECT = os.path.join(ROOT, "pyproject.toml")
 #: the extras make installs into .venv (the lock covers exactly these; the Makefile reads them from here)
-EXTRAS = ("export", "cpu", "serve", "dev", "ray", "openvino")
+EXTRAS = ("export", "cpu", "serve", "dev", "ray", "openvino", "nncf")
 HEADER = "# inputs-sha256: "
 
 

@@ -49,17 +49,6 @@ def errors(reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
             "reference_max_abs": float(max(np.abs(r).max() for r in reference))}
 
 
-def weighted_ops(model) -> list[str]:
-    """The Convolution and MatMul nodes with a constant weight (optimum-intel's _collect_ops_with_weights)."""
-    names = []
-    for op in model.get_ops():
-        kind = op.get_type_name()
-        if kind in ("MatMul", "Convolution") and any(
-                op.input_value(i).get_node().get_type_name() == "Constant" for i in range(2)):
-            names.append(op.get_friendly_name())
-    return names
-
-
 def latent_convolutions(model) -> list[str]:
     """The Convolution reading the graph's latent input (conv_in)."""
     sample = model.input("sample").get_node()
@@ -72,6 +61,8 @@ def nncf_ways(path: Path, calibration: list[dict]) -> dict:
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    from svdedit.export.quantize import nncf_hybrid
 
     core = ov.Core()
     data = nncf.Dataset(calibration)
@@ -88,13 +79,8 @@ def nncf_ways(path: Path, calibration: list[dict]) -> dict:
                              ignored_scope=nncf.IgnoredScope(names=latent_convolutions(model)),
                              advanced_parameters=no_smooth)
 
-    def hybrid():
-        model = core.read_model(path)
-        weighted = weighted_ops(model)
-        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-        return nncf.quantize(model, data, subset_size=n, model_type=nncf.ModelType.TRANSFORMER,
-                             ignored_scope=nncf.IgnoredScope(names=weighted, validate=False),
-                             advanced_parameters=no_smooth)
+    def hybrid():  # what `svdedit quantize --mode nncf` writes
+        return nncf_hybrid(path, calibration)
 
     return {"NNCF defaults": defaults, "NNCF transformer, conv_in fp32": transformer,
             "NNCF hybrid (optimum-intel's UNet recipe)": hybrid}

@@ -19,6 +19,8 @@ Engine dirs under --work (made by this script when missing, from --work/pipeline
     engine-int8-dynamic            svdedit quantize --mode dynamic
     engine-int8-tensorrt           svdedit quantize --mode tensorrt  TensorRT's kind of int8, priced on the CPU
     engine-int8-static-stepcache   both
+    engine-int8-nncf               svdedit quantize --mode nncf     NNCF's hybrid int8, an OpenVINO model
+    engine-int8-nncf-stepcache     both
 Optimum's export (--optimum-dir, made with benchmarks/speed/optimum_export.py in its own venv) is its peer;
 optimum-intel's (WORK/optimum-intel, `optimum-cli export openvino` at its defaults) is optimum-intel's and GenAI's.
 OpenVINO GenAI's Text2ImagePipeline cannot invert an image: it is timed generating at the edit's guided steps,
@@ -64,6 +66,8 @@ CONFIGS = [
     ("OpenVINO int8 static ({bf16})", "engine-int8-static", 1, 1, "openvino", "default"),
     ("OpenVINO int8 static ({bf16}) + step cache N=2", "engine-int8-static-stepcache", 2, 1, "openvino", "default"),
     ("OpenVINO int8 static ({bf16}) + step cache N=3", "engine-int8-static-stepcache", 3, 1, "openvino", "default"),
+    ("OpenVINO nncf int8 ({bf16})", "engine-int8-nncf", 1, 1, "openvino", "default"),
+    ("OpenVINO nncf int8 ({bf16}) + step cache N=3", "engine-int8-nncf-stepcache", 3, 1, "openvino", "default"),
 ]
 
 
@@ -82,22 +86,25 @@ def _generation_children() -> dict:
     return {"genai": genai_generation, "svdedit-generate": svdedit_generation}
 
 
-def prepare(pipeline: Path, work: Path, log) -> dict[str, Path]:
-    """Every engine dir of CONFIGS, made from the diffusers pipeline folder `pipeline` under `work` where missing:
-    {name: folder}. speed_quality.py makes the embedded model's the same way."""
+def prepare(pipeline: Path, work: Path, log, needed: set[str] | None = None) -> dict[str, Path]:
+    """The engine dirs of CONFIGS (or only the names in `needed`), made from the diffusers pipeline folder `pipeline`
+    under `work` where missing: {name: folder}. speed_quality.py makes the embedded model's the same way."""
     from svdedit.export.exporter import ExportOptions, export_model
     from svdedit.export.quantize import QuantizeOptions, quantize_engine
 
+    needed = {name for _, name, *_ in CONFIGS} if needed is None else needed
     for name, options in (("engine-fp32", ExportOptions()), ("engine-fp32-stepcache", ExportOptions(step_cache=True))):
         if not (work / name / "manifest.json").exists():
             export_model(pipeline, work / name, options, log=log)
     for name, source, mode in (("engine-int8-static", "engine-fp32", "static"),
                                ("engine-int8-dynamic", "engine-fp32", "dynamic"),
                                ("engine-int8-tensorrt", "engine-fp32", "tensorrt"),
-                               ("engine-int8-static-stepcache", "engine-fp32-stepcache", "static")):
-        if not (work / name / "manifest.json").exists():
+                               ("engine-int8-static-stepcache", "engine-fp32-stepcache", "static"),
+                               ("engine-int8-nncf", "engine-fp32", "nncf"),
+                               ("engine-int8-nncf-stepcache", "engine-fp32-stepcache", "nncf")):
+        if name in needed and not (work / name / "manifest.json").exists():
             quantize_engine(work / source, work / name, QuantizeOptions(mode=mode), log=log)
-    return {name: work / name for _, name, *_ in CONFIGS}
+    return {name: work / name for name in needed}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="OpenVINO GenAI's venv (peer_venvs.sh genai): Text2ImagePipeline on the same export; it cannot "
                          "invert, so it is timed generating, beside svdedit generating (needs --optimum-intel-python)")
     ap.add_argument("--only", help="comma-separated labels to run (default: all)")
+    ap.add_argument("--skip", help="comma-separated labels to leave out (their engine dirs are then not made)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -254,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work
     if not (work / "pipeline" / "model_index.json").exists():
         build_sd15_shape(work / "pipeline")
-    prepare(work / "pipeline", work, lambda m: print(m, file=sys.stderr))
+    chosen = [c for c in configs() if (not args.only or c[0] in args.only.split(","))
+              and c[0] not in (args.skip or "").split(",")]
+    prepare(work / "pipeline", work, lambda m: print(m, file=sys.stderr), {c[1] for c in chosen} | {"engine-fp32"})
     attr = work / f"red2blue-{args.steps}.safetensors"
     if not attr.exists():
         subprocess.run([sys.executable, "-m", "svdedit.cli", "learn", "--engine", str(work / "engine-fp32"), "--source",
@@ -263,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     base = {"pipeline": str(work / "pipeline"), "attr": str(attr), "provider": "cpu", "precision": "fp32",
             "repeats": args.repeats, "optimum": str(args.optimum_dir or work / "optimum")}
     jobs = [dict(base, impl="svdedit", label=label, engine=str(work / engine), intervals=[n, ni], provider=provider,
-                 run_precision=precision) for label, engine, n, ni, provider, precision in configs()]
+                 run_precision=precision) for label, engine, n, ni, provider, precision in chosen]
     jobs.append(dict(base, impl="diffusers", label="diffusers (torch)", engine=str(work / "engine-fp32")))
     if args.optimum_python:
         jobs.append(dict(base, impl="optimum", label="optimum (onnxruntime)", engine=str(work / "engine-fp32"),
@@ -273,9 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         for precision, label in (("default", OPTIMUM_INTEL), ("fp32", OPTIMUM_INTEL + ", forced to fp32")):
             jobs.append(dict(base, impl="optimum-intel", label=label, engine=str(work / "engine-fp32"),
                              python=args.optimum_intel_python, precision=precision))
-    if args.only:
-        keep = set(args.only.split(","))
-        jobs = [j for j in jobs if j["label"] in keep or j["impl"] != "svdedit"]
     rows = []
     for job in jobs:
         print(f"running {job['label']} ...", file=sys.stderr)

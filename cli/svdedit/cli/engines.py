@@ -34,12 +34,16 @@ BUILD_EXAMPLE = ("example: svdedit export sd15/ -o engines/sd15 --precision fp16
 
 
 QUANTIZE_DESCRIPTION = """\
-Write a copy of ENGINE_DIR whose UNet is int8 (onnxruntime's quantization tools; export/svdedit/export/quantize.py).
+Write a copy of ENGINE_DIR whose UNet is int8 (onnxruntime's quantization tools, or NNCF's; export/svdedit/export/quantize.py).
 static: QDQ, calibrated on the UNet's inputs recorded while the fp32 engine samples --prompts prompts
 for --steps steps each (uint8 activations, int8 weights per channel; Conv and MatMul); dynamic:
 MatMul weights int8, activations quantized per call, no calibration; tensorrt: calibrated like static, in the
 QDQ TensorRT reads (int8 activations and weights, symmetric: zero points 0; biases fp32), which `svdedit build`
-takes (from a --no-fuse export) and onnxruntime and OpenVINO run too. The int8 graph is compared with
+takes (from a --no-fuse export) and onnxruntime and OpenVINO run too; nncf: NNCF's hybrid int8 (optimum-intel's
+recipe: every Conv and MatMul weight int8, activations quantized only in attention), calibrated like static and
+written as an OpenVINO model (unet.xml + unet.bin) that runs on --provider openvino only (auto picks it); needs
+pip install 'svdedit[nncf]'. On this project's CPU it errs 3-4x less than static and its UNet call is the
+fastest (benchmarks/results/nncf_int8_*_cpu.md). The int8 graph is compared with
 the fp32 one on held-out recorded inputs; the figures go into the manifest. Attribute files of the
 fp32 engine work on the int8 one (same model identity). Torch-free. Measured speed and edit quality:
 benchmarks/results/speed_*.md.
@@ -69,15 +73,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="one fixed image size (give one --shapes entry): faster plans, and the runner captures a "
                         "CUDA graph per input shape")
 
-    p = command(sub, "quantize", run_quantize, "write a copy of an engine dir with an int8 UNet (onnxruntime)",
+    p = command(sub, "quantize", run_quantize, "write a copy of an engine dir with an int8 UNet (onnxruntime or NNCF)",
                 description=QUANTIZE_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="an fp32 engine dir written by `svdedit export`, or svdedit:shapes")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="the int8 engine dir to write")
-    p.add_argument("--mode", choices=("static", "dynamic", "tensorrt"), default="static",
+    p.add_argument("--mode", choices=("static", "dynamic", "tensorrt", "nncf"), default="static",
                    help="static: calibrated QDQ for onnxruntime and OpenVINO (uint8 activations); dynamic: activations "
                         "quantized per call; tensorrt: calibrated QDQ as TensorRT reads it (int8 symmetric, zero "
-                        "points 0, biases fp32), for `svdedit build` from a --no-fuse export")
-    p.add_argument("--prompts", type=positive_int, default=2, help="calibration prompts (static, tensorrt)")
+                        "points 0, biases fp32), for `svdedit build` from a --no-fuse export; nncf: NNCF's hybrid "
+                        "int8 as an OpenVINO model, for --provider openvino")
+    p.add_argument("--prompts", type=positive_int, default=2, help="calibration prompts (static, tensorrt, nncf)")
     p.add_argument("--steps", type=positive_int, default=10, help="DDIM steps per calibration prompt")
     p.add_argument("--size", type=positive_int, default=None,
                    help="image side of the calibration samples (default: the model's own; smaller needs less memory)")

@@ -78,6 +78,10 @@ class BuildOptions:
         if self.static and len(shapes) != 1:
             raise SvdeditError(f"--static builds one shape; give exactly one in --shapes (got {len(shapes)}).")
         mode = (manifest.quantization or {}).get("mode")
+        if manifest.openvino_models:
+            raise SvdeditError(f"this engine dir's UNet is an OpenVINO model (`svdedit quantize --mode {mode}`), which "
+                               f"TensorRT cannot parse. Build from the fp32 engine dir it came from, or quantize that "
+                               f"one with `svdedit quantize --mode tensorrt` (from a --no-fuse export).")
         if mode not in (None, "tensorrt"):
             raise SvdeditError(f"this engine dir's UNet was quantized by `svdedit quantize --mode {mode}` (int8 for "
                                f"onnxruntime and OpenVINO: uint8 activations, which TensorRT does not read). For int8 "

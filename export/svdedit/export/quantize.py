@@ -1,4 +1,5 @@
-"""`svdedit quantize`: an engine dir -> the same engine dir with an int8 UNet (onnxruntime's quantization tools).
+"""`svdedit quantize`: an engine dir -> the same engine dir with an int8 UNet (onnxruntime's quantization tools, or
+NNCF's for OpenVINO).
 
 The story, top to bottom (``quantize_engine``):
 
@@ -13,15 +14,20 @@ The story, top to bottom (``quantize_engine``):
    activations, int8 weights per channel: the u8s8 path of onnxruntime's x86 kernels, VNNI where the CPU
    has it); dynamic = MatMul/Gemm weights int8, activations quantized on the fly; tensorrt = the QDQ of
    static as TensorRT's explicit quantization reads it (int8 activations and weights, symmetric so every
-   zero point is 0, biases left fp32), which `svdedit build` takes. Other ops stay fp32;
-4. parity: the int8 graph against the fp32 graph on recorded inputs held out from the calibration,
+   zero point is 0, biases left fp32), which `svdedit build` takes. Other ops stay fp32. nncf = NNCF's hybrid
+   int8, optimum-intel's recipe for diffusion UNets: every Conv and MatMul weight int8 (weight compression),
+   activations quantized only at the inputs of the weight-free MatMuls (attention), written as an OpenVINO
+   model (unet.xml + unet.bin) that only the provider openvino runs: NNCF's ONNX backend writes per-channel
+   DequantizeLinear nodes on convolution weights that onnxruntime refuses;
+4. parity: the int8 graph (on onnxruntime's CPU provider; an OpenVINO model on OpenVINO at fp32) against the
+   fp32 graph on recorded inputs held out from the calibration,
    written into the manifest (there is no torch reference here: the export's own parity still holds for
    the fp32 graph the int8 one came from);
 5. write OUT_DIR atomically: the int8 UNet graphs, the other files copied, the manifest with the
    networks' new files, hashes, precision "int8" and a ``quantization`` record. The engine's identity is
    the model's, so attribute files learned on the fp32 engine load on the int8 one.
 
-Torch-free (onnx and onnxruntime only). TensorRT builds a QDQ graph strongly typed, its int8 scales read from the
+Torch-free (onnx and onnxruntime; NNCF and OpenVINO for nncf). TensorRT builds a QDQ graph strongly typed, its int8 scales read from the
 Q/DQ nodes (no BuilderFlag.INT8: TensorRT 11 removed it); it accepts only symmetric int8 Q/DQ, hence the tensorrt
 mode. Never built on a real TensorRT here (no machine had one), see README "TensorRT".
 """
@@ -37,14 +43,18 @@ from typing import Callable
 
 import numpy as np
 
-from svdedit.runtime.engines.contract import MANIFEST_FILE
+from svdedit.runtime.engines.contract import MANIFEST_FILE, OPENVINO_MODEL_SUFFIX
 from svdedit.runtime.engines.manifest import Manifest, read_manifest, write_manifest
 from svdedit.runtime.errors import SvdeditError
 from svdedit.runtime.files import atomic_dir, sha256_file
 
-MODES = ("static", "dynamic", "tensorrt")
+MODES = ("static", "dynamic", "tensorrt", "nncf")
 #: the modes calibrated on recorded UNet inputs (static ranges); dynamic computes each call's ranges
-CALIBRATED = ("static", "tensorrt")
+CALIBRATED = ("static", "tensorrt", "nncf")
+#: NNCF's hybrid int8 (optimum-intel's UNet recipe) against our static QDQ, held-out rms error against fp32 on
+#: OpenVINO (benchmarks/speed/bench_nncf.py, results/nncf_int8_*_cpu.md): embedded model 0.0106 against 0.0325;
+#: SD 1.5 shape 0.0066 against 0.0294, and its UNet call 1.31x faster (1.92 s against 2.51 s, bf16)
+NNCF_INSTALL_HINT = "the nncf mode needs NNCF and OpenVINO: pip install 'svdedit[nncf]'."
 #: what static QDQ quantizes: the convolutions and matrix products (nearly all of a UNet's FLOPs); norms,
 #: softmax, the fused attention and the elementwise ops stay fp32. The convolution that reads the graph's latent
 #: input (conv_in) stays fp32 too: one MinMax range cannot cover both pure noise and a clean latent (embedded
@@ -131,13 +141,17 @@ class _Feeds:
 # 3. + 4. One network
 # --------------------------------------------------------------------------------------------------
 def quantize_network(src: Path, dst: Path, mode: str, calibration: list[dict] | None) -> dict:
-    """Quantize the graph `src` into `dst` (with its .data file where the graph is over 2 GB)."""
+    """Quantize the graph `src` into `dst` (with its .data file where the graph is over 2 GB; nncf: an OpenVINO model,
+    dst.xml and its .bin)."""
     import logging
 
     import onnxruntime as ort
 
     large = src.with_name(src.name + ".data").exists()
     t0 = time.perf_counter()
+    if mode == "nncf":
+        _quantize_nncf(src, dst, calibration)
+        return {"seconds": round(time.perf_counter() - t0, 1)}
     ort.set_default_logger_severity(3)        # the calibrator's sessions list every initializer they drop
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR  # the quantizer warns on the root logger for every 1-D weight
@@ -171,6 +185,57 @@ def _quantize(src: Path, dst: Path, mode: str, calibration: list[dict] | None, l
                                    "QuantizeBias": False} if trt else {})
 
 
+def import_nncf():
+    """(nncf, openvino), or a SvdeditError that says how to install them."""
+    try:
+        import nncf  # noqa: PLC0415  (import guard: NNCF is optional)
+        import openvino
+    except ImportError:
+        raise SvdeditError(NNCF_INSTALL_HINT) from None
+    return nncf, openvino
+
+
+def weighted_ops(model) -> list[str]:
+    """The Convolution and MatMul nodes of an openvino.Model with a constant weight (optimum-intel's
+    _collect_ops_with_weights): the ops whose weights NNCF's hybrid mode compresses and whose activations it leaves."""
+    names = []
+    for op in model.get_ops():
+        if op.get_type_name() in ("MatMul", "Convolution") and any(
+                op.input_value(i).get_node().get_type_name() == "Constant" for i in range(2)):
+            names.append(op.get_friendly_name())
+    return names
+
+
+def nncf_hybrid(src: Path, calibration: list[dict]):
+    """NNCF's hybrid int8 of the ONNX graph `src` (optimum-intel's recipe for diffusion UNets), as an openvino.Model:
+    every Conv and MatMul weight compressed to int8 (asymmetric, per output channel), then nncf.quantize with the
+    transformer preset on the calibration feeds, every op with a weight ignored (so only the weight-free MatMuls of
+    attention get quantized activations) and SmoothQuant off."""
+    import logging
+
+    from svdedit.runtime.engines.base import stdout_to_stderr
+
+    nncf, ov = import_nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    nncf.set_log_level(logging.ERROR)
+    with stdout_to_stderr():  # NNCF's progress bars
+        model = ov.Core().read_model(str(src))
+        weighted = weighted_ops(model)
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        return nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration),
+                             model_type=nncf.ModelType.TRANSFORMER,
+                             ignored_scope=nncf.IgnoredScope(names=weighted, validate=False),
+                             advanced_parameters=AdvancedQuantizationParameters(
+                                 smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)))
+
+
+def _quantize_nncf(src: Path, dst: Path, calibration: list[dict]) -> None:
+    """nncf_hybrid of `src`, saved as the OpenVINO model `dst` (.xml, and its .bin)."""
+    _, ov = import_nncf()
+    ov.save_model(nncf_hybrid(src, calibration), str(dst), compress_to_fp16=False)  # what is left fp32 stays fp32
+
+
 def _reading_graph_inputs(path: Path) -> list[str]:
     """The names of the Conv nodes that read a graph input directly (a UNet's conv_in)."""
     import onnx
@@ -180,24 +245,36 @@ def _reading_graph_inputs(path: Path) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "Conv" and n.input and n.input[0] in inputs]
 
 
-def parity(src: Path, dst: Path, feeds: list[dict]) -> dict:
-    """The int8 graph against the fp32 one on held-out recorded inputs: the largest |difference| of any output,
-    and of the largest output value (the error's scale)."""
+def _run(path: Path) -> Callable[[dict], list[np.ndarray]]:
+    """feeds -> the outputs in the graph's order: onnxruntime's CPU provider for an ONNX graph, OpenVINO at fp32 for an
+    OpenVINO model."""
+    if path.suffix == OPENVINO_MODEL_SUFFIX:
+        _, ov = import_nncf()
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        return lambda feeds: [request.infer(feeds)[o] for o in compiled.outputs]
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    a = ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
-    b = ort.InferenceSession(str(dst), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return lambda feeds: session.run(None, feeds)
+
+
+def parity(src: Path, dst: Path, feeds: list[dict]) -> dict:
+    """The int8 graph against the fp32 one on held-out recorded inputs: the largest |difference| of any output,
+    and of the largest output value (the error's scale)."""
+    a, b = _run(src), _run(dst)
     max_abs = ref_max = 0.0
     sq = n = 0.0
     for f in feeds:
-        for ra, rb in zip(a.run(None, f), b.run(None, f)):
+        for ra, rb in zip(a(f), b(f)):
             d = np.abs(ra.astype(np.float64) - rb)
             max_abs, ref_max = max(max_abs, float(d.max())), max(ref_max, float(np.abs(ra).max()))
             sq, n = sq + float((d * d).sum()), n + d.size
     return {"max_abs": max_abs, "reference_max_abs": ref_max, "rms": (sq / max(n, 1)) ** 0.5, "inputs": len(feeds),
-            "against": "the fp32 graph it was quantized from (onnxruntime CPU)"}
+            "against": "the fp32 graph it was quantized from (onnxruntime CPU)",
+            "run_on": "OpenVINO CPU, fp32" if dst.suffix == OPENVINO_MODEL_SUFFIX else "onnxruntime CPU"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,6 +291,8 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
         raise SvdeditError("svdedit quantize needs onnxruntime and onnx (pip install onnx).") from None
     manifest = read_manifest(engine_dir, verify="all")
     options = options.check(manifest)
+    if options.mode == "nncf":
+        import_nncf()
     if any(manifest.networks[n].precision != "fp32" for n in unet_networks(manifest)):
         raise SvdeditError(f"{engine_dir}'s UNet is {manifest.networks[unet_networks(manifest)[0]].precision}; "
                            f"quantize an fp32 engine dir (svdedit export MODEL -o DIR --precision fp32).")
@@ -247,7 +326,8 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
             calibration = calls[:-2] if len(calls) > 2 else calls
             log(f"  {name}: {options.mode} int8 ({len(calibration)} calibration calls)" if calibrated
                 else f"  {name}: dynamic int8")
-            src, dst = engine_dir / net.file, work / net.file
+            src = engine_dir / net.file
+            dst = work / (Path(net.file).stem + OPENVINO_MODEL_SUFFIX if options.mode == "nncf" else net.file)
             took = quantize_network(src, dst, options.mode, calibration if calibrated else None)
             for stray in work.glob("*-inferred.onnx"):  # the quantizer's scratch files
                 stray.unlink()
@@ -256,21 +336,28 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
                 f"(outputs up to {p['reference_max_abs']:.3g}), rms {p['rms']:.3g}")
             entry = raw["networks"][name]
             entry.update(file=dst.name, sha256=sha256_file(dst), precision="int8")
-            data = dst.with_name(dst.name + ".data")
+            data = dst.with_suffix(".bin") if options.mode == "nncf" else dst.with_name(dst.name + ".data")
             entry.pop("external_data", None)
             entry.pop("external_data_sha256", None)
             if data.exists():
                 entry.update(external_data=data.name, external_data_sha256=sha256_file(data))
             records[name] = {"parity_int8": p, "seconds": took["seconds"]}
         raw["quantization"] = {
-            "mode": options.mode, "tool": f"onnxruntime.quantization {_ort_version()}",
-            "ops": STATIC_OPS if calibrated else DYNAMIC_OPS,
+            "mode": options.mode, "tool": _tool(options.mode),
+            "ops": {"dynamic": DYNAMIC_OPS, "nncf": ["Convolution", "MatMul"]}.get(options.mode, STATIC_OPS),
             "activations": {"static": "uint8, per tensor, MinMax", "dynamic": "uint8, per call (dynamic)",
-                            "tensorrt": "int8 symmetric (zero point 0), per tensor, MinMax"}[options.mode],
+                            "tensorrt": "int8 symmetric (zero point 0), per tensor, MinMax",
+                            "nncf": "int8 (NNCF's transformer preset), only at the inputs of MatMuls without a "
+                                    "weight (attention)"}[options.mode],
             "weights": {"static": "int8, per channel", "dynamic": "int8, per tensor",
-                        "tensorrt": "int8 symmetric, per channel"}[options.mode],
-            "biases": {"static": "int32", "dynamic": "fp32", "tensorrt": "fp32"}[options.mode],
-            "kept_fp32": "Conv nodes reading a graph input (conv_in)" if calibrated else None,
+                        "tensorrt": "int8 symmetric, per channel",
+                        "nncf": "int8 asymmetric, per output channel (NNCF weight compression)"}[options.mode],
+            "biases": {"static": "int32", "dynamic": "fp32", "tensorrt": "fp32", "nncf": "fp32"}[options.mode],
+            "kept_fp32": {"static": "Conv nodes reading a graph input (conv_in)", "dynamic": None,
+                          "tensorrt": "Conv nodes reading a graph input (conv_in)",
+                          "nncf": "the activations into every Conv and MatMul with a weight (their weights are "
+                                  "int8)"}[options.mode],
+            "runs_on": "the provider openvino only (an OpenVINO model)" if options.mode == "nncf" else "any provider",
             "calibration": {"prompts": CALIBRATION_PROMPTS[:options.prompts], "steps": options.steps,
                             "size": options.size or manifest.image_size.default, "guidance": options.guidance,
                             "calls": {n: len(recorded[n]) for n in names}} if calibrated else None,
@@ -284,7 +371,10 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
     return read_manifest(out_dir, verify="all")
 
 
-def _ort_version() -> str:
+def _tool(mode: str) -> str:
     import onnxruntime
 
-    return onnxruntime.__version__
+    if mode == "nncf":
+        nncf, ov = import_nncf()
+        return f"nncf {nncf.__version__} (OpenVINO {ov.__version__.split('-')[0]})"
+    return f"onnxruntime.quantization {onnxruntime.__version__}"

@@ -22,13 +22,27 @@ from svdedit.runtime.engines.tensorrt import SharedActivations, TensorrtRunner, 
 from svdedit.runtime.errors import SvdeditError
 
 __all__ = ["Manifest", "OpenvinoRunner", "OrtRunner", "Runner", "TensorrtRunner", "open_engines", "read_manifest",
-           "resolve_precision"]
+           "resolve_precision", "resolve_provider"]
+
+
+def resolve_provider(provider: str, manifest: Manifest) -> str:
+    """`provider`, except for an engine dir whose UNet is an OpenVINO model (NNCF's int8, manifest.openvino_models),
+    which only OpenVINO runs: there "auto" means openvino, and any other provider is a SvdeditError naming the fix."""
+    models = manifest.openvino_models
+    if not models or provider == OPENVINO:
+        return provider
+    if provider == "auto":
+        return OPENVINO
+    raise SvdeditError(f"this engine dir's {', '.join(models)} {'is an OpenVINO model' if len(models) == 1 else 'are OpenVINO models'} "
+                       f"(NNCF's int8, written by svdedit quantize's nncf mode), which only OpenVINO runs: use the "
+                       f"provider openvino (or auto), or quantize the fp32 engine dir in another mode for {provider}.")
 
 
 def resolve_precision(provider: str, precision: str | None, manifest: Manifest) -> str:
     """The precision the networks compute in: for OpenVINO fp32 or bf16 (default bf16 where the CPU has bf16
     units); for onnxruntime and TensorRT the engine dir's own (`svdedit export --precision`), which is all they
-    can run. SvdeditError naming the fix for any other combination."""
+    can run. SvdeditError naming the fix for any other combination (resolve_provider first)."""
+    provider = resolve_provider(provider, manifest)
     if provider == OPENVINO:
         return check_precision(precision)
     if precision is None or precision == manifest.precision:
@@ -45,7 +59,9 @@ def open_engines(engine_dir: str | Path, manifest: Manifest, provider: str = "au
                  precision: str | None = None) -> dict[str, Runner]:
     """One runner per network, not yet active: OpenVINO when asked for (`openvino`, at `precision`); TensorRT plans
     when asked for (`tensorrt`), or when `auto` and `svdedit build` made plans for this GPU; otherwise onnxruntime
-    sessions on the provider asked for. `auto` never picks OpenVINO: installing it changes no one's numbers."""
+    sessions on the provider asked for. `auto` picks OpenVINO only for an engine dir that nothing else can run
+    (resolve_provider): installing OpenVINO changes no one's numbers."""
+    provider = resolve_provider(provider, manifest)
     precision = resolve_precision(provider, precision, manifest)
     if provider == OPENVINO:
         return {name: OpenvinoRunner(engine_dir, name, manifest, precision) for name in manifest.networks}

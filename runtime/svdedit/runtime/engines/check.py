@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svdedit.runtime.engines import OPENVINO, OpenvinoRunner, OrtRunner, resolve_precision
+from svdedit.runtime.engines import OPENVINO, OpenvinoRunner, OrtRunner, resolve_precision, resolve_provider
 from svdedit.runtime.engines.contract import resolve_shape
 from svdedit.runtime.engines.manifest import read_manifest
 from svdedit.runtime.engines.names import resolve_engine
@@ -22,6 +22,7 @@ def check_engine_dir(engine_dir: str | Path, provider: str = "auto", precision: 
     The networks run on onnxruntime (`provider`), or on OpenVINO (provider "openvino", at `precision`)."""
     engine_dir = resolve_engine(engine_dir)
     manifest = read_manifest(engine_dir, verify="all")
+    provider = resolve_provider(provider, manifest)
     precision = resolve_precision(provider, precision, manifest)
     sizes = manifest.axis_sizes(batch=1)
     rng = np.random.default_rng(0)

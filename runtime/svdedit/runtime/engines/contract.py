@@ -8,6 +8,7 @@ An engine dir is one folder per exported model::
     text_encoder.onnx unet.onnx vae_encoder.onnx vae_decoder.onnx   (+ one .onnx.data each above 2 GB)
     (SDXL: also tokenizer_2.json and text_encoder_2.onnx; format version 2, see FORMAT_VERSIONS)
     (exported with --step-cache: unet_in.onnx unet_deep.onnx unet_out.onnx in place of unet.onnx)
+    (quantized by NNCF, `svdedit quantize --mode nncf`: unet.xml + unet.bin, an OpenVINO model, in place of unet.onnx)
     tensorrt/         TensorRT plans of svdedit 0.1's `svdedit build` (now in the user cache: plans.py)
 
 This module holds, once each:
@@ -36,6 +37,9 @@ MANIFEST_FILE = "manifest.json"
 SCHEDULE_FILE = "schedule.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_2_FILE = "tokenizer_2.json"
+#: how an OpenVINO model's graph file ends (its weights are the .bin of the same name beside it): NNCF's int8 UNet,
+#: which only OpenVINO runs (onnxruntime and TensorRT read ONNX)
+OPENVINO_MODEL_SUFFIX = ".xml"
 #: TensorRT's folder in an engine dir: plans of `svdedit build` under <device key>/, their timing caches, ORT-TRT's caches
 TENSORRT_DIR = "tensorrt"
 

@@ -28,6 +28,7 @@ from svdedit.runtime.engines.contract import (
     FORMAT_VERSIONS,
     MANIFEST_FILE,
     NETWORK_NAMES,
+    OPENVINO_MODEL_SUFFIX,
     TIME_IDS,
     UNET_SPLIT,
     XL_FAMILIES,
@@ -64,6 +65,11 @@ class Network:
     fused: dict | None = None
     opset: int | None = None
     export_seconds: float | None = None
+
+    @property
+    def is_openvino_model(self) -> bool:
+        """An OpenVINO model (.xml + .bin: `svdedit quantize --mode nncf`), not an ONNX graph."""
+        return self.file.endswith(OPENVINO_MODEL_SUFFIX)
 
     def files(self) -> list[tuple[str, str]]:
         """(relative file name, sha256) of every file this network is made of."""
@@ -217,6 +223,11 @@ class Manifest:
     def is_xl(self) -> bool:
         """True for an SDXL-family engine dir (two text encoders, added conditioning)."""
         return self.family in XL_FAMILIES
+
+    @property
+    def openvino_models(self) -> list[str]:
+        """The networks stored as OpenVINO models (NNCF's int8 UNet), which only the provider openvino runs."""
+        return [name for name, net in self.networks.items() if net.is_openvino_model]
 
     @property
     def split_unet(self) -> bool:

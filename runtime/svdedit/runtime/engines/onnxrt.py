@@ -104,6 +104,9 @@ class OrtRunner(Runner):
     def _activate(self) -> None:
         import onnxruntime as ort
 
+        if self.entry.is_openvino_model:
+            raise EngineDirError(f"{self.engine_dir / self.entry.file} is an OpenVINO model (NNCF's int8), which "
+                                 f"onnxruntime cannot load: run this engine dir on the provider openvino.")
         wanted = choose_providers(self.requested_provider)
         if wanted[0] != "CPUExecutionProvider":
             preload_cuda_libraries()
