@@ -27,11 +27,12 @@ class Entry:
 
 
 CATALOG = (
-    Entry("speed.bench_speed", "~2 h on the Intel Xeon: 16 configurations and 5 peers x 3 runs of 50-200 s SD 1.5-shape "
-          "edits, plus their exports and quantizations (~40 min once)",
-          "speed_sd15_cpu.{json,md}"),
-    Entry("speed.bench_openvino_unet", "~7 min: 8 ways x (2 opens + 6 UNet calls of 2-10 s) on the SD 1.5 shape (its "
-          "int8 engine from bench_speed's prepare: ~30 min once)", "openvino_unet_sd15_cpu.{json,md}"),
+    Entry("speed.bench_speed", "~2.5 h on the Intel Xeon: 18 configurations and 5 peers x 3 runs of 40-180 s SD "
+          "1.5-shape edits, plus their exports and quantizations (~55 min once); 30 min for the OpenVINO subset of "
+          "--name speed_sd15_openvino_cpu", "speed_sd15_cpu.{json,md}, speed_sd15_openvino_cpu.{json,md}"),
+    Entry("speed.bench_openvino_unet", "~9 min: 10 ways x (2 opens + 6 UNet calls of 2-10 s) on the SD 1.5 shape (its "
+          "int8 engines from bench_speed's prepare: ~45 min once); 2 min for the 3 rows of --name "
+          "openvino_unet_graphs_sd15_cpu", "openvino_unet_sd15_cpu.{json,md}, openvino_unet_graphs_sd15_cpu.{json,md}"),
     Entry("speed.bench_nncf", "~1 min on the embedded model; ~28 min on the SD 1.5 shape (in NNCF's own venv)",
           "nncf_int8_<name>_cpu.{json,md}"),
     Entry("speed.speed_report", "seconds (joins two result files)", "speed_report.{json,md,png}"),

@@ -112,6 +112,16 @@ def edit_table(res: dict) -> str:
     return _rows([f"seconds, batch 1"] + [i["impl"] for i in impls], rows)
 
 
+def _quality_cells(r: dict) -> list[str]:
+    """success, identity, reconstruction dB of a speed_report row ("not measured" where no quality run has it)."""
+    if "success" not in r:
+        return ["not measured", "-", "-"]
+    recon = f"{r['reconstruction_db']:.2f}"
+    if not r["quality_ok"]:
+        recon += f" ({r['d_reconstruction_db']:+.2f}: outside)"
+    return [f"{r['success']:.3f}", f"{r['identity']:.3f}", recon]
+
+
 def configurations() -> str:
     """Each fast configuration's speed (speed/bench_speed.py) against its quality (quality/speed_quality.py), joined by
     speed/speed_report.py; the peers' rows from the same speed run."""
@@ -125,10 +135,7 @@ def configurations() -> str:
         else:
             speed_cells = [f"{r['edit_s']:.1f}", f"{r['vs_optimum']:.2f}x", f"{r['vs_diffusers']:.2f}x",
                            f"{r['peak_rss_gib']:.2f} ({r['rss_vs_diffusers']:.2f})"]
-        recon = f"{r['reconstruction_db']:.2f}"
-        if not r["quality_ok"]:
-            recon += f" ({r['d_reconstruction_db']:+.2f}: outside)"
-        rows.append([r["label"]] + speed_cells + [f"{r['success']:.3f}", f"{r['identity']:.3f}", recon])
+        rows.append([r["label"]] + speed_cells + _quality_cells(r))
     base = diffusers["seconds_median"]
     for label, p in (("diffusers (torch)", diffusers), ("Optimum (onnxruntime)", optimum)):
         rows.append([label, f"{p['seconds_median']:.1f}", f"{optimum['seconds_median'] / p['seconds_median']:.2f}x",
@@ -136,6 +143,41 @@ def configurations() -> str:
                      f"{p['peak_rss_gib']:.2f} ({p['peak_rss_gib'] / diffusers['peak_rss_gib']:.2f})", "", "", ""])
     return _rows(["configuration", "edit s", "vs Optimum", "vs diffusers", "peak RSS GiB (/ diffusers')", "success",
                   "identity", "reconstruction dB"], rows)
+
+
+def openvino_edit() -> str:
+    """The OpenVINO configurations' edits (speed/bench_speed.py --name speed_sd15_openvino_cpu) against optimum-intel's
+    pipeline at its defaults and forced to fp32, in the same run, with their quality on the embedded model
+    (quality/speed_quality.py's runs, joined as speed/speed_report.py does)."""
+    from benchmarks.speed.speed_report import quality_fields, quality_rows
+
+    speed = _load("speed_sd15_openvino_cpu.json")
+    quality, _ = quality_rows()
+    by_label = {r["label"]: r for r in speed["rows"]}
+    ovi, ovi32 = by_label["optimum-intel (OpenVINO)"], by_label["optimum-intel (OpenVINO), forced to fp32"]
+
+    def cells(r: dict) -> list[str]:
+        return [r["label"], f"{r['seconds_median']:.1f}", f"{ovi['seconds_median'] / r['seconds_median']:.2f}x",
+                f"{ovi32['seconds_median'] / r['seconds_median']:.2f}x",
+                f"{r['peak_rss_gib']:.2f} ({r['peak_rss_gib'] / ovi['peak_rss_gib']:.2f})"]
+
+    rows = [cells(r) + (_quality_cells(quality_fields(quality[r["label"]], quality["exact (fp32)"]))
+                        if r["label"] in quality else _quality_cells({}))
+            for r in speed["rows"] if r["impl"].startswith("svdedit")]
+    rows += [cells(p) + ["", "", ""] for p in (ovi, ovi32)]
+    return _rows(["configuration", "edit s", "vs optimum-intel", "vs optimum-intel fp32",
+                  "peak RSS GiB (/ optimum-intel's)", "success", "identity", "reconstruction dB"], rows)
+
+
+def openvino_generation() -> str:
+    """Generation only (GenAI cannot invert): svdedit's exact path and fastest OpenVINO configuration against OpenVINO
+    GenAI's Text2ImagePipeline, in the same run (speed/bench_speed.py)."""
+    gen = _load("speed_sd15_openvino_cpu.json")["generation"]
+    genai = gen[-1]
+    return _rows(["implementation", "seconds", "vs GenAI", "peak RSS GiB (/ GenAI's)"],
+                 [[f"{g['label']} ({g['provider']})", f"{g['seconds_median']:.1f}",
+                   f"{genai['seconds_median'] / g['seconds_median']:.2f}x",
+                   f"{g['peak_rss_gib']:.2f} ({g['peak_rss_gib'] / genai['peak_rss_gib']:.2f})"] for g in gen])
 
 
 def open_time() -> str:
@@ -164,7 +206,8 @@ def serve_batching() -> str:
 
 
 TABLES = {"serve-batching": serve_batching, "edit-quality": edit_quality, "strength": strength, "edit-sd15": edit_sd15,
-          "edit-sdxl": edit_sdxl, "configurations": configurations, "open-time": open_time}
+          "edit-sdxl": edit_sdxl, "configurations": configurations, "open-time": open_time,
+          "openvino-edit": openvino_edit, "openvino-generation": openvino_generation}
 
 
 def render(readme: str) -> str:

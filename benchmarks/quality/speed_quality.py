@@ -130,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     work = args.work or Path(tempfile.mkdtemp(prefix="speed-quality-"))
-    dirs = prepare(MODEL, work, lambda m: None)
+    chosen = [c for c in quality_configs() if not args.only or c[0] in args.only.split(",")]
+    dirs = prepare(MODEL, work, lambda m: None, {c[1] for c in chosen} | {"engine-fp32"})
     with Pipeline(dirs["engine-fp32"]) as pipe:
         editor = Editor(pipe)
         attrs = {p.attribute: learn(editor, p.learn_prompt, p.learn_prompt.replace(p.source, p.target), seed=0,
                                            knobs=Knobs()) for p in PAIRS}
     rows, all_configs = [], quality_configs()
     for label, engine, n, ni, provider, precision in all_configs:
-        if args.only and label not in args.only.split(",") and label != all_configs[0][0]:
+        if (label, engine, n, ni, provider, precision) not in chosen and label != all_configs[0][0]:
             continue
         log(f"{label} ...")
         rows.append({"label": label, "engine": engine, "intervals": [n, ni], "provider": provider,

@@ -9,8 +9,11 @@ onnxruntime and onnxruntime-ep-openvino (benchmarks/speed/peer_venvs.sh ep-openv
 rows are not run. Every case in its own process (its peak RSS is its own): it opens the UNet with an empty
 compiled-model cache (the first open: OpenVINO compiles), closes it and opens it again (the second open: from
 the cache), then one warm-up call and the median of --repeats calls, batch 2 (one guided step), 64x64 latent.
-Every output is compared with onnxruntime's fp32 output on the same inputs (relative L2).
-Writes benchmarks/results/openvino_unet_sd15_cpu.{json,md}.
+Every output is compared with the first row's (onnxruntime's fp32) on the same inputs (relative L2).
+Two more rows tell what the graph costs: optimum-intel's own export of the same pipeline (WORK/optimum-intel, made by
+bench_speed.py) compiled the same way, and the nncf int8 engine dir; each OpenVINO row lists the layer types of its
+compiled model (GroupNormalization fused or not, ...).
+Writes benchmarks/results/openvino_unet_sd15_cpu.{json,md} (--only and --name: a subset, under another name).
 """
 
 from __future__ import annotations
@@ -37,7 +40,20 @@ CASES = [
     ("onnxruntime + OpenVINO plugin EP, fp32", "ep", "engine-fp32", "fp32"),
     ("onnxruntime + OpenVINO plugin EP, bf16", "ep", "engine-fp32", "bf16"),
     ("onnxruntime + OpenVINO plugin EP, int8 static + bf16", "ep", "engine-int8-static", "bf16"),
+    ("OpenVINO runtime, optimum-intel's export of the same model, bf16", "ir", "optimum-intel", "bf16"),
+    ("OpenVINO runtime (svdedit), nncf int8 + bf16", "svdedit:openvino", "engine-int8-nncf", "bf16"),
 ]
+#: the layer types of OpenVINO's compiled model that tell two graphs of one model apart (runtime_layers)
+LAYER_TYPES = ("GroupNormalization", "MVN", "ScaledDotProductAttention", "Eltwise", "Reshape", "Transpose", "Convolution",
+               "FullyConnected", "MatMul", "Subgraph")
+
+
+def runtime_layers(compiled) -> dict:
+    """{layer type: count} of OpenVINO's compiled model (what its CPU plugin runs, after its own fusions)."""
+    from collections import Counter
+
+    types = Counter(op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops())
+    return {t: types[t] for t in LAYER_TYPES if types[t]}
 
 
 def inputs():
@@ -80,7 +96,35 @@ def child_svdedit(engine: str, provider: str, precision: str | None, repeats: in
     feeds = inputs()
     times, out = timed_calls(lambda: runner(**feeds)["model_output"], repeats)
     np.save(out_npy, out)
-    return {"provider": runner.provider, "first_open_s": opens[0], "second_open_s": opens[1],
+    layers = runtime_layers(runner.compiled) if provider == "openvino" else None
+    return {"provider": runner.provider, "runtime_layers": layers, "first_open_s": opens[0], "second_open_s": opens[1],
+            "seconds_median": statistics.median(times), "seconds_runs": [round(t, 3) for t in times],
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def child_ir(folder: str, precision: str, repeats: int, out_npy: str) -> dict:
+    """optimum-intel's own export of the same pipeline (WORK/optimum-intel, made by bench_speed.py), its UNet IR
+    compiled by the openvino runtime as svdedit compiles ours: what the graph alone costs (its timestep is int64, its
+    output out_sample)."""
+    import os
+
+    import numpy as np
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]}
+    opens, core = [], ov.Core()
+    cache = tempfile.mkdtemp(prefix="ov-ir-cache-")
+    for _ in range(2):
+        t = time.perf_counter()
+        compiled = core.compile_model(os.path.join(folder, "unet", "openvino_model.xml"), "CPU",
+                                      {**config, "CACHE_DIR": cache})
+        opens.append(time.perf_counter() - t)
+    request = compiled.create_infer_request()
+    feeds = dict(inputs(), timestep=np.full((2,), 500, np.int64))
+    times, out = timed_calls(lambda: request.infer(feeds)[compiled.output(0)].copy(), repeats)
+    np.save(out_npy, out)
+    return {"provider": f"OpenVINO-CPU-{precision} (optimum-intel's IR)", "runtime_layers": runtime_layers(compiled),
+            "first_open_s": opens[0], "second_open_s": opens[1],
             "seconds_median": statistics.median(times), "seconds_runs": [round(t, 3) for t in times],
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
@@ -117,19 +161,21 @@ def child_ep(engine: str, precision: str, repeats: int, out_npy: str) -> dict:
 
 def markdown(res: dict) -> str:
     rows = res["rows"]
+    ref = rows[0]["label"]
     lines = [f"# One guided UNet call, onnxruntime and OpenVINO: SD 1.5 shape, {res['device_label']}", "",
              f"Command: `{res['command']}`. Batch 2 (one guided step), 64x64 latent (512 px), random weights; each row "
              f"in its own process: open with an empty cache, close, open again, a warm-up call, then the median of "
              f"{res['repeats']} calls. CPU flags: {', '.join(res['machine'].get('cpu_flags', []))}.", "",
-             "| way | call s | calls, min-max s | vs onnxruntime fp32 | rel. L2 vs onnxruntime fp32 | first open s | "
-             "second open s | peak RSS GiB |", "|---|---|---|---|---|---|---|---|"]
+             f"| way | call s | calls, min-max s | vs {ref} | rel. L2 vs {ref} | first open s | "
+             "second open s | peak RSS GiB | OpenVINO's compiled layers |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['label']} | not run: {r['skipped']} | | | | | | |")
+            lines.append(f"| {r['label']} | not run: {r['skipped']} | | | | | | | |")
             continue
         lines.append(f"| {r['label']} | {r['seconds_median']:.2f} | {min(r['seconds_runs']):.2f}-"
                      f"{max(r['seconds_runs']):.2f} | {r['speedup']:.2f}x | {r['rel_l2']:.4f} | "
-                     f"{r['first_open_s']:.2f} | {r['second_open_s']:.2f} | {r['peak_rss_gib']:.2f} |")
+                     f"{r['first_open_s']:.2f} | {r['second_open_s']:.2f} | {r['peak_rss_gib']:.2f} | "
+                     f"{', '.join(f'{k} {v}' for k, v in (r.get('runtime_layers') or {}).items()) or '-'} |")
     lines += ["", "The first open compiles (OpenVINO) or optimises (onnxruntime) the graph; the second reads OpenVINO's "
               "compiled model from the cache (svdedit: the per-user cache; the plugin: its cache_dir). The plugin "
               "compiles on the first call as well, which its open time does not show."]
@@ -141,12 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/sd15"))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ep-python", type=Path, default=None, help="a Python with onnxruntime-ep-openvino")
+    ap.add_argument("--only", help="labels of CASES to run, separated by semicolons (the labels hold commas; default: "
+                                   "all); the first is the reference")
+    ap.add_argument("--name", default="openvino_unet_sd15_cpu",
+                    help="the result files' name under benchmarks/results/ (another name for a subset of rows)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # way engine precision out.npy
     args = ap.parse_args(argv)
     if args.child:
         way, engine, precision, out_npy = args.child
         precision = None if precision == "-" else precision
         result = (child_ep(engine, precision, args.repeats, out_npy) if way == "ep" else
+                  child_ir(engine, precision, args.repeats, out_npy) if way == "ir" else
                   child_svdedit(engine, way.split(":")[1], precision, args.repeats, out_npy))
         print(json.dumps(result))
         return 0
@@ -157,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, way, engine, precision) in enumerate(CASES):
+        cases = [c for c in CASES if not args.only or c[0] in args.only.split(";")]
+        for i, (label, way, engine, precision) in enumerate(cases):
             python = args.ep_python if way == "ep" else Path(sys.executable)
             if python is None:
                 rows.append({"label": label, "skipped": "no --ep-python (benchmarks/speed/peer_venvs.sh ep-openvino)"})
@@ -187,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
            "device_label": f"{machine['cpu']}, {machine['cores']} cores", "repeats": args.repeats,
            "versions": {"openvino": openvino.__version__.split("-")[0]}, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "openvino_unet_sd15_cpu.json").write_text(json.dumps(res, indent=2) + "\n")
-    (RESULTS / "openvino_unet_sd15_cpu.md").write_text(markdown(res))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(res))
     print(markdown(res))
     return 0
 

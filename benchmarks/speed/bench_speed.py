@@ -161,23 +161,24 @@ def run_child(spec: dict, python: str = sys.executable) -> dict:
 def markdown(res: dict) -> str:
     rows = res["rows"]
     ref = {r["label"]: r for r in rows}
-    opt, dif, ovi = ref.get("optimum (onnxruntime)"), ref["diffusers (torch)"], ref.get(OPTIMUM_INTEL)
+    opt, dif, ovi = ref.get("optimum (onnxruntime)"), ref.get("diffusers (torch)"), ref.get(OPTIMUM_INTEL)
     flags = ", ".join(res["machine"].get("cpu_flags", []))
     lines = [f"# Speed of one edit per configuration: {res['model_label']}, {res['device_label']}", "",
              f"Command: `{res['command']}`. {res['steps']} inversion + {res['steps']} guided steps (guidance "
              f"{res['guidance']}), one 512x512 image, each row in its own process: a 2-step warm-up edit, then the "
              f"median of {res['repeats']} edits. Per-step times carry to 50 steps. Image difference: max |uint8| "
-             f"against the exact path's edit. CPU flags: {flags or 'not read'}.", "",
+             f"against the first row's edit ({rows[0]['label']}). CPU flags: {flags or 'not read'}.", "",
              "| configuration | edit s | invert step s | guided step s | peak RSS GiB | vs Optimum | vs optimum-intel "
-             "| vs diffusers | RSS / diffusers' | max diff vs exact |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| vs diffusers | RSS / diffusers' | max diff vs first row |", "|---|---|---|---|---|---|---|---|---|---|"]
 
     def ratio(peer, r):
         return f"{peer['seconds_median'] / r['seconds_median']:.2f}x" if peer else "-"
 
     for r in rows:
+        rss = f"{r['peak_rss_gib'] / dif['peak_rss_gib']:.2f}" if dif else "-"
         lines.append(f"| {r['label']} | {r['seconds_median']:.1f} | {r['invert_step_s']:.2f} | {r['guided_step_s']:.2f} "
-                     f"| {r['peak_rss_gib']:.2f} | {ratio(opt, r)} | {ratio(ovi, r)} | {ratio(dif, r)} "
-                     f"| {r['peak_rss_gib'] / dif['peak_rss_gib']:.2f} | {r.get('max_diff_vs_exact', '-')} |")
+                     f"| {r['peak_rss_gib']:.2f} | {ratio(opt, r)} | {ratio(ovi, r)} | {ratio(dif, r)} | {rss} "
+                     f"| {r.get('max_diff_vs_first', r.get('max_diff_vs_exact', '-'))} |")
     lines += ["", "Speed ratios are the peer's seconds over the row's (above 1: the row is faster). Step caching "
               "applies to sampling only here (inversion interval 1: the inversion is what the edit rests on). "
               "optimum-intel runs the same edit (the same loop drives its OpenVINO components)."]
@@ -211,9 +212,9 @@ def openvino_export(python: str, work: Path) -> Path:
     return out
 
 
-def generation_rows(args, base: dict, rows: list[dict], work: Path) -> list[dict]:
-    """GenAI generating at the edit's guided steps, beside svdedit generating with the exact path and with the fastest
-    OpenVINO configuration of `rows` (none without --genai-python)."""
+def generation_rows(args, base: dict, rows: list[dict], work: Path, labels: list[str]) -> list[dict]:
+    """GenAI generating at the edit's guided steps, beside svdedit generating with the exact path (where `labels`, the
+    rows run, hold it) and with the fastest OpenVINO configuration of `rows` (none without --genai-python)."""
     if not (args.genai_python and args.optimum_intel_python):
         return []
     from svdedit.runtime.editing.avi import Attribute
@@ -224,7 +225,7 @@ def generation_rows(args, base: dict, rows: list[dict], work: Path) -> list[dict
     spec = dict(base, steps=knobs.steps, guidance=knobs.guidance, size=512)
     jobs = [dict(spec, impl="svdedit-generate", label=f"svdedit generate, {label}", engine=str(work / by_label[label][1]),
                  provider=by_label[label][4], run_precision=by_label[label][5])
-            for label in (CONFIGS[0][0], fastest["label"])]
+            for label in dict.fromkeys(l for l in (CONFIGS[0][0], fastest["label"]) if l in labels)]
     jobs.append(dict(spec, impl="genai", label="OpenVINO GenAI Text2ImagePipeline", python=args.genai_python))
     out = []
     for job in jobs:
@@ -248,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="OpenVINO GenAI's venv (peer_venvs.sh genai): Text2ImagePipeline on the same export; it cannot "
                          "invert, so it is timed generating, beside svdedit generating (needs --optimum-intel-python)")
     ap.add_argument("--only", help="comma-separated labels to run (default: all)")
-    ap.add_argument("--skip", help="comma-separated labels to leave out (their engine dirs are then not made)")
+    ap.add_argument("--skip", help="comma-separated labels to leave out (their engine dirs are then not made; "
+                                   "'diffusers (torch)' leaves that peer out)")
+    ap.add_argument("--name", default="speed_sd15_cpu",
+                    help="the result files' name under benchmarks/results/ (another name for a subset of rows)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -262,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work
     if not (work / "pipeline" / "model_index.json").exists():
         build_sd15_shape(work / "pipeline")
-    chosen = [c for c in configs() if (not args.only or c[0] in args.only.split(","))
-              and c[0] not in (args.skip or "").split(",")]
+    skip = (args.skip or "").split(",")
+    chosen = [c for c in configs() if (not args.only or c[0] in args.only.split(",")) and c[0] not in skip]
     prepare(work / "pipeline", work, lambda m: print(m, file=sys.stderr), {c[1] for c in chosen} | {"engine-fp32"})
     attr = work / f"red2blue-{args.steps}.safetensors"
     if not attr.exists():
@@ -274,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats, "optimum": str(args.optimum_dir or work / "optimum")}
     jobs = [dict(base, impl="svdedit", label=label, engine=str(work / engine), intervals=[n, ni], provider=provider,
                  run_precision=precision) for label, engine, n, ni, provider, precision in chosen]
-    jobs.append(dict(base, impl="diffusers", label="diffusers (torch)", engine=str(work / "engine-fp32")))
+    if "diffusers (torch)" not in skip:
+        jobs.append(dict(base, impl="diffusers", label="diffusers (torch)", engine=str(work / "engine-fp32")))
     if args.optimum_python:
         jobs.append(dict(base, impl="optimum", label="optimum (onnxruntime)", engine=str(work / "engine-fp32"),
                          python=args.optimum_python))
@@ -291,10 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"label": job["label"], "engine": Path(job["engine"]).name, "intervals": job.get("intervals"),
                      **row})
         print(f"  {row['seconds_median']:.1f} s, {row['peak_rss_gib']:.2f} GiB", file=sys.stderr)
-    exact = np.load(work / "speed-0.npy").astype(int)
+    first = np.load(work / "speed-0.npy").astype(int)
     for i, r in enumerate(rows):
-        r["max_diff_vs_exact"] = int(np.abs(np.load(work / f"speed-{i}.npy").astype(int) - exact).max())
-    generation = generation_rows(args, base, rows, work)
+        r["max_diff_vs_first"] = int(np.abs(np.load(work / f"speed-{i}.npy").astype(int) - first).max())
+    generation = generation_rows(args, base, rows, work, [c[0] for c in chosen])
     machine = describe()
     from svdedit.runtime.editing.avi import Attribute
 
@@ -305,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
            "guidance": knobs.guidance, "t_edit": knobs.t_edit, "repeats": args.repeats, "machine": machine,
            "versions": versions(), "rows": rows, "generation": generation}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "speed_sd15_cpu.json").write_text(json.dumps(res, indent=2) + "\n")
-    (RESULTS / "speed_sd15_cpu.md").write_text(markdown(res))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(res))
     print(markdown(res))
     return 0
 

@@ -266,6 +266,9 @@ class OptimumIntel(Optimum):
     name = "optimum-intel (OpenVINO)"
     pipeline_class = "OVStableDiffusionPipeline"
 
+    def eps(self, z, t, cond):  # its UNet's output is named out_sample (its export's name), not sample
+        return self.ref.unet(z, t, cond)[0]
+
     def load(self, spec: dict):
         from importlib.metadata import version
 

@@ -1,5 +1,6 @@
 """Speed against edit quality per configuration: benchmarks/results/speed_sd15_cpu.json (bench_speed.py, the SD 1.5
-shape) joined with speed_quality_shapes.json (speed_quality.py, the embedded model).
+shape) joined with speed_quality_shapes.json and the runs of speed_quality.py for later rows (QUALITY_FILES, the
+embedded model; a label is read from the first file that has it).
 
     python -m benchmarks.speed.speed_report
 
@@ -16,13 +17,41 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 #: the goals of issue 19 for the default fast configuration
 GOALS = {"vs_optimum": 1.3, "vs_diffusers": 2.0, "rss_vs_diffusers": 0.8, "quality_points": 2.0, "reconstruction_db": 0.5}
+#: speed_quality.py's result files (--name), the whole table first; each holds the exact path's row as well
+QUALITY_FILES = ["speed_quality_shapes.json", "speed_quality_openvino_shapes.json", "speed_quality_tensorrt_int8.json",
+                 "speed_quality_openvino_int8_shapes.json"]
+
+
+def quality_rows() -> tuple[dict, list[str]]:
+    """({label: row} of every quality run, the commands that made them)."""
+    rows, commands = {}, []
+    for name in QUALITY_FILES:
+        if (RESULTS / name).exists():
+            res = json.loads((RESULTS / name).read_text())
+            commands.append(res["command"])
+            for r in res["rows"]:
+                rows.setdefault(r["label"], r)
+    return rows, commands
+
+
+def quality_fields(q: dict, exact_q: dict) -> dict:
+    """One configuration's quality row against the exact path's: scores, differences, and whether it is within the
+    bounds of issue 19 (quality_ok)."""
+    g, e = q["generated"], exact_q["generated"]
+    out = dict(success=g["success"], identity=g["identity"], success_and_identity=g["success_and_identity"],
+               reconstruction_db=q["reconstruction_psnr_db"], d_success=100 * (g["success"] - e["success"]),
+               d_identity=100 * (g["identity"] - e["identity"]),
+               d_reconstruction_db=q["reconstruction_psnr_db"] - exact_q["reconstruction_psnr_db"])
+    out["quality_ok"] = (out["d_success"] >= -GOALS["quality_points"] and out["d_identity"] >= -GOALS["quality_points"]
+                         and out["d_reconstruction_db"] >= -GOALS["reconstruction_db"])
+    return out
 
 
 def joined() -> tuple[list[dict], dict]:
     speed = json.loads((RESULTS / "speed_sd15_cpu.json").read_text())
-    quality = json.loads((RESULTS / "speed_quality_shapes.json").read_text())
+    quality = json.loads((RESULTS / QUALITY_FILES[0]).read_text())
     rows = {r["label"]: r for r in speed["rows"]}
-    q = {r["label"]: r for r in quality["rows"]}
+    q, commands = quality_rows()
     opt, dif, exact_q = rows.get("optimum (onnxruntime)"), rows["diffusers (torch)"], q["exact (fp32)"]
     out = []
     labels = [k for k, r in rows.items() if not r["impl"].startswith(("diffusers", "optimum"))]
@@ -37,20 +66,13 @@ def joined() -> tuple[list[dict], dict]:
                        vs_diffusers=dif["seconds_median"] / r["seconds_median"],
                        rss_vs_diffusers=r["peak_rss_gib"] / dif["peak_rss_gib"])
         if label in q:
-            g, e = q[label]["generated"], exact_q["generated"]
-            row.update(success=g["success"], identity=g["identity"], success_and_identity=g["success_and_identity"],
-                       reconstruction_db=q[label]["reconstruction_psnr_db"],
-                       d_success=100 * (g["success"] - e["success"]), d_identity=100 * (g["identity"] - e["identity"]),
-                       d_reconstruction_db=q[label]["reconstruction_psnr_db"] - exact_q["reconstruction_psnr_db"])
-            row["quality_ok"] = (row["d_success"] >= -GOALS["quality_points"] and
-                                 row["d_identity"] >= -GOALS["quality_points"] and
-                                 row["d_reconstruction_db"] >= -GOALS["reconstruction_db"])
+            row.update(quality_fields(q[label], exact_q))
         if r is not None:
             row["speed_ok"] = (row["vs_optimum"] or 0) >= GOALS["vs_optimum"] and \
                 row["vs_diffusers"] >= GOALS["vs_diffusers"] and row["rss_vs_diffusers"] <= GOALS["rss_vs_diffusers"]
         out.append(row)
     peers = {"optimum": opt, "diffusers": dif}
-    return out, {"speed": speed, "quality": quality, "peers": peers}
+    return out, {"speed": speed, "quality": quality, "quality_commands": commands, "peers": peers}
 
 
 def markdown(rows: list[dict], ctx: dict) -> str:
@@ -59,7 +81,7 @@ def markdown(rows: list[dict], ctx: dict) -> str:
              f"Speed: {s['model_label']}, {s['device_label']}, {s['steps']} inversion + {s['steps']} guided steps, one "
              f"edit, median of {s['repeats']} after a warm-up, each in its own process (`{s['command']}`; "
              f"[speed_sd15_cpu.md](speed_sd15_cpu.md)). Quality: the embedded model at 50 steps, {q['seeds']} held-out "
-             f"seeds and {q['renders']} renders per attribute, four attributes (`{q['command']}`; "
+             f"seeds and {q['renders']} renders per attribute, four attributes (`{'`, `'.join(ctx['quality_commands'])}`; "
              f"[speed_quality_shapes.md](speed_quality_shapes.md)). Goals (issue 19): at least {GOALS['vs_optimum']}x "
              f"Optimum and {GOALS['vs_diffusers']}x diffusers, peak RSS at most {GOALS['rss_vs_diffusers']}x "
              f"diffusers'; success and identity within {GOALS['quality_points']:g} points of the exact path, "
