@@ -19,8 +19,10 @@ Writes benchmarks/results/openvino_unet_sd15_cpu.{json,md} (--only and --name: a
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,7 +83,8 @@ def child_svdedit(engine: str, provider: str, precision: str | None, repeats: in
 
     import numpy as np
 
-    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ov-cache-")  # the first open compiles
+    os.environ["XDG_CACHE_HOME"] = cache = tempfile.mkdtemp(prefix="ov-cache-")  # the first open compiles
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)  # a few GB per row: not left in /tmp
     from svdedit.runtime.engines import open_engines, read_manifest
 
     manifest = read_manifest(engine)
@@ -114,6 +117,7 @@ def child_ir(folder: str, precision: str, repeats: int, out_npy: str) -> dict:
     config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]}
     opens, core = [], ov.Core()
     cache = tempfile.mkdtemp(prefix="ov-ir-cache-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
     for _ in range(2):
         t = time.perf_counter()
         compiled = core.compile_model(os.path.join(folder, "unet", "openvino_model.xml"), "CPU",
@@ -140,6 +144,7 @@ def child_ep(engine: str, precision: str, repeats: int, out_npy: str) -> dict:
     device = [d for d in ort.get_ep_devices() if d.ep_name == plugin.get_ep_name()
               and d.ep_metadata.get("ov_device") == "CPU"][0]
     cache = tempfile.mkdtemp(prefix="ep-cache-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
     options = {"load_config": json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]}}),
                "cache_dir": cache}
     opens = []
