@@ -92,3 +92,21 @@ def test_without_nncf_the_error_says_how_to_install_it_and_nothing_is_written(sh
     with pytest.raises(SvdeditError, match=r"pip install 'svdedit\[nncf\]'"):
         quantize_engine(shapes_engine, tmp_path / "out", QuantizeOptions(mode="nncf", prompts=1, steps=2))
     assert not (tmp_path / "out").exists()
+
+
+def test_an_nncf_that_fails_on_the_graph_is_a_clear_error_and_nothing_is_written(shapes_engine, tmp_path, monkeypatch):
+    """NNCF raising inside its quantizer (a graph its version cannot read) gives the one-line error that names the
+    versions, the graph and both ways out, not NNCF's traceback; the engine dir is not written."""
+    import svdedit.export.quantize as quantize
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("Could not find the bias value of the node")
+
+    monkeypatch.setattr(quantize, "nncf_hybrid", failing)
+    with pytest.raises(quantize.SvdeditError, match=r"^nncf \d.* \(OpenVINO \d.*\) could not quantize unet\.onnx "
+                                                    r"\(RuntimeError: Could not find.*pip install -U nncf openvino.*"
+                                                    r"--mode static") as caught:
+        quantize.quantize_engine(shapes_engine, tmp_path / "out",
+                                 quantize.QuantizeOptions(mode="nncf", prompts=1, steps=2))
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()

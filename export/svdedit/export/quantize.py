@@ -149,19 +149,29 @@ def quantize_network(src: Path, dst: Path, mode: str, calibration: list[dict] | 
 
     large = src.with_name(src.name + ".data").exists()
     t0 = time.perf_counter()
-    if mode == "nncf":
-        _quantize_nncf(src, dst, calibration)
-        return {"seconds": round(time.perf_counter() - t0, 1)}
     ort.set_default_logger_severity(3)        # the calibrator's sessions list every initializer they drop
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR  # the quantizer warns on the root logger for every 1-D weight
     try:
-        _quantize(src, dst, mode, calibration, large)
-    except Exception as exc:  # noqa: BLE001  onnxruntime's quantizer, on a graph its version cannot read
-        raise SvdeditError(f"onnxruntime {ort.__version__} could not quantize {src.name} ({type(exc).__name__}: "
-                           f"{str(exc)[:200]}). Its 1.31 quantizer fails on the graphs today's exporter writes and "
-                           f"1.32 works: pip install -U 'onnxruntime>=1.32' (onnxruntime-gpu has no 1.32 yet: quantize "
-                           f"in a CPU environment; the int8 engine dir it writes runs anywhere).") from exc
+        if mode == "nncf":
+            _quantize_nncf(src, dst, calibration)
+        else:
+            _quantize(src, dst, mode, calibration, large)
+    except SvdeditError:
+        raise
+    except Exception as exc:  # noqa: BLE001  the quantizer, on a graph its version cannot read
+        cause = f"{type(exc).__name__}: {str(exc)[:200]}"
+        for leftover in (dst, dst.with_suffix(".bin"), dst.with_name(dst.name + ".data")):
+            leftover.unlink(missing_ok=True)
+        if mode == "nncf":
+            nncf, ov = import_nncf()
+            raise SvdeditError(f"nncf {nncf.__version__} (OpenVINO {ov.__version__.split('-')[0]}) could not quantize "
+                               f"{src.name} ({cause}). Try the newest: pip install -U nncf openvino; or quantize with "
+                               f"--mode static, which runs on every provider.") from exc
+        raise SvdeditError(f"onnxruntime {ort.__version__} could not quantize {src.name} ({cause}). Its 1.31 quantizer "
+                           f"fails on the graphs today's exporter writes and 1.32 works: pip install -U "
+                           f"'onnxruntime>=1.32' (onnxruntime-gpu has no 1.32 yet: quantize in a CPU environment; the "
+                           f"int8 engine dir it writes runs anywhere).") from exc
     finally:
         root.setLevel(level)
     return {"seconds": round(time.perf_counter() - t0, 1)}
@@ -280,6 +290,23 @@ def parity(src: Path, dst: Path, feeds: list[dict]) -> dict:
 # --------------------------------------------------------------------------------------------------
 # 5. The whole step
 # --------------------------------------------------------------------------------------------------
+#: what each mode does, as the manifest's quantization record says it
+RECORDS = {
+    "static": {"ops": STATIC_OPS, "activations": "uint8, per tensor, MinMax", "weights": "int8, per channel",
+               "biases": "int32", "kept_fp32": "Conv nodes reading a graph input (conv_in)", "runs_on": "any provider"},
+    "dynamic": {"ops": DYNAMIC_OPS, "activations": "uint8, per call (dynamic)", "weights": "int8, per tensor",
+                "biases": "fp32", "kept_fp32": None, "runs_on": "any provider"},
+    "tensorrt": {"ops": STATIC_OPS, "activations": "int8 symmetric (zero point 0), per tensor, MinMax",
+                 "weights": "int8 symmetric, per channel", "biases": "fp32",
+                 "kept_fp32": "Conv nodes reading a graph input (conv_in)", "runs_on": "any provider"},
+    "nncf": {"ops": ["Convolution", "MatMul"],
+             "activations": "int8 (NNCF's transformer preset), only at the inputs of MatMuls without a weight (attention)",
+             "weights": "int8 asymmetric, per output channel (NNCF weight compression)", "biases": "fp32",
+             "kept_fp32": "the activations into every Conv and MatMul with a weight (their weights are int8)",
+             "runs_on": "the provider openvino only (an OpenVINO model)"},
+}
+
+
 def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: QuantizeOptions = QuantizeOptions(),
                     log: Callable[[str], None] = lambda message: None) -> Manifest:
     from svdedit.runtime.engines.names import resolve_engine
@@ -344,20 +371,7 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
             records[name] = {"parity_int8": p, "seconds": took["seconds"]}
         raw["quantization"] = {
             "mode": options.mode, "tool": _tool(options.mode),
-            "ops": {"dynamic": DYNAMIC_OPS, "nncf": ["Convolution", "MatMul"]}.get(options.mode, STATIC_OPS),
-            "activations": {"static": "uint8, per tensor, MinMax", "dynamic": "uint8, per call (dynamic)",
-                            "tensorrt": "int8 symmetric (zero point 0), per tensor, MinMax",
-                            "nncf": "int8 (NNCF's transformer preset), only at the inputs of MatMuls without a "
-                                    "weight (attention)"}[options.mode],
-            "weights": {"static": "int8, per channel", "dynamic": "int8, per tensor",
-                        "tensorrt": "int8 symmetric, per channel",
-                        "nncf": "int8 asymmetric, per output channel (NNCF weight compression)"}[options.mode],
-            "biases": {"static": "int32", "dynamic": "fp32", "tensorrt": "fp32", "nncf": "fp32"}[options.mode],
-            "kept_fp32": {"static": "Conv nodes reading a graph input (conv_in)", "dynamic": None,
-                          "tensorrt": "Conv nodes reading a graph input (conv_in)",
-                          "nncf": "the activations into every Conv and MatMul with a weight (their weights are "
-                                  "int8)"}[options.mode],
-            "runs_on": "the provider openvino only (an OpenVINO model)" if options.mode == "nncf" else "any provider",
+            **RECORDS[options.mode],
             "calibration": {"prompts": CALIBRATION_PROMPTS[:options.prompts], "steps": options.steps,
                             "size": options.size or manifest.image_size.default, "guidance": options.guidance,
                             "calls": {n: len(recorded[n]) for n in names}} if calibrated else None,
