@@ -8,7 +8,7 @@ import pytest
 
 from svdedit.runtime.engines import OrtRunner, Runner, open_engines, read_manifest
 from svdedit.runtime.errors import EngineDirError, RunnerError, SvdeditError
-from tests.conftest import requires_torch
+from tests.conftest import requires_gpu, requires_torch
 
 pytestmark = requires_torch  # the engine fixtures are exported with torch
 
@@ -37,6 +37,41 @@ def test_lifecycle_activate_infer_deactivate(engine):
         np.testing.assert_array_equal(runner.infer(_unet_feeds(m))["model_output"], out["model_output"])
     assert not runner.is_active and runner.session is None
     runner.deactivate()  # deactivating an inactive runner is harmless (ExitStack unwinding may do it)
+
+
+def test_io_binding_gives_the_outputs_of_a_plain_run_on_any_memory_layout(engine):
+    """The runner calls through onnxruntime's IO binding (the path that keeps CuPy latents on the GPU): on the CPU it
+    gives bit for bit what session.run gives, and a strided view or a Fortran-ordered copy is bound correctly."""
+    d, m = engine
+    feeds = _unet_feeds(m)
+    with OrtRunner(d, "unet", m, "cpu") as runner:
+        plain = runner.session.run(["model_output"], feeds)[0]
+        bound = runner(**feeds)["model_output"]
+        assert type(bound) is np.ndarray and bound.flags.c_contiguous and bound.flags.owndata
+        np.testing.assert_array_equal(bound, plain)
+        wide = np.zeros((2, 4, 8, 16), np.float32)
+        wide[..., ::2] = feeds["sample"]
+        strided = dict(feeds, sample=wide[..., ::2], encoder_hidden_states=np.asfortranarray(
+            feeds["encoder_hidden_states"]))
+        np.testing.assert_array_equal(runner(**strided)["model_output"], plain)
+        again = runner(**dict(feeds, sample=feeds["sample"] * 2))["model_output"]
+        assert np.abs(again - plain).max() > 1e-3 and np.array_equal(runner(**feeds)["model_output"], plain)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_cupy_latents_stay_on_the_device_and_match_numpy(engine):
+    """CuPy feeds give CuPy outputs (on the CPU provider through host copies, on CUDA bound where they lie), equal to
+    the NumPy call within float32 rounding."""
+    import cupy
+
+    d, m = engine
+    feeds = _unet_feeds(m)
+    with OrtRunner(d, "unet", m, "auto") as runner:
+        host = runner(**feeds)["model_output"]
+        out = runner(**{n: cupy.asarray(a) for n, a in feeds.items()})["model_output"]
+        assert isinstance(out, cupy.ndarray) and out.shape == host.shape
+        np.testing.assert_allclose(cupy.asnumpy(out), host, rtol=1e-3, atol=1e-4)
 
 
 def test_misuse_is_caught(engine):

@@ -13,6 +13,9 @@ import functools
 import logging
 from pathlib import Path
 
+import numpy as np
+
+from svdedit.kernels import array_module
 from svdedit.runtime.engines.base import Runner
 from svdedit.runtime.engines.names import engine_cache_dir
 from svdedit.runtime.engines.manifest import Manifest
@@ -93,6 +96,19 @@ def session_options():
     return opts
 
 
+def device_array(value):
+    """An onnxruntime OrtValue on a CUDA device as a CuPy array sharing its memory (DLPack where this onnxruntime has
+    it; else its pointer, the OrtValue kept alive as the memory's owner)."""
+    import cupy
+
+    if hasattr(value, "__dlpack__"):
+        return cupy.from_dlpack(value)
+    dtype = np.dtype(ORT_TYPES[value.data_type()])
+    shape = tuple(value.shape())
+    memory = cupy.cuda.UnownedMemory(value.data_ptr(), int(np.prod(shape)) * dtype.itemsize, value)
+    return cupy.ndarray(shape, dtype=dtype, memptr=cupy.cuda.MemoryPointer(memory, 0))
+
+
 class OrtRunner(Runner):
     """One network of an engine dir, run by onnxruntime. `session` is the onnxruntime InferenceSession while active."""
 
@@ -135,14 +151,45 @@ class OrtRunner(Runner):
                         self.network, wanted[0], self.provider, self.provider)
 
     def _infer(self, feeds: dict) -> dict:
+        """One call through onnxruntime's IO binding. NumPy feeds give NumPy outputs. CuPy feeds (latents kept on the
+        GPU between steps) are bound where they lie and give CuPy outputs on their device, as the TensorRT runner does;
+        on the CPU provider they are copied to the host and the outputs back to their device."""
+        on_device = [n for n, a in feeds.items() if array_module(a) is not np]
+        if on_device and self.provider == "CPUExecutionProvider":
+            import cupy
+
+            return {n: cupy.asarray(a) for n, a in self._infer({n: cupy.asnumpy(a) for n, a in feeds.items()}).items()}
         try:
-            return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+            binding = self.session.io_binding()
+            kept = [self._bind_input(binding, n, a) for n, a in feeds.items()]  # alive until the run is over
+            device = next((a.device.id for a in kept if array_module(a) is not np), None)
+            for name in self.output_names:
+                binding.bind_output(name, *(("cuda", device) if on_device else ("cpu",)))
+            self.session.run_with_iobinding(binding)
+            if not on_device:
+                return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+            return dict(zip(self.output_names, map(device_array, binding.get_outputs())))
         except Exception as exc:  # onnxruntime's InvalidArgument / Fail / RuntimeException: a graph at odds with its data
             if type(exc).__module__.startswith("onnxruntime"):
                 raise EngineDirError(f"{self.network} ({self.engine_dir / self.entry.file}) failed on inputs of shapes "
                                      f"{ {n: tuple(a.shape) for n, a in feeds.items()} }: "
                                      f"{str(exc).splitlines()[0][:300]}") from None
             raise
+
+    @staticmethod
+    def _bind_input(binding, name: str, a):
+        """Bind one input: a NumPy array from host memory, a CuPy array by its device pointer (once the work queued
+        on CuPy's stream is done: onnxruntime runs on a stream of its own). Returns the array bound."""
+        if array_module(a) is np:
+            a = np.asarray(a, order="C")
+            binding.bind_cpu_input(name, a)
+            return a
+        import cupy
+
+        a = cupy.ascontiguousarray(a)
+        cupy.cuda.get_current_stream().synchronize()
+        binding.bind_input(name, "cuda", a.device.id, a.dtype, list(a.shape), a.data.ptr)
+        return a
 
     def _deactivate(self) -> None:
         self.session = None
