@@ -29,7 +29,9 @@ class Entry:
 CATALOG = (
     Entry("speed.bench_speed", "~2.5 h on the Intel Xeon: 18 configurations and 5 peers x 3 runs of 40-180 s SD "
           "1.5-shape edits, plus their exports and quantizations (~55 min once); 30 min for the OpenVINO subset of "
-          "--name speed_sd15_openvino_cpu", "speed_sd15_cpu.{json,md}, speed_sd15_openvino_cpu.{json,md}"),
+          "--name speed_sd15_openvino_cpu; 50 min for --rounds 3 of the 3 OpenVINO rows, both optimum-intel rows and the "
+          "generation rows (--name speed_sd15_openvino_rounds_cpu)",
+          "speed_sd15_cpu.{json,md}, speed_sd15_openvino_cpu.{json,md}, speed_sd15_openvino_rounds_cpu.{json,md}"),
     Entry("speed.bench_openvino_unet", "~9 min: 10 ways x (2 opens + 6 UNet calls of 2-10 s) on the SD 1.5 shape (its "
           "int8 engines from bench_speed's prepare: ~45 min once); 2 min for the 3 rows of --name "
           "openvino_unet_graphs_sd15_cpu", "openvino_unet_sd15_cpu.{json,md}, openvino_unet_graphs_sd15_cpu.{json,md}"),

@@ -180,6 +180,26 @@ def openvino_generation() -> str:
                    f"{g['peak_rss_gib']:.2f} ({g['peak_rss_gib'] / genai['peak_rss_gib']:.2f})"] for g in gen])
 
 
+def openvino_rounds() -> str:
+    """The decisive rows interleaved with the peers' (speed/bench_speed.py --rounds, speed_sd15_openvino_rounds_cpu):
+    each round ran every row once, so a round's ratio compares rows measured minutes apart on a drifting machine."""
+    from benchmarks.speed.bench_speed import OPTIMUM_INTEL, paired, rounds_text
+
+    res = _load("speed_sd15_openvino_rounds_cpu.json")
+    by_label = {r["label"]: r for r in res["rows"]}
+    ovi, ovi32 = by_label[OPTIMUM_INTEL], by_label[OPTIMUM_INTEL + ", forced to fp32"]
+    genai = res["generation"][-1]
+    rows = [[r["label"], rounds_text(r["seconds_rounds"], "{:.1f}"), rounds_text(paired(ovi, r), "{:.2f}x"),
+             rounds_text(paired(ovi32, r), "{:.2f}x"), f"{r['peak_rss_gib']:.2f} ({r['peak_rss_gib'] / ovi['peak_rss_gib']:.2f})"]
+            for r in res["rows"]]
+    rows += [[f"generate: {g['label']}", rounds_text(g["seconds_rounds"], "{:.1f}"),
+              "vs GenAI " + rounds_text(paired(genai, g), "{:.2f}x"), "",
+              f"{g['peak_rss_gib']:.2f} ({g['peak_rss_gib'] / genai['peak_rss_gib']:.2f} of GenAI's)"]
+             for g in res["generation"]]
+    return _rows(["row", "seconds per round", "vs optimum-intel, per round", "vs optimum-intel fp32, per round",
+                  "peak RSS GiB (/ optimum-intel's)"], rows)
+
+
 def open_time() -> str:
     """Opening an engine dir (speed/bench_open.py): every file hashed against only the changed ones."""
     res = _load("open_sd15_cpu.json")
@@ -207,7 +227,8 @@ def serve_batching() -> str:
 
 TABLES = {"serve-batching": serve_batching, "edit-quality": edit_quality, "strength": strength, "edit-sd15": edit_sd15,
           "edit-sdxl": edit_sdxl, "configurations": configurations, "open-time": open_time,
-          "openvino-edit": openvino_edit, "openvino-generation": openvino_generation}
+          "openvino-edit": openvino_edit, "openvino-generation": openvino_generation,
+          "openvino-rounds": openvino_rounds}
 
 
 def render(readme: str) -> str:

@@ -147,12 +147,51 @@ def child(spec: dict) -> dict:
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def run_child(spec: dict, python: str = sys.executable) -> dict:
+def run_child(spec: dict) -> dict:
+    """`spec` run by its own interpreter (spec["python"], else this one) in a process of its own."""
+    spec = dict(spec)
+    python = spec.pop("python", sys.executable)
     proc = subprocess.run([python, "-m", "benchmarks.speed.bench_speed", "--child", json.dumps(spec)], cwd=ROOT,
                           capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"{spec['impl']} {spec.get('label', '')} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_rounds(jobs: list[dict], rounds: int, out: str) -> list[dict]:
+    """Each job run `rounds` times, the rounds interleaved and their order reversed every other round (A B, B A, A B:
+    a machine whose speed drifts during the run slows every row alike), its output image at out.format(index). A row
+    is its first round's result with the median over rounds of seconds and per-step times, every round's seconds in
+    seconds_rounds and the highest peak RSS."""
+    results: list[list[dict]] = [[] for _ in jobs]
+    for r in range(rounds):
+        for i in (range(len(jobs)) if r % 2 == 0 else reversed(range(len(jobs)))):
+            job = dict(jobs[i], out=out.format(i))
+            print(f"running {job['label']}" + (f" (round {r + 1} of {rounds})" if rounds > 1 else "") + " ...",
+                  file=sys.stderr)
+            results[i].append(run_child(job))
+            print(f"  {results[i][-1]['seconds_median']:.1f} s, {results[i][-1]['peak_rss_gib']:.2f} GiB", file=sys.stderr)
+    rows = []
+    for job, runs in zip(jobs, results):
+        row = {"label": job["label"], **runs[0]}
+        for key in ("seconds_median", "invert_step_s", "guided_step_s", "load_s"):
+            if key in row:
+                row[key] = statistics.median(run[key] for run in runs)
+        row["peak_rss_gib"] = max(run["peak_rss_gib"] for run in runs)
+        if rounds > 1:
+            row["seconds_rounds"] = [round(run["seconds_median"], 3) for run in runs]
+        rows.append(row)
+    return rows
+
+
+def rounds_text(values: list[float], fmt: str) -> str:
+    """'a, b, c (min m)' of per-round values, or '-' for none."""
+    return f"{', '.join(fmt.format(v) for v in values)} (min {fmt.format(min(values))})" if values else "-"
+
+
+def paired(peer: dict, row: dict) -> list[float]:
+    """The peer's seconds over the row's, round by round (the rounds ran side by side); [] without rounds."""
+    return [p / r for p, r in zip(peer.get("seconds_rounds", []), row.get("seconds_rounds", []))]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,6 +222,20 @@ def markdown(res: dict) -> str:
               "applies to sampling only here (inversion interval 1: the inversion is what the edit rests on). "
               "optimum-intel runs the same edit (the same loop drives its OpenVINO components)."]
     gen = res.get("generation") or []
+    if res.get("rounds", 1) > 1:
+        ovi32 = ref.get(OPTIMUM_INTEL + ", forced to fp32")
+        lines += ["", f"## Round by round: {res['rounds']} rounds, interleaved (A B, B A, ...)", "",
+                  "Each round ran every row once, minutes apart; a ratio here compares the rows of one round. Its "
+                  "spread is what the machine's drift does to a single comparison.", "",
+                  "| configuration | seconds per round | vs optimum-intel per round | vs optimum-intel fp32 per round |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['label']} | {rounds_text(r['seconds_rounds'], '{:.1f}')} | "
+                  f"{rounds_text(paired(ovi, r) if ovi else [], '{:.2f}x')} | "
+                  f"{rounds_text(paired(ovi32, r) if ovi32 else [], '{:.2f}x')} |" for r in rows]
+        if gen:
+            lines += ["", "| generation | seconds per round | vs GenAI per round |", "|---|---|---|"]
+            lines += [f"| {g['label']} | {rounds_text(g['seconds_rounds'], '{:.1f}')} | "
+                      f"{rounds_text(paired(gen[-1], g), '{:.2f}x')} |" for g in gen]
     if gen:
         genai = gen[-1]
         lines += ["", f"## Generation only: {res['steps']} guided steps and the decode, 512x512 (GenAI cannot invert)",
@@ -227,19 +280,17 @@ def generation_rows(args, base: dict, rows: list[dict], work: Path, labels: list
                  provider=by_label[label][4], run_precision=by_label[label][5])
             for label in dict.fromkeys(l for l in (CONFIGS[0][0], fastest["label"]) if l in labels)]
     jobs.append(dict(spec, impl="genai", label="OpenVINO GenAI Text2ImagePipeline", python=args.genai_python))
-    out = []
-    for job in jobs:
-        print(f"running {job['label']} ...", file=sys.stderr)
-        job["out"] = str(work / f"generation-{len(out)}.npy")
-        out.append({"label": job["label"], **run_child(job, job.pop("python", sys.executable))})
-    return out
+    return run_rounds(jobs, args.rounds, str(work / "generation-{}.npy"))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/sd15"))
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="timed edits per process (their median is its time)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every row this many times, interleaved (A B, B A, ...): on a machine whose speed drifts, "
+                         "each round's ratio compares rows measured minutes apart; a row's time is its median round")
     ap.add_argument("--optimum-python", metavar="PYTHON")
     ap.add_argument("--optimum-dir", type=Path, help="Optimum's export (default: WORK/optimum)")
     ap.add_argument("--optimum-intel-python", metavar="PYTHON",
@@ -288,14 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         for precision, label in (("default", OPTIMUM_INTEL), ("fp32", OPTIMUM_INTEL + ", forced to fp32")):
             jobs.append(dict(base, impl="optimum-intel", label=label, engine=str(work / "engine-fp32"),
                              python=args.optimum_intel_python, precision=precision))
-    rows = []
-    for job in jobs:
-        print(f"running {job['label']} ...", file=sys.stderr)
-        job["out"] = str(work / f"speed-{len(rows)}.npy")
-        row = run_child(job, job.pop("python", sys.executable))
-        rows.append({"label": job["label"], "engine": Path(job["engine"]).name, "intervals": job.get("intervals"),
-                     **row})
-        print(f"  {row['seconds_median']:.1f} s, {row['peak_rss_gib']:.2f} GiB", file=sys.stderr)
+    rows = [dict(row, engine=Path(job["engine"]).name, intervals=job.get("intervals"))
+            for job, row in zip(jobs, run_rounds(jobs, args.rounds, str(work / "speed-{}.npy")))]
     first = np.load(work / "speed-0.npy").astype(int)
     for i, r in enumerate(rows):
         r["max_diff_vs_first"] = int(np.abs(np.load(work / f"speed-{i}.npy").astype(int) - first).max())
@@ -307,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     res = {"benchmark": "bench_speed", "command": "python -m benchmarks.speed.bench_speed " + " ".join(sys.argv[1:]),
            "model_label": "SD 1.5 shape (512x512, random weights)",
            "device_label": f"{machine['cpu']}, {machine['cores']} cores", "steps": args.steps,
-           "guidance": knobs.guidance, "t_edit": knobs.t_edit, "repeats": args.repeats, "machine": machine,
+           "guidance": knobs.guidance, "t_edit": knobs.t_edit, "repeats": args.repeats, "rounds": args.rounds,
+           "machine": machine,
            "versions": versions(), "rows": rows, "generation": generation}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2) + "\n")
