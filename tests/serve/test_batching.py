@@ -105,14 +105,14 @@ def test_a_nan_in_one_image_fails_that_image_only(shapes_engine, store, fast_att
         poisoned = "a small red triangle on the right"
         bad_rows = {p.tobytes() for p in service.pipe.encode_prompt([poisoned, "a small blue triangle on the right"])}
         unet = service.pipe.engines["unet"]
-        real = unet.session.run
+        real = unet.infer
 
-        def run(names, feeds):
-            out = real(names, feeds)[0]
+        def infer(feeds):
+            out = real(feeds)
             rows = [i for i, e in enumerate(feeds["encoder_hidden_states"]) if e.tobytes() in bad_rows]
-            out[rows] = np.nan
-            return [out]
-        unet.session.run = run
+            out["model_output"][rows] = np.nan
+            return out
+        unet.infer = infer
         jobs = [service.edit_job(EditRequest((fast_attr[0],), PROMPT, seeds=(1,))),
                 service.edit_job(EditRequest((fast_attr[0],), poisoned, seeds=(2,))),
                 service.edit_job(EditRequest((fast_attr[0],), PROMPT, seeds=(3,), strengths=(0.5,)))]
