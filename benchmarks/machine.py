@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,6 +55,11 @@ def describe() -> dict:
 
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def device_slug(device: str) -> str:
+    """A device description as a result file's name part: "Intel(R) Xeon(R) Processor, ..." -> intel-r-xeon-r-processor."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", device.split(",")[0]).strip("-").lower()
 
 
 def write_result(stem: str, res: dict, markdown: str) -> None:

@@ -14,14 +14,13 @@ Writes benchmarks/results/io_binding_<device>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import time
 
 import numpy as np
 
-from benchmarks.machine import describe, write_result
+from benchmarks.machine import describe, device_slug, write_result
 
 
 def feeds_for(manifest, batch: int = 2) -> dict:
@@ -108,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|"]
     lines += [f"| {r['way']} | {r['loop_s_median']:.3f} | {r['per_call_ms']:.2f} | {r['vs_run']:.2f}x | "
               f"{r['max_abs_diff_vs_run']:.2e} |" for r in rows]
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", device.split(",")[0]).strip("-").lower()
-    write_result(args.name or f"io_binding_{slug}", res, "\n".join(lines) + "\n")
+    write_result(args.name or f"io_binding_{device_slug(device)}", res, "\n".join(lines) + "\n")
     return 0
 
 

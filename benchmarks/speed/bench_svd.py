@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import describe
+from benchmarks.machine import describe, device_slug
 from svdedit.kernels import channel_svd
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -90,8 +89,7 @@ def main() -> None:
               "torch": getattr(torch, "__version__", None), "cupy": getattr(cupy, "__version__", None),
               "gpu_measured": gpu, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", device.split(",")[0]).strip("-").lower()
-    out = RESULTS / f"svd_{slug}.json"
+    out = RESULTS / f"svd_{device_slug(device)}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
