@@ -110,11 +110,19 @@ def device_array(value):
 
 
 class OrtRunner(Runner):
-    """One network of an engine dir, run by onnxruntime. `session` is the onnxruntime InferenceSession while active."""
+    """One network of an engine dir, run by onnxruntime. `session` is the onnxruntime InferenceSession while active.
 
-    def __init__(self, engine_dir: str | Path, network: str, manifest: Manifest, provider: str = "auto"):
+    `io_binding`: how a call reaches onnxruntime. None (the default) binds where it pays: CuPy feeds on a GPU
+    provider are bound where they lie and the outputs stay there; NumPy feeds go through session.run, which on the
+    CPU is cheaper than building a binding per call (embedded model, Intel Xeon: 7.81 against 9.20 ms per UNet call,
+    benchmarks/results/io_binding_intel-r-xeon-r-processor.md). True binds every call (NumPy feeds too: what the
+    tests and bench_io_binding compare bit for bit with session.run)."""
+
+    def __init__(self, engine_dir: str | Path, network: str, manifest: Manifest, provider: str = "auto",
+                 io_binding: bool | None = None):
         super().__init__(engine_dir, network, manifest)
         self.requested_provider = provider
+        self.io_binding = io_binding
         self.session = None
 
     def _activate(self) -> None:
@@ -151,30 +159,36 @@ class OrtRunner(Runner):
                         self.network, wanted[0], self.provider, self.provider)
 
     def _infer(self, feeds: dict) -> dict:
-        """One call through onnxruntime's IO binding. NumPy feeds give NumPy outputs. CuPy feeds (latents kept on the
-        GPU between steps) are bound where they lie and give CuPy outputs on their device, as the TensorRT runner does;
-        on the CPU provider they are copied to the host and the outputs back to their device."""
+        """One call. NumPy feeds give NumPy outputs. CuPy feeds (latents kept on the GPU between steps) give CuPy
+        outputs on their device, as the TensorRT runner does: on a GPU provider bound where they lie, on the CPU
+        provider copied to the host and the outputs back to their device."""
         on_device = [n for n, a in feeds.items() if array_module(a) is not np]
         if on_device and self.provider == "CPUExecutionProvider":
             import cupy
 
             return {n: cupy.asarray(a) for n, a in self._infer({n: cupy.asnumpy(a) for n, a in feeds.items()}).items()}
         try:
-            binding = self.session.io_binding()
-            kept = [self._bind_input(binding, n, a) for n, a in feeds.items()]  # alive until the run is over
-            device = next((a.device.id for a in kept if array_module(a) is not np), None)
-            for name in self.output_names:
-                binding.bind_output(name, *(("cuda", device) if on_device else ("cpu",)))
-            self.session.run_with_iobinding(binding)
-            if not on_device:
-                return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
-            return dict(zip(self.output_names, map(device_array, binding.get_outputs())))
+            if on_device or self.io_binding:
+                return self._run_bound(feeds, on_device=bool(on_device))
+            return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
         except Exception as exc:  # onnxruntime's InvalidArgument / Fail / RuntimeException: a graph at odds with its data
             if type(exc).__module__.startswith("onnxruntime"):
                 raise EngineDirError(f"{self.network} ({self.engine_dir / self.entry.file}) failed on inputs of shapes "
                                      f"{ {n: tuple(a.shape) for n, a in feeds.items()} }: "
                                      f"{str(exc).splitlines()[0][:300]}") from None
             raise
+
+    def _run_bound(self, feeds: dict, on_device: bool) -> dict:
+        """One call through onnxruntime's IO binding: outputs on the feeds' device (CuPy) or copied to the host."""
+        binding = self.session.io_binding()
+        kept = [self._bind_input(binding, n, a) for n, a in feeds.items()]  # alive until the run is over
+        device = next((a.device.id for a in kept if array_module(a) is not np), None)
+        for name in self.output_names:
+            binding.bind_output(name, *(("cuda", device) if on_device else ("cpu",)))
+        self.session.run_with_iobinding(binding)
+        if not on_device:
+            return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+        return dict(zip(self.output_names, map(device_array, binding.get_outputs())))
 
     @staticmethod
     def _bind_input(binding, name: str, a):
