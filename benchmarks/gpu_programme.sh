@@ -10,8 +10,9 @@
 #   1. the gpu-marked tests that need no exported fixtures (tests/kernels: the SVD on CuPy against NumPy);
 #   2. bench_svd: svdedit.kernels on CuPy (cuSOLVER) against cupy.linalg.svd, torch on CUDA and NumPy;
 #   3. bench_io_binding on the embedded engine: the runner's IO binding with the latents kept on the GPU (CuPy)
-#      against NumPy feeds; on onnxruntime's CPU build that is the host-copy path, on onnxruntime-gpu (wheels carried
-#      in .whl/, installed first) the CUDA provider.
+#      against NumPy feeds, and Pipeline.generate with its latents kept on the GPU against on the host; on
+#      onnxruntime's CPU build that is the host-copy path, on onnxruntime-gpu (wheels carried in .whl/, installed
+#      first) the CUDA provider.
 # TensorRT rows cannot run there (no TensorRT libraries can be carried in).
 #
 # The call that runs it must carry the embedded engine (ignored in git; `make dist` writes it) and any wheels:

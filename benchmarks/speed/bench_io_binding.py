@@ -1,19 +1,25 @@
 """onnxruntime IO binding in the runner (issue 31, item 6): a loop of UNet steps on an engine dir, the runner's call
-(IO binding) against a plain InferenceSession.run of the same session, in the same run. Where CuPy sees a GPU, also
-the latents kept on the GPU between steps (CuPy feeds and outputs) against NumPy feeds that cross the bus each step.
+(by default session.run for NumPy feeds; and forced to IO binding) against a plain InferenceSession.run of the same
+session, in the same run: the first difference is the runner's own checks, the second what a binding per call costs.
+Where CuPy sees a GPU, also the latents kept on the GPU between steps (CuPy feeds and outputs, bound) against NumPy
+feeds that cross the bus each step, and the whole sampling loop (Pipeline.generate, --steps guided steps) with the
+latents on the host against the latents kept on the GPU (Pipeline's latents_on_device).
 
     python -m benchmarks.speed.bench_io_binding [--engine svdedit:shapes] [--steps 20] [--repeats 5] [--provider auto]
 
-Each way: one warm-up loop, then the median of --repeats loops of --steps UNet calls at batch 2 (one guided step),
-the engine's default size, the latents updated between steps (x <- x - 0.01 eps) so that each call reads the last
-one's result. The final latents of each way are compared with session.run's. On a CPU the question is whether the
-binding costs anything (it should not); on a GPU, what keeping the latents on the device saves.
+Each way: one warm-up loop, then --repeats loops of --steps UNet calls at batch 2 (one guided step), the ways taking
+turns loop by loop (this machine's speed drifts by more than the differences measured); a way's time is its median
+loop, its ratio to session.run the median of the per-round ratios. Each call is at the engine's default size, the
+latents updated between steps (x <- x - 0.01 eps) so that each call reads the last one's result. The final latents of
+each way are compared with session.run's. On a CPU the question is what the runner and a binding cost; on a GPU,
+what keeping the latents on the device saves.
 Writes benchmarks/results/io_binding_<device>.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -21,6 +27,7 @@ import time
 import numpy as np
 
 from benchmarks.machine import describe, device_slug, write_result
+from svdedit.runtime.pipeline import to_host
 
 
 def feeds_for(manifest, batch: int = 2) -> dict:
@@ -40,14 +47,46 @@ def loop(call, feeds: dict, steps: int, xp=np, sync=lambda: None):
     return x
 
 
-def timed(call, feeds: dict, steps: int, repeats: int, xp=np, sync=lambda: None) -> tuple[list[float], np.ndarray]:
-    out = loop(call, feeds, steps, xp, sync)            # warm-up
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = loop(call, feeds, steps, xp, sync)
-        runs.append(time.perf_counter() - t)
-    return runs, out
+def interleaved(ways: list, repeats: int) -> list[tuple[list[float], object]]:
+    """`ways`: [(label, run)], run() doing one timed unit and returning its result. Each run timed `repeats` times,
+    the ways taking turns (the order reversed every other round, so that the machine's drift falls on all of them
+    alike), after one warm-up run each: [(seconds of each round, last result)]."""
+    outs = [run() for _, run in ways]   # warm-up
+    runs: list[list[float]] = [[] for _ in ways]
+    for r in range(repeats):
+        for k in list(range(len(ways)))[::(-1 if r % 2 else 1)]:
+            t = time.perf_counter()
+            outs[k] = ways[k][1]()
+            runs[k].append(time.perf_counter() - t)
+    return list(zip(runs, outs))
+
+
+def rows_of(ways: list, timings: list, per: int) -> list[dict]:
+    """One row per way: its median, the median of its per-round ratios to the first way, its largest difference from
+    the first way's result (`per`: calls in one run, for the time per call)."""
+    reference = to_host(timings[0][1])
+    rows = []
+    for (label, _), (runs, out) in zip(ways, timings):
+        ratios = [round(a / b, 3) for a, b in zip(timings[0][0], runs)]
+        rows.append({"way": label, "loop_s_median": statistics.median(runs), "loop_s_runs": [round(r, 4) for r in runs],
+                     "per_call_ms": 1e3 * statistics.median(runs) / per, "vs_run_per_round": ratios,
+                     "vs_run": statistics.median(ratios),
+                     "max_abs_diff_vs_run": float(np.abs(to_host(out) - reference).max())})
+    return rows
+
+
+def pipeline_ways(engine, provider: str, steps: int, stack) -> list:
+    """generate() of --steps guided steps with the latents on the host, and kept on the GPU (Pipeline's
+    latents_on_device), from the same noise; the pipelines are opened on `stack`."""
+    from svdedit.runtime.pipeline import Pipeline
+
+    ways = []
+    for label, on_device in (("pipeline, latents on the host", False), ("pipeline, latents kept on the GPU", True)):
+        pipe = stack.enter_context(Pipeline(engine, provider, latents_on_device=on_device))
+        x = pipe.noise(0)
+        ways.append((label, lambda pipe=pipe, x=x: pipe.generate("a large red circle on the left", steps=steps,
+                                                                  guidance=5.0, init_noise=x)))
+    return ways
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,27 +109,27 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # noqa: BLE001  no CuPy, or no driver
         cupy, gpu = None, False
     feeds = feeds_for(manifest)
-    rows = []
-    with OrtRunner(engine, "unet", manifest, args.provider) as runner:
+    with contextlib.ExitStack() as stack:
+        runner = stack.enter_context(OrtRunner(engine, "unet", manifest, args.provider))
+        bound = stack.enter_context(OrtRunner(engine, "unet", manifest, args.provider, io_binding=True))
         session, out_name = runner.session, runner.output_names[0]
-        ways = [("InferenceSession.run, NumPy", lambda f: session.run([out_name], f)[0], feeds, np, lambda: None),
-                ("runner (IO binding), NumPy", lambda f: runner(**f)[out_name], feeds, np, lambda: None)]
+        calls = [("InferenceSession.run, NumPy", lambda f: session.run([out_name], f)[0], feeds, np, lambda: None),
+                 ("runner (default: session.run for NumPy), NumPy", lambda f: runner(**f)[out_name], feeds, np,
+                  lambda: None),
+                 ("runner forced to IO binding, NumPy", lambda f: bound(**f)[out_name], feeds, np, lambda: None)]
         if gpu:
             on_gpu = {n: cupy.asarray(a) for n, a in feeds.items()}
-            ways.append(("runner (IO binding), CuPy: latents stay on the GPU", lambda f: runner(**f)[out_name], on_gpu,
-                         cupy, cupy.cuda.Device().synchronize))
-        reference = None
-        for label, call, f, xp, sync in ways:
-            print(f"{label} ...", file=sys.stderr)
-            runs, out = timed(call, f, args.steps, args.repeats, xp, sync)
-            out = cupy.asnumpy(out) if xp is not np else out
-            reference = out if reference is None else reference
-            rows.append({"way": label, "loop_s_median": statistics.median(runs), "loop_s_runs": [round(r, 4) for r in runs],
-                         "per_call_ms": 1e3 * statistics.median(runs) / args.steps,
-                         "max_abs_diff_vs_run": float(np.abs(out - reference).max())})
+            calls.append(("runner (IO binding), CuPy: latents stay on the GPU", lambda f: runner(**f)[out_name],
+                          on_gpu, cupy, cupy.cuda.Device().synchronize))
+        ways = [(label, lambda c=c, f=f, xp=xp, sync=sync: loop(c, f, args.steps, xp, sync))
+                for label, c, f, xp, sync in calls]
+        print(f"{len(ways)} ways, {args.repeats} interleaved rounds ...", file=sys.stderr)
+        rows = rows_of(ways, interleaved(ways, args.repeats), args.steps)
+        pipeline_rows = []
+        if gpu:  # the whole sampling loop: ddim's arithmetic and the guidance on the GPU too
+            ways = pipeline_ways(engine, args.provider, args.steps, stack)
+            pipeline_rows = rows_of(ways, interleaved(ways, args.repeats), args.steps)
         provider = runner.provider
-    for r in rows:
-        r["vs_run"] = rows[0]["loop_s_median"] / r["loop_s_median"]
     machine = describe()
     device = machine["gpu"] if gpu and machine["gpu"] else machine["cpu"]
     import onnxruntime
@@ -99,14 +138,22 @@ def main(argv: list[str] | None = None) -> int:
                sys.argv[1:] if argv is None else argv),
            "engine": str(args.engine), "provider": provider, "onnxruntime": onnxruntime.__version__,
            "cupy": getattr(cupy, "__version__", None), "gpu_measured": gpu, "steps": args.steps,
-           "repeats": args.repeats, "machine": machine, "rows": rows}
+           "repeats": args.repeats, "machine": machine, "rows": rows, "pipeline_rows": pipeline_rows}
     lines = [f"# onnxruntime IO binding: {args.steps} UNet steps, batch 2, {args.engine}, {provider}, {device}", "",
-             f"Command: `{res['command']}`. onnxruntime {onnxruntime.__version__}; a warm-up loop, then the median of "
-             f"{args.repeats} loops. CPU flags: {', '.join(machine.get('cpu_flags', [])) or 'not read'}.", "",
+             f"Command: `{res['command']}`. onnxruntime {onnxruntime.__version__}; a warm-up loop each, then "
+             f"{args.repeats} rounds in which the ways take turns; loop s is a way's median, the ratio the median of "
+             f"the per-round ratios. CPU flags: {', '.join(machine.get('cpu_flags', [])) or 'not read'}.", "",
              "| way | loop s | per call ms | vs InferenceSession.run | max abs diff of the final latents |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['way']} | {r['loop_s_median']:.3f} | {r['per_call_ms']:.2f} | {r['vs_run']:.2f}x | "
               f"{r['max_abs_diff_vs_run']:.2e} |" for r in rows]
+    if pipeline_rows:
+        lines += ["", f"The whole sampling loop: `Pipeline.generate`, {args.steps} steps at guidance 5 (batch 2 per UNet "
+                      f"call), from the same noise.", "",
+                  "| way | s per generate | per step ms | vs latents on the host | max abs diff of the latents |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['way']} | {r['loop_s_median']:.3f} | {r['per_call_ms']:.2f} | {r['vs_run']:.2f}x | "
+                  f"{r['max_abs_diff_vs_run']:.2e} |" for r in pipeline_rows]
     write_result(args.name or f"io_binding_{device_slug(device)}", res, "\n".join(lines) + "\n")
     return 0
 

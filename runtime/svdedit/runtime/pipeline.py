@@ -16,6 +16,11 @@ SDXL the pooled embedding and size conditioning packed beside them.
 editing and the probes all sample and invert through them, on text embeddings, and they own the NaN
 guard (NaN or inf in the latents stops the run and names the step) and the progress reports.
 
+Where the UNet runs on a GPU (onnxruntime's CUDA or TensorRT provider, or a TensorRT plan) and CuPy sees one, the
+latents stay on that GPU for a whole DDIM run (``latents_on_device``): each step's UNet call takes and gives CuPy
+arrays, the text conditioning crosses to the device once per run, and only the results come back to the host. The
+methods still take and return NumPy arrays.
+
 Step caching (an engine exported with --step-cache, export/svdedit/export/step_cache.py): the UNet is three networks, and
 its deep branch is recomputed every ``intervals.sample`` steps of a sampling run (``intervals.invert`` of an
 inversion); the steps between reuse the last deep feature. Interval 1 is the exact path.
@@ -31,12 +36,30 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from svdedit.kernels import array_module
 from svdedit.runtime import ddim
 from svdedit.runtime.conditioning import conditioning_for
 from svdedit.runtime.engines import Manifest, open_engines, read_manifest, resolve_precision
 from svdedit.runtime.errors import NonFiniteLatentError, SvdeditError
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
+#: what runs a network on a GPU, as Runner.provider names it
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "TensorRT")
+
+
+def to_host(a):
+    """A CuPy array's values as a NumPy array; a NumPy array as it is."""
+    return a if array_module(a) is np else a.get()
+
+
+def cupy_on_a_gpu():
+    """CuPy, where it is installed and sees a GPU; else None."""
+    try:
+        import cupy
+
+        return cupy if cupy.cuda.is_available() else None
+    except Exception:  # noqa: BLE001  not installed, or no driver / no device: the latents stay on the host
+        return None
 
 
 class Denoised(NamedTuple):
@@ -55,14 +78,17 @@ class Intervals:
 
 class Pipeline:
     def __init__(self, engine_dir: str | Path, provider: str = "auto", intervals: Intervals | None = None,
-                 manifest: Manifest | None = None, size: int | None = None, precision: str | None = None):
+                 manifest: Manifest | None = None, size: int | None = None, precision: str | None = None,
+                 latents_on_device: bool | None = None):
         """`engine_dir`: a folder, or a built-in name (svdedit:shapes). `intervals`: step caching (default: the
         engine's own, recorded at export; 1 and 1 for an engine without step caching). `size`: the image side
         that noise() draws and fit() crops to (default: the model's, e.g. 1024 for SDXL; any side the engine dir
         accepts, e.g. 512 to learn and edit SDXL at a quarter of the work). `precision`: what the networks compute
         in (engines.resolve_precision: fp32 or bf16 with provider "openvino", else the engine dir's). `manifest`: the one
         read_manifest returned for this dir, when the caller has read it already (else it is read here: files
-        hashed when new or changed since this user last hashed them, engines/verified.py).
+        hashed when new or changed since this user last hashed them, engines/verified.py). `latents_on_device`: keep
+        the latents on the GPU during a DDIM run (the module docstring); None (the default) does so where the UNet
+        runs on a GPU and CuPy sees it, False never (the latents cross to the host each step).
 
         Constructing is cheap (the manifest, the schedule, the tokenizer); the networks are loaded on entering
         the `with` block."""
@@ -81,6 +107,8 @@ class Pipeline:
         self.engines = open_engines(self.engine_dir, m, provider, self.precision)
         self.conditioning = conditioning_for(self.engine_dir, m, self.engines)
         self._opened: ExitStack | None = None
+        self.requested_latents_on_device = latents_on_device
+        self.xp = np  # the array module of the latents during a DDIM run: numpy, or cupy (chosen on entering)
 
     def __enter__(self) -> "Pipeline":
         """Activate every runner; if one fails, those already active are deactivated before the error propagates."""
@@ -88,7 +116,20 @@ class Pipeline:
             for runner in self.engines.values():
                 stack.enter_context(runner)
             self._opened = stack.pop_all()
+        self.xp = self.latent_module()
         return self
+
+    def latent_module(self):
+        """numpy, or cupy when the latents are to stay on the GPU (the UNet's runners on a GPU provider, CuPy there)."""
+        unet = [r.provider for n, r in self.engines.items() if n.startswith("unet")]
+        wanted = self.requested_latents_on_device
+        if wanted is False or (wanted is None and not all(p in GPU_PROVIDERS for p in unet)):
+            return np
+        cupy = cupy_on_a_gpu()
+        if cupy is None and wanted:
+            raise SvdeditError("latents on the device were asked for, but CuPy is not installed or sees no GPU: "
+                               "install the gpu extra (pip install 'svdedit[gpu]') or leave the latents on the host.")
+        return cupy or np
 
     def __exit__(self, *exc) -> None:
         if self._opened is not None:
@@ -138,7 +179,7 @@ class Pipeline:
         """The UNet as one function (x, timesteps, text) -> model output, for one run of steps. With a split UNet it
         keeps the deep feature: a call computes it when its index in the run is a multiple of `interval` (or the
         batch changed), and the calls between reuse it."""
-        inputs = self.conditioning.unet_inputs
+        inputs = self.conditioning_feeds()
         if not self.manifest.split_unet:
             unet = self.engines["unet"]
             return lambda x, ts, e: unet(sample=x, timestep=ts, **inputs(x, e))["model_output"]
@@ -155,6 +196,20 @@ class Pipeline:
             state["calls"] += 1
             return last(deep=deep, skips=a["skips"], emb=a["emb"], encoder_hidden_states=e)["model_output"]
         return call
+
+    def conditioning_feeds(self) -> Callable[[object, np.ndarray], dict]:
+        """(x, text embeddings) -> the UNet's inputs besides sample and timestep, on the latents' device. Made from the
+        host's embeddings (conditioning.unet_inputs) once for each embedding and latent shape of a run, and moved to
+        the device then, not at every step."""
+        made: dict = {}
+
+        def feeds(x, cond):
+            if made.get("for") is not cond or made["shape"] != x.shape:
+                xp = array_module(x)
+                made.update({"for": cond, "shape": x.shape, "feeds": {
+                    k: xp.asarray(v) for k, v in self.conditioning.unet_inputs(x, cond).items()}})
+            return made["feeds"]
+        return feeds
 
     @property
     def providers(self) -> dict[str, str]:
@@ -188,7 +243,7 @@ class Pipeline:
         unet = self.unet_fn(interval)
         if guidance == 1.0:
             def eps(x, t):
-                return unet(x, np.full((x.shape[0],), t, np.float32), cond)
+                return unet(x, array_module(x).full((x.shape[0],), t, np.float32), cond)
             return eps
         n = len(cond)
         uncond = self.conditioning.paired(self.unconditional_embedding, cond)
@@ -196,8 +251,9 @@ class Pipeline:
         g = np.float32(guidance)
 
         def eps_guided(x, t):
-            x2 = np.concatenate([x, x])
-            ts = np.full((2 * n,), t, np.float32)
+            xp = array_module(x)
+            x2 = xp.concatenate([x, x])
+            ts = xp.full((2 * n,), t, np.float32)
             out = unet(x2, ts, both)
             out_uncond, out_cond = out[:n], out[n:]
             return out_uncond + g * (out_cond - out_uncond)  # classifier-free guidance (Ho & Salimans 2022)
@@ -220,23 +276,24 @@ class Pipeline:
         def callback(i, t, xi):
             guard(i, t, xi)
             if i + 1 in keep:
-                kept[i + 1] = xi
+                kept[i + 1] = to_host(xi)
         with _overflow_is_reported_by_the_guard():
-            x = ddim.sample(self.eps_fn(cond, guidance, self.intervals.sample), x, self.schedule, steps, start=start,
-                            stop=stop, callback=callback)
-        return Denoised(x, kept)
+            x = ddim.sample(self.eps_fn(cond, guidance, self.intervals.sample), self.xp.asarray(x), self.schedule,
+                            steps, start=start, stop=stop, callback=callback)
+        return Denoised(to_host(x), kept)
 
     def invert_latents(self, latent0: np.ndarray, cond: np.ndarray, steps: int, guidance: float = 1.0,
                        progress: Progress | None = None) -> list[np.ndarray]:
         """DDIM inversion with text embeddings `cond`: the trajectory [z_0, ..., z_T] (ddim.invert)."""
         with _overflow_is_reported_by_the_guard():
-            return ddim.invert(self.eps_fn(cond, guidance, self.intervals.invert), latent0, self.schedule, steps,
-                               callback=self._guard(steps, progress))
+            trajectory = ddim.invert(self.eps_fn(cond, guidance, self.intervals.invert), self.xp.asarray(latent0),
+                                     self.schedule, steps, callback=self._guard(steps, progress))
+        return [latent0, *map(to_host, trajectory[1:])]
 
     def _guard(self, steps: int, progress: Progress | None, offset: int = 0) -> ddim.Callback:
         """The callback of every DDIM run: stop at the first NaN or inf, naming the step; report progress."""
         def callback(i, t, x):
-            if isinstance(x, np.ndarray) and not np.all(np.isfinite(x)):
+            if not bool(array_module(x).isfinite(x).all()):
                 raise NonFiniteLatentError(
                     f"NaN or inf appeared in the latents at step {i + 1} (timestep {t}). With an fp16 engine this is "
                     f"usually an overflow: export the model again in fp32 precision, or use a smaller guidance scale.")
