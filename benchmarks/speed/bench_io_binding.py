@@ -2,7 +2,8 @@
 (by default session.run for NumPy feeds; and forced to IO binding) against a plain InferenceSession.run of the same
 session, in the same run: the first difference is the runner's own checks, the second what a binding per call costs.
 Where CuPy sees a GPU, also the latents kept on the GPU between steps (CuPy feeds and outputs, bound) against NumPy
-feeds that cross the bus each step, and the whole sampling loop (Pipeline.generate, --steps guided steps) with the
+feeds that cross the bus each step (and, on onnxruntime-gpu's CUDA provider, the runner capturing and replaying CUDA
+graphs), and the whole sampling loop (Pipeline.generate, --steps guided steps) with the
 latents on the host against the latents kept on the GPU (Pipeline's latents_on_device).
 
     python -m benchmarks.speed.bench_io_binding [--engine svdedit:shapes] [--steps 20] [--repeats 5] [--provider auto]
@@ -121,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             on_gpu = {n: cupy.asarray(a) for n, a in feeds.items()}
             calls.append(("runner (IO binding), CuPy: latents stay on the GPU", lambda f: runner(**f)[out_name],
                           on_gpu, cupy, cupy.cuda.Device().synchronize))
+            if runner.provider == "CUDAExecutionProvider":  # onnxruntime-gpu: the CUDA provider's CUDA graphs too
+                graphs = stack.enter_context(OrtRunner(engine, "unet", manifest, "cuda", cuda_graphs=True))
+                calls.append(("runner with CUDA graphs, CuPy", lambda f: graphs(**f)[out_name], on_gpu, cupy,
+                              cupy.cuda.Device().synchronize))
         ways = [(label, lambda c=c, f=f, xp=xp, sync=sync: loop(c, f, args.steps, xp, sync))
                 for label, c, f, xp, sync in calls]
         print(f"{len(ways)} ways, {args.repeats} interleaved rounds ...", file=sys.stderr)

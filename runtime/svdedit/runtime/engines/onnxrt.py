@@ -61,10 +61,13 @@ def preload_cuda_libraries() -> None:
             log.info("onnxruntime.preload_dlls: %s", exc)
 
 
-def provider_entry(name: str, cache_dir: Path, precision: str):
+def provider_entry(name: str, cache_dir: Path, precision: str, cuda_graphs: bool = False):
     """What onnxruntime is given for one provider: TensorRT's EP keeps its engine and timing caches in the
     engine's per-user cache folder (names.engine_cache_dir: <cache>/ort-tensorrt/, created here), so that only the
-    first session on a machine pays for the build, and an installed (read-only) engine dir is never written."""
+    first session on a machine pays for the build, and an installed (read-only) engine dir is never written. The
+    CUDA provider captures CUDA graphs when `cuda_graphs` (OrtRunner's)."""
+    if name == "CUDAExecutionProvider" and cuda_graphs:
+        return (name, {"enable_cuda_graph": "1"})
     if name != "TensorrtExecutionProvider":
         return name
     cache = cache_dir / "ort-tensorrt"
@@ -109,6 +112,64 @@ def device_array(value):
     return cupy.ndarray(shape, dtype=dtype, memptr=cupy.cuda.MemoryPointer(memory, 0))
 
 
+#: run option naming the CUDA graph a run captures or replays (onnxruntime 1.18+; -1: none; 0 is not to be used)
+GRAPH_ID = "gpu_graph_id"
+
+
+class GraphSlot:
+    """What one input shape's CUDA graph needs: input and output buffers that stay where they are (a captured graph
+    reads and writes fixed addresses), bound once, and the graph's id. On the CPU provider the same buffers run
+    without a graph (how the tests check the copying in and out)."""
+
+    def __init__(self, session, feeds: dict, output_names: list[str], device: tuple[str, int], graph_id: int):
+        import onnxruntime as ort
+
+        self.graph_id = graph_id
+        self.inputs = {n: ort.OrtValue.ortvalue_from_shape_and_type(list(a.shape), a.dtype, *device)
+                       for n, a in feeds.items()}
+        self.fill(feeds)
+        # the output shapes: one run without a graph, onnxruntime allocating the outputs
+        probe = session.io_binding()
+        for n, v in self.inputs.items():
+            probe.bind_ortvalue_input(n, v)
+        for n in output_names:
+            probe.bind_output(n, *device)
+        session.run_with_iobinding(probe, run_options(-1))
+        self.outputs = {n: ort.OrtValue.ortvalue_from_shape_and_type(v.shape(), np.dtype(ORT_TYPES[v.data_type()]),
+                                                                     *device)
+                        for n, v in zip(output_names, probe.get_outputs())}
+        self.binding = session.io_binding()
+        for n, v in self.inputs.items():
+            self.binding.bind_ortvalue_input(n, v)
+        for n, v in self.outputs.items():
+            self.binding.bind_ortvalue_output(n, v)
+
+    def fill(self, feeds: dict) -> None:
+        """Copy the feeds into the input buffers: NumPy from the host, CuPy on the device (after CuPy's queued work)."""
+        for n, a in feeds.items():
+            if array_module(a) is np:
+                self.inputs[n].update_inplace(np.ascontiguousarray(a))
+            else:
+                import cupy
+
+                device_array(self.inputs[n])[...] = a
+                cupy.cuda.get_current_stream().synchronize()
+
+    def results(self, on_device: bool) -> dict:
+        """Copies of the outputs (the buffers are overwritten by the next run): CuPy on the device, or NumPy."""
+        if on_device:
+            return {n: device_array(v).copy() for n, v in self.outputs.items()}
+        return {n: np.array(v.numpy()) for n, v in self.outputs.items()}
+
+
+def run_options(graph_id: int):
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry(GRAPH_ID, str(graph_id))
+    return options
+
+
 class OrtRunner(Runner):
     """One network of an engine dir, run by onnxruntime. `session` is the onnxruntime InferenceSession while active.
 
@@ -116,13 +177,23 @@ class OrtRunner(Runner):
     provider are bound where they lie and the outputs stay there; NumPy feeds go through session.run, which on the
     CPU is cheaper than building a binding per call (embedded model, Intel Xeon: 7.81 against 9.20 ms per UNet call,
     benchmarks/results/io_binding_intel-r-xeon-r-processor.md). True binds every call (NumPy feeds too: what the
-    tests and bench_io_binding compare bit for bit with session.run)."""
+    tests and bench_io_binding compare bit for bit with session.run).
+
+    `cuda_graphs`: on the CUDA provider, capture each input shape's run as a CUDA graph and replay it (onnxruntime's
+    enable_cuda_graph, one gpu_graph_id per shape, up to MAX_GRAPHS shapes; the later ones run without a graph), the
+    inputs copied into buffers that stay put and the outputs copied out. Off by default: it has not run on a GPU yet.
+    On the CPU provider the same fixed buffers run without a graph."""
+
+    #: input shapes that get a CUDA graph each (the UNet of an edit sees 2 or 3: batch 1, 2, and a blend's)
+    MAX_GRAPHS = 8
 
     def __init__(self, engine_dir: str | Path, network: str, manifest: Manifest, provider: str = "auto",
-                 io_binding: bool | None = None):
+                 io_binding: bool | None = None, cuda_graphs: bool = False):
         super().__init__(engine_dir, network, manifest)
         self.requested_provider = provider
         self.io_binding = io_binding
+        self.cuda_graphs = cuda_graphs
+        self.graphs: dict[tuple, GraphSlot] = {}
         self.session = None
 
     def _activate(self) -> None:
@@ -139,7 +210,7 @@ class OrtRunner(Runner):
             self.session = ort.InferenceSession(
                 str(path), session_options(),
                 providers=[provider_entry(p, engine_cache_dir(self.manifest.identity(), self.manifest.graphs_key()),
-                                          self.entry.precision) for p in wanted])
+                                          self.entry.precision, self.cuda_graphs) for p in wanted])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise EngineDirError(
                 f"onnxruntime cannot load {path} ({str(exc).splitlines()[0][:300]}). The graph is damaged or was "
@@ -168,6 +239,8 @@ class OrtRunner(Runner):
 
             return {n: cupy.asarray(a) for n, a in self._infer({n: cupy.asnumpy(a) for n, a in feeds.items()}).items()}
         try:
+            if self.cuda_graphs and (self._shape_key(feeds) in self.graphs or len(self.graphs) < self.MAX_GRAPHS):
+                return self._run_graph(feeds, on_device=bool(on_device))
             if on_device or self.io_binding:
                 return self._run_bound(feeds, on_device=bool(on_device))
             return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
@@ -191,6 +264,23 @@ class OrtRunner(Runner):
         return dict(zip(self.output_names, map(device_array, binding.get_outputs())))
 
     @staticmethod
+    def _shape_key(feeds: dict) -> tuple:
+        return tuple((n, tuple(a.shape)) for n, a in sorted(feeds.items()))
+
+    def _run_graph(self, feeds: dict, on_device: bool) -> dict:
+        """One call through the fixed buffers of its input shape (GraphSlot): the first call of a shape finds the
+        output shapes and makes the buffers; onnxruntime captures the graph on a later run and replays it after."""
+        key = self._shape_key(feeds)
+        slot = self.graphs.get(key)
+        if slot is None:
+            device = ("cuda", 0) if self.provider == "CUDAExecutionProvider" else ("cpu", 0)
+            slot = self.graphs[key] = GraphSlot(self.session, feeds, self.output_names, device, len(self.graphs) + 1)
+        else:
+            slot.fill(feeds)
+        self.session.run_with_iobinding(slot.binding, run_options(slot.graph_id))
+        return slot.results(on_device)
+
+    @staticmethod
     def _bind_input(binding, name: str, a):
         """Bind one input: a NumPy array from host memory, a CuPy array by its device pointer (once the work queued
         on CuPy's stream is done: onnxruntime runs on a stream of its own). Returns the array bound."""
@@ -206,4 +296,5 @@ class OrtRunner(Runner):
         return a
 
     def _deactivate(self) -> None:
+        self.graphs.clear()
         self.session = None
