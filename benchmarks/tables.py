@@ -183,19 +183,17 @@ def openvino_generation() -> str:
 def openvino_rounds() -> str:
     """The decisive rows interleaved with the peers' (speed/bench_speed.py --rounds, speed_sd15_openvino_rounds_cpu):
     each round ran every row once, so a round's ratio compares rows measured minutes apart on a drifting machine."""
-    from benchmarks.speed.bench_speed import OPTIMUM_INTEL, paired, rounds_text
+    from benchmarks.speed.bench_speed import OPTIMUM_INTEL, round_cells
 
     res = _load("speed_sd15_openvino_rounds_cpu.json")
-    by_label = {r["label"]: r for r in res["rows"]}
-    ovi, ovi32 = by_label[OPTIMUM_INTEL], by_label[OPTIMUM_INTEL + ", forced to fp32"]
+    ovi = next(r for r in res["rows"] if r["label"] == OPTIMUM_INTEL)
     genai = res["generation"][-1]
-    rows = [[r["label"], rounds_text(r["seconds_rounds"], "{:.1f}"), rounds_text(paired(ovi, r), "{:.2f}x"),
-             rounds_text(paired(ovi32, r), "{:.2f}x"), f"{r['peak_rss_gib']:.2f} ({r['peak_rss_gib'] / ovi['peak_rss_gib']:.2f})"]
-            for r in res["rows"]]
-    rows += [[f"generate: {g['label']}", rounds_text(g["seconds_rounds"], "{:.1f}"),
-              "vs GenAI " + rounds_text(paired(genai, g), "{:.2f}x"), "",
+    cells, generation = round_cells(res)
+    rows = [c + [f"{r['peak_rss_gib']:.2f} ({r['peak_rss_gib'] / ovi['peak_rss_gib']:.2f})"]
+            for c, r in zip(cells, res["rows"])]
+    rows += [[f"generate: {label}", seconds, f"vs GenAI {vs}", "",
               f"{g['peak_rss_gib']:.2f} ({g['peak_rss_gib'] / genai['peak_rss_gib']:.2f} of GenAI's)"]
-             for g in res["generation"]]
+             for (label, seconds, vs), g in zip(generation, res["generation"])]
     return _rows(["row", "seconds per round", "vs optimum-intel, per round", "vs optimum-intel fp32, per round",
                   "peak RSS GiB (/ optimum-intel's)"], rows)
 

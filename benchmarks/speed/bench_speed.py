@@ -194,6 +194,21 @@ def paired(peer: dict, row: dict) -> list[float]:
     return [p / r for p, r in zip(peer.get("seconds_rounds", []), row.get("seconds_rounds", []))]
 
 
+def round_cells(res: dict) -> tuple[list[list[str]], list[list[str]]]:
+    """The round-by-round cells of a --rounds run, for the result's markdown and the README's table alike: per
+    configuration [label, seconds per round, vs optimum-intel per round, vs its fp32 per round], per generation row
+    [label, seconds per round, vs GenAI per round]."""
+    ref = {r["label"]: r for r in res["rows"]}
+    ovi, ovi32 = ref.get(OPTIMUM_INTEL), ref.get(OPTIMUM_INTEL + ", forced to fp32")
+    rows = [[r["label"], rounds_text(r["seconds_rounds"], "{:.1f}"),
+             rounds_text(paired(ovi, r) if ovi else [], "{:.2f}x"),
+             rounds_text(paired(ovi32, r) if ovi32 else [], "{:.2f}x")] for r in res["rows"]]
+    gen = res.get("generation") or []
+    generation = [[g["label"], rounds_text(g["seconds_rounds"], "{:.1f}"), rounds_text(paired(gen[-1], g), "{:.2f}x")]
+                  for g in gen]
+    return rows, generation
+
+
 # ------------------------------------------------------------------------------------------------
 # the parent
 # ------------------------------------------------------------------------------------------------
@@ -223,19 +238,16 @@ def markdown(res: dict) -> str:
               "optimum-intel runs the same edit (the same loop drives its OpenVINO components)."]
     gen = res.get("generation") or []
     if res.get("rounds", 1) > 1:
-        ovi32 = ref.get(OPTIMUM_INTEL + ", forced to fp32")
+        cells, generation = round_cells(res)
         lines += ["", f"## Round by round: {res['rounds']} rounds, interleaved (A B, B A, ...)", "",
                   "Each round ran every row once, minutes apart; a ratio here compares the rows of one round. Its "
                   "spread is what the machine's drift does to a single comparison.", "",
                   "| configuration | seconds per round | vs optimum-intel per round | vs optimum-intel fp32 per round |",
                   "|---|---|---|---|"]
-        lines += [f"| {r['label']} | {rounds_text(r['seconds_rounds'], '{:.1f}')} | "
-                  f"{rounds_text(paired(ovi, r) if ovi else [], '{:.2f}x')} | "
-                  f"{rounds_text(paired(ovi32, r) if ovi32 else [], '{:.2f}x')} |" for r in rows]
-        if gen:
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
+        if generation:
             lines += ["", "| generation | seconds per round | vs GenAI per round |", "|---|---|---|"]
-            lines += [f"| {g['label']} | {rounds_text(g['seconds_rounds'], '{:.1f}')} | "
-                      f"{rounds_text(paired(gen[-1], g), '{:.2f}x')} |" for g in gen]
+            lines += ["| " + " | ".join(c) + " |" for c in generation]
     if gen:
         genai = gen[-1]
         lines += ["", f"## Generation only: {res['steps']} guided steps and the decode, 512x512 (GenAI cannot invert)",
