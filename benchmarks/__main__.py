@@ -54,6 +54,8 @@ CATALOG = (
     Entry("speed.session_memory", "~10 min (four session policies, SD 1.5 shape)", "session_memory_sd15_cpu.{json,md}"),
     Entry("speed.bench_reedit", "~2 min (shapes), ~15 min (sd15)", "reedit_<model>_cpu.json"),
     Entry("speed.bench_svd", "~1 min", "svd_<cpu>.json"),
+    Entry("speed.bench_openvino_static", "~5 min on the SD 1.5 shape, fp32 on the AMD EPYC (2 compiles, 2 x 9 UNet "
+          "calls of ~13 s)", "openvino_static_<cpu>_<precision>.{json,md}"),
     Entry("speed.bench_io_binding", "~15 s on the embedded model (3 ways x 10 loops of 20 UNet calls; with a GPU 2 more, and 2 pipelines)",
           "io_binding_<device>.{json,md}"),
     Entry("quality.bench_edit_quality", "~14 min (830 s recorded: 4 pairs x 100 seeds + 20 renders)",
