@@ -7,7 +7,9 @@
 #
 # What that machine has (the device tool's KINDS.md): Python 3.12 with torch (CUDA 13), CuPy (cuda13x), onnx and
 # onnxruntime (a CPU build); no diffusers, no onnxruntime-gpu, no TensorRT, no network. So it runs:
-#   1. the gpu-marked tests that need no exported fixtures (tests/kernels: the SVD on CuPy against NumPy);
+#   1. the gpu-marked tests that need no exported fixtures (tests/kernels: the SVD on CuPy against NumPy;
+#      tests/runtime/test_device_path.py on the embedded engine: CuPy through the runner, CUDA graphs where
+#      onnxruntime-gpu was carried in, the pipeline's latents kept on the GPU against the host path);
 #   2. bench_svd: svdedit.kernels on CuPy (cuSOLVER) against cupy.linalg.svd, torch on CUDA and NumPy;
 #   3. bench_io_binding on the embedded engine: the runner's IO binding with the latents kept on the GPU (CuPy)
 #      against NumPy feeds, and Pipeline.generate with its latents kept on the GPU against on the host; on
@@ -66,7 +68,7 @@ if [ $DRY = 1 ]; then  # a dry run leaves no figures of a short CPU run among th
 else
     REPEATS=5; STEPS=20
 fi
-step pytest-gpu 120 $PY -m pytest -q -m gpu -p no:cacheprovider tests/kernels
+step pytest-gpu 120 $PY -m pytest -q -m gpu -p no:cacheprovider tests/kernels tests/runtime/test_device_path.py
 step bench-svd 300 $PY -m benchmarks.speed.bench_svd --repeats $((REPEATS < 3 ? REPEATS : 3))  # NumPy's rows take most
 step bench-io-binding 120 $PY -m benchmarks.speed.bench_io_binding --steps $STEPS --repeats $REPEATS
 cp benchmarks/results/svd_*.json benchmarks/results/io_binding_*.json benchmarks/results/io_binding_*.md "$OUT"/ 2>/dev/null

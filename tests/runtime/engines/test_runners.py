@@ -8,7 +8,7 @@ import pytest
 
 from svdedit.runtime.engines import OrtRunner, Runner, open_engines, read_manifest
 from svdedit.runtime.errors import EngineDirError, RunnerError, SvdeditError
-from tests.conftest import requires_gpu, requires_torch
+from tests.conftest import requires_torch
 
 pytestmark = requires_torch  # the engine fixtures are exported with torch
 
@@ -101,40 +101,6 @@ def test_the_run_option_naming_a_cuda_graph_is_this_onnxruntimes(engine):
     libraries = [p.read_bytes() for p in (Path(onnxruntime.__file__).parent / "capi").glob("*.so*")]
     assert any(GRAPH_ID.encode() + b"\0" in blob for blob in libraries)
     assert not any(b"gpu_graph_ids\0" in blob for blob in libraries)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
-                    reason="needs onnxruntime-gpu with its CUDA provider")
-def test_cuda_graphs_on_the_cuda_provider_match_the_cpu(engine):
-    """On the CUDA provider the graphs are captured and replayed: NumPy and CuPy feeds give the CPU's outputs within
-    float32 rounding, call after call."""
-    import cupy
-
-    d, m = engine
-    feeds = _unet_feeds(m)
-    with OrtRunner(d, "unet", m, "cpu") as cpu, OrtRunner(d, "unet", m, "cuda", cuda_graphs=True) as gpu:
-        want = cpu(**feeds)["model_output"]
-        for _ in range(4):   # onnxruntime captures after its first runs, then replays
-            np.testing.assert_allclose(gpu(**feeds)["model_output"], want, rtol=1e-3, atol=1e-4)
-            out = gpu(**{n: cupy.asarray(a) for n, a in feeds.items()})["model_output"]
-            np.testing.assert_allclose(cupy.asnumpy(out), want, rtol=1e-3, atol=1e-4)
-
-
-@pytest.mark.gpu
-@requires_gpu
-def test_cupy_latents_stay_on_the_device_and_match_numpy(engine):
-    """CuPy feeds give CuPy outputs (on the CPU provider through host copies, on CUDA bound where they lie), equal to
-    the NumPy call within float32 rounding."""
-    import cupy
-
-    d, m = engine
-    feeds = _unet_feeds(m)
-    with OrtRunner(d, "unet", m, "auto") as runner:
-        host = runner(**feeds)["model_output"]
-        out = runner(**{n: cupy.asarray(a) for n, a in feeds.items()})["model_output"]
-        assert isinstance(out, cupy.ndarray) and out.shape == host.shape
-        np.testing.assert_allclose(cupy.asnumpy(out), host, rtol=1e-3, atol=1e-4)
 
 
 def test_misuse_is_caught(engine):
