@@ -144,9 +144,13 @@ def test_a_damaged_blob_is_compiled_again_and_replaced(engine_dirs, user_cache, 
     engine, manifest = engine_dirs["sd1"], read_manifest(engine_dirs["sd1"])
     with ov_runner.OpenvinoRunner(engine, "vae_decoder", manifest, "fp32"):
         pass
-    blob = [b for b in _blobs(user_cache, engine) if b.parent.name.startswith("vae_decoder-fp32")][0]
-    blob.chmod(0o600)  # OpenVINO writes its blobs read-only
-    blob.write_bytes(b"not a compiled model" * 10)
+    # every vae_decoder fp32 blob of this engine: where fp32 is the CPU's default precision (no bf16 units), other
+    # tests have compiled it too (the same graph from other paths), and the folder holds more than one blob
+    blobs = [b for b in _blobs(user_cache, engine) if b.parent.name.startswith("vae_decoder-fp32")]
+    assert blobs
+    for blob in blobs:
+        blob.chmod(0o600)  # OpenVINO writes its blobs read-only
+        blob.write_bytes(b"not a compiled model" * 10)
     runner = ov_runner.OpenvinoRunner(engine, "vae_decoder", manifest, "fp32")
     with caplog.at_level(logging.WARNING, logger="svdedit.runtime"), runner:
         assert runner.opened_from == "graph"
