@@ -31,14 +31,6 @@ from benchmarks.machine import describe, device_slug, write_result
 from svdedit.runtime.pipeline import to_host
 
 
-def feeds_for(manifest, batch: int = 2) -> dict:
-    sizes = manifest.axis_sizes(batch)
-    rng = np.random.default_rng(0)
-    return {"sample": rng.standard_normal((batch, 4, sizes["latent_height"], sizes["latent_width"]), dtype=np.float32),
-            "timestep": np.full((batch,), 500, np.float32),
-            "encoder_hidden_states": rng.standard_normal((batch, 77, manifest.text.hidden_size), dtype=np.float32)}
-
-
 def loop(call, feeds: dict, steps: int, xp=np, sync=lambda: None):
     """`steps` calls, each on the latents the last one left; the final latents."""
     x = feeds["sample"]
@@ -99,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", help="the result files' stem (default: io_binding_<device>)")
     args = ap.parse_args(argv)
     from svdedit.runtime.engines import OrtRunner, read_manifest
+    from svdedit.runtime.engines.check import example_feeds
     from svdedit.runtime.engines.names import resolve_engine
 
     engine = resolve_engine(args.engine)
@@ -109,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         gpu = bool(cupy.cuda.is_available())
     except Exception:  # noqa: BLE001  no CuPy, or no driver
         cupy, gpu = None, False
-    feeds = feeds_for(manifest)
+    feeds = example_feeds(manifest, "unet", batch=2)
     with contextlib.ExitStack() as stack:
         runner = stack.enter_context(OrtRunner(engine, "unet", manifest, args.provider))
         bound = stack.enter_context(OrtRunner(engine, "unet", manifest, args.provider, io_binding=True))

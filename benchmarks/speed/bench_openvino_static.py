@@ -25,14 +25,6 @@ import numpy as np
 from benchmarks.machine import describe, device_slug, write_result
 
 
-def feeds(manifest, batch: int) -> dict:
-    sizes = manifest.axis_sizes(batch)
-    rng = np.random.default_rng(0)
-    return {"sample": rng.standard_normal((batch, 4, sizes["latent_height"], sizes["latent_width"]), dtype=np.float32),
-            "timestep": np.full((batch,), 500, np.float32),
-            "encoder_hidden_states": rng.standard_normal((batch, 77, manifest.text.hidden_size), dtype=np.float32)}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", required=True, type=Path, help="an engine dir with a whole UNet (unet.onnx)")
@@ -44,13 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     import openvino as ov
 
     from svdedit.runtime.engines import read_manifest
+    from svdedit.runtime.engines.check import example_feeds
     from svdedit.runtime.engines.openvino import PRECISIONS, check_precision
 
     manifest = read_manifest(args.engine)
     precision = check_precision(args.precision)
     config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision]}   # what OpenvinoRunner compiles with
     path = str(args.engine / manifest.networks["unet"].file)
-    x = feeds(manifest, args.batch)
+    x = example_feeds(manifest, "unet", batch=args.batch)
     core = ov.Core()
     compile_s, requests = {}, {}
     for way in ("dynamic", "static"):

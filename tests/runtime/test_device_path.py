@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from svdedit.runtime.engines.check import example_feeds
+
 from tests.conftest import requires_gpu
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
@@ -29,14 +31,6 @@ def packaged():
     return engine, read_manifest(engine)
 
 
-def unet_feeds(manifest, batch: int = 2) -> dict:
-    sizes = manifest.axis_sizes(batch)
-    rng = np.random.default_rng(0)
-    return {"sample": rng.standard_normal((batch, 4, sizes["latent_height"], sizes["latent_width"]), dtype=np.float32),
-            "timestep": np.full((batch,), 500, np.float32),
-            "encoder_hidden_states": rng.standard_normal((batch, 77, manifest.text.hidden_size), dtype=np.float32)}
-
-
 def test_cupy_latents_stay_on_the_device_and_match_numpy(packaged):
     """CuPy feeds give CuPy outputs (on the CPU provider through host copies, on CUDA bound where they lie), equal to
     the NumPy call within float32 rounding."""
@@ -45,7 +39,7 @@ def test_cupy_latents_stay_on_the_device_and_match_numpy(packaged):
     from svdedit.runtime.engines import OrtRunner
 
     d, m = packaged
-    feeds = unet_feeds(m)
+    feeds = example_feeds(m, "unet", 2)
     with OrtRunner(d, "unet", m, "auto") as runner:
         host = runner(**feeds)["model_output"]
         out = runner(**{n: cupy.asarray(a) for n, a in feeds.items()})["model_output"]
@@ -65,7 +59,7 @@ def test_cuda_graphs_on_the_cuda_provider_match_the_cpu(packaged):
     d, m = packaged
     with OrtRunner(d, "unet", m, "cpu") as cpu, OrtRunner(d, "unet", m, "cuda", cuda_graphs=True) as gpu:
         for batch in (2, 1):
-            feeds = unet_feeds(m, batch)
+            feeds = example_feeds(m, "unet", batch)
             want = cpu(**feeds)["model_output"]
             for _ in range(4):   # onnxruntime captures after its first runs, then replays
                 np.testing.assert_allclose(gpu(**feeds)["model_output"], want, rtol=1e-3, atol=1e-4)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from svdedit.runtime.engines.check import example_feeds
+
 from svdedit.runtime.engines import OrtRunner, Runner, open_engines, read_manifest
 from svdedit.runtime.errors import EngineDirError, RunnerError, SvdeditError
 from tests.conftest import requires_torch
@@ -18,23 +20,15 @@ def engine(engine_dirs):
     return engine_dirs["sd1"], read_manifest(engine_dirs["sd1"])
 
 
-def _unet_feeds(manifest, batch=2):
-    sizes = manifest.axis_sizes(batch)
-    rng = np.random.default_rng(0)
-    return {"sample": rng.standard_normal((batch, 4, sizes["latent_height"], sizes["latent_width"]), dtype=np.float32),
-            "timestep": np.full((batch,), 500, np.float32),
-            "encoder_hidden_states": rng.standard_normal((batch, 77, manifest.text.hidden_size), dtype=np.float32)}
-
-
 def test_lifecycle_activate_infer_deactivate(engine):
     d, m = engine
     runner = OrtRunner(d, "unet", m, "cpu")
     assert isinstance(runner, Runner) and not runner.is_active and runner.session is None
     with runner as active:
         assert active is runner and runner.is_active and runner.provider == "CPUExecutionProvider"
-        out = runner(**_unet_feeds(m))
+        out = runner(**example_feeds(m, "unet", 2))
         assert out["model_output"].shape == (2, 4, 8, 8)
-        np.testing.assert_array_equal(runner.infer(_unet_feeds(m))["model_output"], out["model_output"])
+        np.testing.assert_array_equal(runner.infer(example_feeds(m, "unet", 2))["model_output"], out["model_output"])
     assert not runner.is_active and runner.session is None
     runner.deactivate()  # deactivating an inactive runner is harmless (ExitStack unwinding may do it)
 
@@ -45,7 +39,7 @@ def test_both_call_paths_give_the_outputs_of_a_plain_run_on_any_memory_layout(en
     latents on the GPU) when asked: on the CPU each gives bit for bit what session.run gives, a strided view or a
     Fortran-ordered copy is read correctly, and the path taken is the one asked for."""
     d, m = engine
-    feeds = _unet_feeds(m)
+    feeds = example_feeds(m, "unet", 2)
     with OrtRunner(d, "unet", m, "cpu", io_binding=io_binding) as runner:
         plain = runner.session.run(["model_output"], feeds)[0]
         bindings = []
@@ -74,15 +68,15 @@ def test_fixed_buffers_of_the_cuda_graph_path_give_the_outputs_of_a_plain_run(en
         runner.MAX_GRAPHS = 2
         results = {}
         for batch in (2, 1, 2):
-            feeds = _unet_feeds(m, batch)
+            feeds = example_feeds(m, "unet", batch)
             results[batch] = runner(**feeds)["model_output"]
             np.testing.assert_array_equal(results[batch], runner.session.run(["model_output"], feeds)[0])
         assert [(dict(key)["sample"][0], slot.graph_id) for key, slot in runner.graphs.items()] == [(2, 1), (1, 2)]
         kept = results[2].copy()
-        doubled = dict(_unet_feeds(m), sample=_unet_feeds(m)["sample"] * 2)
+        doubled = dict(example_feeds(m, "unet", 2), sample=example_feeds(m, "unet", 2)["sample"] * 2)
         assert np.abs(runner(**doubled)["model_output"] - kept).max() > 1e-3
         np.testing.assert_array_equal(results[2], kept)                     # not overwritten by the next call
-        feeds = _unet_feeds(m, 3)                                           # a third shape: no graph, same numbers
+        feeds = example_feeds(m, "unet", 3)                                 # a third shape: no graph, same numbers
         np.testing.assert_array_equal(runner(**feeds)["model_output"], runner.session.run(["model_output"], feeds)[0])
         assert len(runner.graphs) == 2
     assert runner.graphs == {}
@@ -107,7 +101,7 @@ def test_misuse_is_caught(engine):
     d, m = engine
     runner = OrtRunner(d, "unet", m, "cpu")
     with pytest.raises(RunnerError, match="not active.*with runner"):
-        runner(**_unet_feeds(m))
+        runner(**example_feeds(m, "unet", 2))
     with runner:
         with pytest.raises(RunnerError, match="already active"):
             runner.activate()
@@ -125,7 +119,7 @@ def test_misuse_is_caught(engine):
 ])
 def test_every_call_is_checked_against_the_manifest(engine, change, message):
     d, m = engine
-    feeds = _unet_feeds(m)
+    feeds = example_feeds(m, "unet", 2)
     change(feeds)
     with OrtRunner(d, "unet", m, "cpu") as runner:
         with pytest.raises(EngineDirError, match=message):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from svdedit.export.build import BuildOptions, build_plans
-from svdedit.runtime.engines.contract import resolve_shape
+from svdedit.runtime.engines.check import example_feeds
 from svdedit.runtime.engines.manifest import read_manifest
 from svdedit.runtime.engines.tensorrt import TensorrtRunner
 from svdedit.runtime.errors import TensorrtError
@@ -25,20 +25,12 @@ def engine(shapes_engine_plain, tmp_path, monkeypatch):
     return shapes_engine_plain
 
 
-def unet_feeds(manifest, batch: int, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    sizes = manifest.axis_sizes(batch=batch, size=manifest.image_size.default)
-    return {t.name: (np.full(resolve_shape(t.shape, sizes), 320, np.int64) if t.dtype == "int64"
-                     else rng.standard_normal(resolve_shape(t.shape, sizes)).astype(np.float32))
-            for t in manifest.networks["unet"].inputs}
-
-
 @pytest.mark.parametrize("dtype, want", [("FLOAT", np.float32), ("HALF", np.float16), ("BF16", np.float32)])
 def test_outputs_take_the_dtype_the_plan_reports(engine, monkeypatch, dtype, want):
     install(monkeypatch, output_dtype=dtype)
     build_plans(engine, BuildOptions())
     m = read_manifest(engine)
-    feeds = unet_feeds(m, 2)
+    feeds = example_feeds(m, "unet", 2)
     with TensorrtRunner(engine, "unet", m) as unet:
         out = unet(**feeds)["model_output"]
     assert out.dtype == want
@@ -66,7 +58,7 @@ def test_each_cuda_graph_has_its_own_context(engine, monkeypatch):
     install(monkeypatch)
     build_plans(engine, BuildOptions(static=True, max_batch=2))   # static plans run through CUDA graphs
     m = read_manifest(engine)
-    one, two = unet_feeds(m, 1, seed=1), unet_feeds(m, 2, seed=2)
+    one, two = example_feeds(m, "unet", 1, seed=1), example_feeds(m, "unet", 2, seed=2)
     _, seen = install(monkeypatch)
     with TensorrtRunner(engine, "unet", m) as unet:
         assert unet.cuda_graphs
@@ -87,7 +79,7 @@ def test_the_stand_in_catches_a_graph_whose_context_was_rebound(engine, monkeypa
     m = read_manifest(engine)
     with TensorrtRunner(engine, "unet", m) as unet:
         monkeypatch.setattr(unet, "_context", lambda i: unet.contexts[i])   # the old way: the profile's context
-        unet(**unet_feeds(m, 1))
-        unet(**unet_feeds(m, 2))
+        unet(**example_feeds(m, "unet", 1))
+        unet(**example_feeds(m, "unet", 2))
         with pytest.raises(RuntimeError, match="after its execution context was rebound"):
-            unet(**unet_feeds(m, 1))
+            unet(**example_feeds(m, "unet", 1))

@@ -17,6 +17,16 @@ from svdedit.runtime.engines.plans import all_plans
 from svdedit.runtime.errors import EngineDirError, TensorrtError
 
 
+def example_feeds(manifest, network: str, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs one network of this engine dir accepts, at `batch` and the default image size: seeded standard normal
+    values, and token ids that are all the start token. For checks and benchmarks, not for images."""
+    sizes = manifest.axis_sizes(batch=batch)
+    rng = np.random.default_rng(seed)
+    return {t.name: (np.zeros(resolve_shape(t.shape, sizes), np.int64) + manifest.text.bos_id if t.dtype == "int64"
+                     else rng.standard_normal(resolve_shape(t.shape, sizes)).astype(t.dtype))
+            for t in manifest.networks[network].inputs}
+
+
 def check_engine_dir(engine_dir: str | Path, provider: str = "auto", precision: str | None = None) -> list[dict]:
     """One report per network: provider, milliseconds, precision, the export's parity; EngineDirError if not sound.
     The networks run on onnxruntime (`provider`), or on OpenVINO (provider "openvino", at `precision`)."""
@@ -25,17 +35,13 @@ def check_engine_dir(engine_dir: str | Path, provider: str = "auto", precision: 
     provider = resolve_provider(provider, manifest)
     precision = resolve_precision(provider, precision, manifest)
     sizes = manifest.axis_sizes(batch=1)
-    rng = np.random.default_rng(0)
     cpu = cpu_report() if provider == OPENVINO else None
     report = []
     for name in manifest.networks:
         runner = (OpenvinoRunner(engine_dir, name, manifest, precision) if provider == OPENVINO
                   else OrtRunner(engine_dir, name, manifest, provider))
         with runner:
-            feeds = {t.name: (np.zeros(resolve_shape(t.shape, sizes), np.int64) + manifest.text.bos_id
-                              if t.dtype == "int64"
-                              else rng.standard_normal(resolve_shape(t.shape, sizes)).astype(t.dtype))
-                     for t in runner.entry.inputs}
+            feeds = example_feeds(manifest, name)
             t0 = time.perf_counter()
             out = runner(**feeds)
             ms = (time.perf_counter() - t0) * 1e3
