@@ -174,10 +174,10 @@ class OrtRunner(Runner):
     """One network of an engine dir, run by onnxruntime. `session` is the onnxruntime InferenceSession while active.
 
     `io_binding`: how a call reaches onnxruntime. None (the default) binds where it pays: CuPy feeds on a GPU
-    provider are bound where they lie and the outputs stay there; NumPy feeds go through session.run, which on the
-    CPU is cheaper than building a binding per call (embedded model, Intel Xeon: 7.81 against 9.20 ms per UNet call,
-    benchmarks/results/io_binding_intel-r-xeon-r-processor.md). True binds every call (NumPy feeds too: what the
-    tests and bench_io_binding compare bit for bit with session.run).
+    provider are bound where they lie and the outputs stay there; NumPy feeds go through session.run, the simpler
+    path, as fast on the CPU (a binding per call: 1.03x, within the noise, benchmarks/results/io_binding_amd-epyc.md).
+    True binds every call (NumPy feeds too: what the tests and bench_io_binding compare bit for bit with
+    session.run).
 
     `cuda_graphs`: on the CUDA provider, capture each input shape's run as a CUDA graph and replay it (onnxruntime's
     enable_cuda_graph, one gpu_graph_id per shape, up to MAX_GRAPHS shapes; the later ones run without a graph), the
