@@ -62,6 +62,14 @@ def device_slug(device: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", device.split(",")[0]).strip("-").lower()
 
 
+def turns(ways: int, rounds: int):
+    """(round, way) in the order of a side-by-side measurement: every way once per round, the order reversed every
+    other round (A B, B A, A B), so that a machine whose speed drifts during the run slows every way alike."""
+    for r in range(rounds):
+        for k in (range(ways) if r % 2 == 0 else reversed(range(ways))):
+            yield r, k
+
+
 def write_result(stem: str, res: dict, markdown: str) -> None:
     """benchmarks/results/STEM.json (the result, with its machine) and STEM.md (its table), and the table on stdout."""
     RESULTS.mkdir(exist_ok=True)

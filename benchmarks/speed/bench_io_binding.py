@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from benchmarks.machine import describe, device_slug, write_result
+from benchmarks.machine import describe, device_slug, turns, write_result
 from svdedit.runtime.pipeline import to_host
 
 
@@ -46,11 +46,10 @@ def interleaved(ways: list, repeats: int) -> list[tuple[list[float], object]]:
     alike), after one warm-up run each: [(seconds of each round, last result)]."""
     outs = [run() for _, run in ways]   # warm-up
     runs: list[list[float]] = [[] for _ in ways]
-    for r in range(repeats):
-        for k in list(range(len(ways)))[::(-1 if r % 2 else 1)]:
-            t = time.perf_counter()
-            outs[k] = ways[k][1]()
-            runs[k].append(time.perf_counter() - t)
+    for _, k in turns(len(ways), repeats):
+        t = time.perf_counter()
+        outs[k] = ways[k][1]()
+        runs[k].append(time.perf_counter() - t)
     return list(zip(runs, outs))
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import describe, device_slug, write_result
+from benchmarks.machine import describe, device_slug, turns, write_result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,13 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{way}: compiled in {compile_s[way]:.1f} s", file=sys.stderr, flush=True)
     outs = {way: np.array(r.infer(x)[0]) for way, r in requests.items()}   # warm-up
     times: dict[str, list[float]] = {way: [] for way in requests}
-    for i in range(args.rounds):
-        for way in list(requests)[::(-1 if i % 2 else 1)]:
-            t = time.perf_counter()
-            requests[way].infer(x)
-            times[way].append(time.perf_counter() - t)
-        print(f"round {i + 1}: " + ", ".join(f"{w} {v[-1]:.2f} s" for w, v in times.items()), file=sys.stderr,
-              flush=True)
+    ways = list(requests)
+    for i, k in turns(len(ways), args.rounds):
+        t = time.perf_counter()
+        requests[ways[k]].infer(x)
+        times[ways[k]].append(time.perf_counter() - t)
+        print(f"round {i + 1}: {ways[k]} {times[ways[k]][-1]:.2f} s", file=sys.stderr, flush=True)
     ratios = [d / s for d, s in zip(times["dynamic"], times["static"])]
     machine = describe()
     res = {"benchmark": "bench_openvino_static",

@@ -163,14 +163,15 @@ def run_rounds(jobs: list[dict], rounds: int, out: str) -> list[dict]:
     a machine whose speed drifts during the run slows every row alike), its output image at out.format(index). A row
     is its first round's result with the median over rounds of seconds and per-step times, every round's seconds in
     seconds_rounds and the highest peak RSS."""
+    from benchmarks.machine import turns   # here, not at the top: the children run in the peers' venvs
+
     results: list[list[dict]] = [[] for _ in jobs]
-    for r in range(rounds):
-        for i in (range(len(jobs)) if r % 2 == 0 else reversed(range(len(jobs)))):
-            job = dict(jobs[i], out=out.format(i))
-            print(f"running {job['label']}" + (f" (round {r + 1} of {rounds})" if rounds > 1 else "") + " ...",
-                  file=sys.stderr)
-            results[i].append(run_child(job))
-            print(f"  {results[i][-1]['seconds_median']:.1f} s, {results[i][-1]['peak_rss_gib']:.2f} GiB", file=sys.stderr)
+    for r, i in turns(len(jobs), rounds):
+        job = dict(jobs[i], out=out.format(i))
+        print(f"running {job['label']}" + (f" (round {r + 1} of {rounds})" if rounds > 1 else "") + " ...",
+              file=sys.stderr)
+        results[i].append(run_child(job))
+        print(f"  {results[i][-1]['seconds_median']:.1f} s, {results[i][-1]['peak_rss_gib']:.2f} GiB", file=sys.stderr)
     rows = []
     for job, runs in zip(jobs, results):
         row = {"label": job["label"], **runs[0]}
