@@ -36,7 +36,9 @@ def test_the_conditioning_is_made_once_per_run_not_per_step(engine_dirs, monkeyp
 
 @pytest.mark.skipif(HAS_GPU, reason="on a machine with a GPU, latents on the device can be had")
 def test_latents_on_the_device_without_a_gpu_is_a_clear_error(engine_dirs):
+    pipe = Pipeline(engine_dirs["sd1"], provider="cpu", latents_on_device=True)
     with pytest.raises(SvdeditError, match=r"CuPy is not installed or sees no GPU.*svdedit\[gpu\]"):
-        Pipeline(engine_dirs["sd1"], provider="cpu", latents_on_device=True).__enter__()
+        pipe.__enter__()
+    assert not any(runner.is_active for runner in pipe.engines.values())   # the runners it opened are closed again
     with Pipeline(engine_dirs["sd1"], provider="cpu", latents_on_device=None) as pipe:
         assert pipe.xp is np   # auto: the UNet runs on the CPU

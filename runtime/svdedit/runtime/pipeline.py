@@ -111,12 +111,13 @@ class Pipeline:
         self.xp = np  # the array module of the latents during a DDIM run: numpy, or cupy (chosen on entering)
 
     def __enter__(self) -> "Pipeline":
-        """Activate every runner; if one fails, those already active are deactivated before the error propagates."""
+        """Activate every runner and choose where the latents live; if either fails, the runners already active are
+        deactivated before the error propagates."""
         with ExitStack() as stack:
             for runner in self.engines.values():
                 stack.enter_context(runner)
+            self.xp = self.latent_module()
             self._opened = stack.pop_all()
-        self.xp = self.latent_module()
         return self
 
     def latent_module(self):

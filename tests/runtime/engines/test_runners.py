@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from svdedit.runtime.engines.check import example_feeds
-
 from svdedit.runtime.engines import OrtRunner, Runner, open_engines, read_manifest
+from svdedit.runtime.engines.check import example_feeds
 from svdedit.runtime.errors import EngineDirError, RunnerError, SvdeditError
 from tests.conftest import requires_torch
 

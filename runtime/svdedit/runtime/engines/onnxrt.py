@@ -145,15 +145,19 @@ class GraphSlot:
             self.binding.bind_ortvalue_output(n, v)
 
     def fill(self, feeds: dict) -> None:
-        """Copy the feeds into the input buffers: NumPy from the host, CuPy on the device (after CuPy's queued work)."""
+        """Copy the feeds into the input buffers: NumPy from the host, CuPy on the device (then CuPy's stream is
+        waited for once: onnxruntime runs on a stream of its own)."""
+        on_device = False
         for n, a in feeds.items():
             if array_module(a) is np:
                 self.inputs[n].update_inplace(np.ascontiguousarray(a))
             else:
-                import cupy
-
                 device_array(self.inputs[n])[...] = a
-                cupy.cuda.get_current_stream().synchronize()
+                on_device = True
+        if on_device:
+            import cupy
+
+            cupy.cuda.get_current_stream().synchronize()
 
     def results(self, on_device: bool) -> dict:
         """Copies of the outputs (the buffers are overwritten by the next run): CuPy on the device, or NumPy."""
@@ -239,8 +243,10 @@ class OrtRunner(Runner):
 
             return {n: cupy.asarray(a) for n, a in self._infer({n: cupy.asnumpy(a) for n, a in feeds.items()}).items()}
         try:
-            if self.cuda_graphs and (self._shape_key(feeds) in self.graphs or len(self.graphs) < self.MAX_GRAPHS):
-                return self._run_graph(feeds, on_device=bool(on_device))
+            if self.cuda_graphs:
+                key = tuple((n, tuple(a.shape)) for n, a in sorted(feeds.items()))
+                if key in self.graphs or len(self.graphs) < self.MAX_GRAPHS:
+                    return self._run_graph(key, feeds, on_device=bool(on_device))
             if on_device or self.io_binding:
                 return self._run_bound(feeds, on_device=bool(on_device))
             return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
@@ -263,14 +269,9 @@ class OrtRunner(Runner):
             return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
         return dict(zip(self.output_names, map(device_array, binding.get_outputs())))
 
-    @staticmethod
-    def _shape_key(feeds: dict) -> tuple:
-        return tuple((n, tuple(a.shape)) for n, a in sorted(feeds.items()))
-
-    def _run_graph(self, feeds: dict, on_device: bool) -> dict:
-        """One call through the fixed buffers of its input shape (GraphSlot): the first call of a shape finds the
+    def _run_graph(self, key: tuple, feeds: dict, on_device: bool) -> dict:
+        """One call through the fixed buffers of its input shape `key` (GraphSlot): the first call of a shape finds the
         output shapes and makes the buffers; onnxruntime captures the graph on a later run and replays it after."""
-        key = self._shape_key(feeds)
         slot = self.graphs.get(key)
         if slot is None:
             device = ("cuda", 0) if self.provider == "CUDAExecutionProvider" else ("cpu", 0)
