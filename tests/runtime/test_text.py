@@ -1,5 +1,6 @@
 """runtime/svdedit/runtime/text.py: SD's tokenization from tokenizer.json alone (transformers is the oracle)."""
 
+import functools
 import json
 import warnings
 
@@ -80,6 +81,11 @@ def test_any_damaged_tokenizer_file_loads_or_is_a_clear_error(tmp_path_factory, 
             assert str(path) in str(exc) or "pad_id" in str(exc)
 
 
+@functools.cache
+def clip_tokenizer(path):
+    return Tokenizer(path, 77, 49407)
+
+
 @FUZZ
 @given(prompt=st.text(max_size=300))
 def test_any_prompt_is_tokenized_or_refused_clearly(tmp_path_factory, tokenizer_json, prompt):
@@ -90,7 +96,7 @@ def test_any_prompt_is_tokenized_or_refused_clearly(tmp_path_factory, tokenizer_
     path = tmp_path_factory.getbasetemp() / "clip.json"
     if not path.exists():
         path.write_text(json.dumps(tokenizer_json))
-    tok = Tokenizer(path, 77, 49407)
+    tok = clip_tokenizer(path)  # loaded once: what is fuzzed is the prompt (loading CLIP's vocabulary 200 times took 30 s)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
