@@ -11,6 +11,7 @@ import numpy as np
 
 from svdedit.runtime.editing.knobs import Knobs
 from svdedit.runtime.editing.request import describe
+from svdedit.runtime.errors import SvdeditError
 from svdedit.runtime.limits import LIMITS
 
 
@@ -157,6 +158,9 @@ def engine_args(p: argparse.ArgumentParser) -> None:
                         "--step-cache engines, benchmarks/results/speed_shapes_cpu.md; 1 otherwise)")
     p.add_argument("--invert-cache-interval", type=bounded_int(1, 1000), metavar="N",
                    help="the same for the DDIM inversion of real images. Default: the engine's own (1)")
+    lora_args(p, "merged into the weights at run time, torch-free: the engine dir must be exported with "
+                 "--lora-ready (onnxruntime's providers). The engine then has another identity: attributes learned "
+                 "without the adapter are refused with it, and the other way round")
     p.add_argument("--size", type=int, metavar="PX",
                    help="image side to sample, learn and edit at (images are fitted to it): a multiple of the engine "
                         "dir's step (manifest.json image_size: 8 x the UNet's downsampling, 32 for SDXL) within its "
@@ -164,11 +168,30 @@ def engine_args(p: argparse.ArgumentParser) -> None:
                         "512 is a quarter of the work)")
 
 
+def lora_args(p: argparse.ArgumentParser, how: str) -> None:
+    """--lora FILE and --lora-scale S, each repeatable: the scales pair with the adapters in order (default 1)."""
+    p.add_argument("--lora", action="append", default=[], metavar="FILE",
+                   help=f"a LoRA adapter (.safetensors: diffusers/peft or kohya keys) {how}. Repeat for several")
+    p.add_argument("--lora-scale", action="append", default=[], type=number, metavar="S",
+                   help="the strength of the --lora of the same position (default 1; 0 = not applied; -8 to 8)")
+
+
+def lora_pairs(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """(file, scale) of each --lora, its --lora-scale paired by position (1 where none is given)."""
+    if len(args.lora_scale) > len(args.lora):
+        raise SvdeditError(f"{len(args.lora_scale)} --lora-scale for {len(args.lora)} --lora: give one scale per "
+                           f"adapter, in the same order, or leave the scales out (1).")
+    return [(f, args.lora_scale[i] if i < len(args.lora_scale) else 1.0) for i, f in enumerate(args.lora)]
+
+
 def open_pipeline(args: argparse.Namespace):
-    """The Pipeline of --engine, --provider, --precision, --size and the step-cache intervals (not yet entered)."""
+    """The Pipeline of --engine, --provider, --precision, --size, --lora and the step-cache intervals (not yet
+    entered)."""
+    from svdedit.runtime.engines.lora import read_adapter
     from svdedit.runtime.pipeline import Intervals, Pipeline
 
-    pipe = Pipeline(args.engine, args.provider, size=args.size, precision=args.precision)
+    adapters = [read_adapter(f, s) for f, s in lora_pairs(args)]
+    pipe = Pipeline(args.engine, args.provider, size=args.size, precision=args.precision, lora=adapters)
     default = pipe.default_intervals
     pipe.intervals = pipe.check_intervals(Intervals(args.cache_interval or default.sample,
                                                     args.invert_cache_interval or default.invert))

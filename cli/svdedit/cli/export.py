@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from svdedit.cli.args import command
+from svdedit.cli.args import command, lora_args, lora_pairs
 from svdedit.runtime.engines.contract import EXPORT_PRECISIONS
 
 HELP = """\
@@ -25,6 +25,8 @@ refiner or inpainting). Needs the `export` extra (torch, diffusers, transformers
 examples:
   svdedit export models/shapes -o engines/shapes
   svdedit export v1-5-pruned-emaonly.safetensors --config sd15-configs/ -o engines/sd15 --precision fp16
+  svdedit export sd15/ -o engines/sd15-style --lora style.safetensors --lora-scale 0.8    # fused
+  svdedit export sd15/ -o engines/sd15 --lora-ready     # then: svdedit generate --engine engines/sd15 --lora style.safetensors
 """
 
 
@@ -51,6 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="split the UNet in three (unet_in, unet_deep, unet_out; export/svdedit/export/step_cache.py) so that runs may "
                         "recompute its deep branch only every N steps (DeepCache): --cache-interval of generate, edit, "
                         "learn and serve. The weights are not duplicated; a full step equals the whole UNet")
+    lora_args(p, "fused into the weights before the export (through diffusers' loader: every format it reads). The "
+                 "manifest records each adapter's sha256 and scale; they are part of the engine's identity")
+    p.add_argument("--lora-ready", action="store_true",
+                   help="keep the weights a LoRA may touch (every Linear and Conv of the UNet and text encoders) "
+                        "swappable, in NAME.lora.safetensors beside each graph, so that generate, edit, learn and "
+                        "serve can apply --lora at run time without an export")
     p.add_argument("--force", action="store_true", help="export again even if ENGINE_DIR is up to date, and replace "
                                                          "an engine dir made from another model or with other options")
 
@@ -60,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     manifest = export_model(
         args.source, args.output, ExportOptions(precision=args.precision, opset=args.opset, force=args.force, fuse=args.fuse,
-                                          step_cache=args.step_cache),
+                                          step_cache=args.step_cache, lora=tuple(lora_pairs(args)),
+                                          lora_ready=args.lora_ready),
         config=args.config, log=lambda message: print(message, file=sys.stderr),
     )
     summary = {

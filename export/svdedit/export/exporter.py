@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from svdedit.export.fp16 import EXTERNAL_DATA_BYTES, convert_fp16
+from svdedit.export.lora import LORA_NETWORKS, fuse_adapters, make_ready, torch_modules, weight_digests
 from svdedit.export.networks import Geometry, geometry, wrappers
 from svdedit.export.source import Components, Source, inspect_source, load_components
 from svdedit.runtime import __version__ as SVDEDIT_VERSION
@@ -67,6 +68,8 @@ class ExportOptions:
     force: bool = False
     fuse: bool = True  # attention -> onnxruntime's MultiHeadAttention (export/svdedit/export/fusion.py); False for TensorRT
     step_cache: bool = False  # the UNet split in three for step caching (export/svdedit/export/step_cache.py)
+    lora: tuple[tuple[str, float], ...] = ()  # LoRA adapters (file, scale) fused into the weights (lora.py)
+    lora_ready: bool = False  # the weights a LoRA may touch kept swappable at run time (lora.py)
 
     def check(self) -> "ExportOptions":
         if self.precision not in EXPORT_PRECISIONS:
@@ -74,6 +77,9 @@ class ExportOptions:
                                f"{', '.join(EXPORT_PRECISIONS)}.")
         if self.opset is not None and not 18 <= self.opset <= 23:
             raise SvdeditError(f"--opset {self.opset} is out of range; torch's ONNX exporter writes opsets 18 to 23.")
+        for file, scale in self.lora:
+            if not Path(file).is_file():
+                raise SvdeditError(f"--lora {file}: no such file. Give the path of a .safetensors LoRA file.")
         return self
 
 
@@ -330,13 +336,18 @@ def export_model(
     source_sha = src.sha256()
     cache_key = sha256_json({"format": format_version(src.family), "svdedit": SVDEDIT_VERSION, "source": source_sha,
                              "precision": options.precision, "opset": options.opset, "fuse": options.fuse,
-                             **({"step_cache": True} if options.step_cache else {})})
+                             **({"step_cache": True} if options.step_cache else {}),
+                             **({"lora": [(sha256_file(f), s) for f, s in options.lora]} if options.lora else {}),
+                             **({"lora_ready": True} if options.lora_ready else {})})
     if _up_to_date(out_dir, cache_key, options.force):                                            # 2.
         log(f"{out_dir} is up to date (same model, same options); nothing to do. Pass --force to export again.")
         return read_manifest(out_dir, verify="none")
     _require_onnxruntime()
     log(f"source: {src.path} ({FAMILIES[src.family]}, {src.prediction_type})")
     components = load_components(src)
+    fused = fuse_adapters(components, [(Path(f), s) for f, s in options.lora], log) if options.lora else []
+    digests = ({component: weight_digests(module) for component, module in torch_modules(components).items()}
+               if options.lora_ready else None)
     geo = geometry(components, step_cache=options.step_cache)
     modules = wrappers(components, step_cache=options.step_cache)
     specs = networks_for(src.family)
@@ -351,16 +362,16 @@ def export_model(
                 if name.startswith("unet"):
                     unet[name] = exported
                 else:
-                    networks[name] = _network_entry(specs[name], _check_graph(exported, options, log), geo, work)
+                    networks[name] = _network_entry(specs[name], _checked(exported, options, log, digests), geo, work)
             composed = _composed_reference(components, geo) if options.step_cache else None
             _free_weights(components.unet)
             del modules
             for name, exported in unet.items():
-                networks[name] = _network_entry(specs[name], _check_graph(exported, options, log), geo, work)
+                networks[name] = _network_entry(specs[name], _checked(exported, options, log, digests), geo, work)
             networks = {name: networks[name] for name in _in_contract_order(specs, networks)}
             step_cache = _step_cache_entry(composed, specs, work, log) if options.step_cache else None
             manifest = _write_engine_files(work, src, source_sha, components, geo, networks, cache_key, options, t_start,
-                                           step_cache)
+                                           step_cache, fused)
     except OSError as exc:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         raise ExportError(
@@ -457,6 +468,16 @@ def _require_onnxruntime() -> None:
         ) from None
 
 
+def _checked(x: Exported, options: ExportOptions, log, digests: dict | None) -> dict:
+    """_check_graph, then (--lora-ready) the weights a LoRA may touch moved beside the graph (lora.make_ready)."""
+    entry = _check_graph(x, options, log)
+    component = LORA_NETWORKS.get(x.spec.name)
+    if digests is not None and component in digests:
+        entry.update(make_ready(x.path, digests[component]))
+        log(f"  {x.spec.name}: {len(entry['lora_targets'])} layer(s) kept swappable for run-time LoRA")
+    return entry
+
+
 def _network_entry(spec: NetworkSpec, entry: dict, geo: Geometry, work: Path) -> dict:
     """The manifest's record of one exported network: its files and their hashes, its I/O, how it was made."""
     path = work / f"{spec.name}.onnx"
@@ -467,11 +488,13 @@ def _network_entry(spec: NetworkSpec, entry: dict, geo: Geometry, work: Path) ->
         **({"external_data": data.name, "external_data_sha256": sha256_file(data)} if data.exists() else {}),
         **network_io(spec, geo.dims),
         **entry,
+        **({"lora_weights_sha256": sha256_file(work / entry["lora_weights"])} if "lora_weights" in entry else {}),
     }
 
 
 def _write_engine_files(work: Path, src: Source, source_sha: str, c: Components, geo: Geometry, networks: dict,
-                        cache_key: str, options: ExportOptions, t_start: float, step_cache: dict | None) -> Manifest:
+                        cache_key: str, options: ExportOptions, t_start: float, step_cache: dict | None,
+                        fused: list[dict]) -> Manifest:
     """tokenizer.json, schedule.json and manifest.json beside the graphs; the manifest is checked before it is
     written, so that the export never writes one the runtime would refuse."""
     tokenizer = _write_tokenizer(c.tokenizer, work)
@@ -502,7 +525,8 @@ def _write_engine_files(work: Path, src: Source, source_sha: str, c: Components,
         "fp16": {"networks": [n for n in networks if network_precision(n, "fp16") == "fp16"],
                  "kept_fp32_ops": FP16_KEEP_FP32_OPS} if options.precision == "fp16" else None,
         "options": {"precision": options.precision, "opset": options.opset, "fuse": options.fuse,
-                    "step_cache": options.step_cache},
+                    "step_cache": options.step_cache, "lora_ready": options.lora_ready},
+        **({"lora": {"fused": fused}} if fused else {}),
         **({"step_cache": step_cache} if step_cache else {}),
         **xl,
         "versions": _versions(),

@@ -343,7 +343,8 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
     raw = manifest.to_dict()
     with atomic_dir(out_dir, replace=out_dir.exists()) as work:
         for rel, _ in manifest.files():
-            if not any(rel in (manifest.networks[n].file, manifest.networks[n].external_data) for n in names):
+            if not any(rel in (manifest.networks[n].file, manifest.networks[n].external_data,
+                               manifest.networks[n].lora_weights) for n in names):
                 shutil.copy2(engine_dir / rel, work / rel)
         records = {}
         for name in names:
@@ -364,8 +365,8 @@ def quantize_engine(engine_dir: str | Path, out_dir: str | Path, options: Quanti
             entry = raw["networks"][name]
             entry.update(file=dst.name, sha256=sha256_file(dst), precision="int8")
             data = dst.with_suffix(".bin") if options.mode == "nncf" else dst.with_name(dst.name + ".data")
-            entry.pop("external_data", None)
-            entry.pop("external_data_sha256", None)
+            for key in ("external_data", "external_data_sha256", "lora_weights", "lora_weights_sha256", "lora_targets"):
+                entry.pop(key, None)  # the int8 graph holds its weights itself (and takes no run-time LoRA)
             if data.exists():
                 entry.update(external_data=data.name, external_data_sha256=sha256_file(data))
             records[name] = {"parity_int8": p, "seconds": took["seconds"]}

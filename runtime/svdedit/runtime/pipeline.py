@@ -32,7 +32,7 @@ import functools
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from svdedit.kernels import array_module
 from svdedit.runtime import ddim
 from svdedit.runtime.conditioning import conditioning_for
 from svdedit.runtime.engines import Manifest, open_engines, read_manifest, resolve_precision
+from svdedit.runtime.engines.lora import Adapter, merged_weights
 from svdedit.runtime.errors import NonFiniteLatentError, SvdeditError
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
@@ -79,7 +80,7 @@ class Intervals:
 class Pipeline:
     def __init__(self, engine_dir: str | Path, provider: str = "auto", intervals: Intervals | None = None,
                  manifest: Manifest | None = None, size: int | None = None, precision: str | None = None,
-                 latents_on_device: bool | None = None):
+                 latents_on_device: bool | None = None, lora: Sequence[Adapter] = ()):
         """`engine_dir`: a folder, or a built-in name (svdedit:shapes). `intervals`: step caching (default: the
         engine's own, recorded at export; 1 and 1 for an engine without step caching). `size`: the image side
         that noise() draws and fit() crops to (default: the model's, e.g. 1024 for SDXL; any side the engine dir
@@ -88,14 +89,19 @@ class Pipeline:
         read_manifest returned for this dir, when the caller has read it already (else it is read here: files
         hashed when new or changed since this user last hashed them, engines/verified.py). `latents_on_device`: keep
         the latents on the GPU during a DDIM run (the module docstring); None (the default) does so where the UNet
-        runs on a GPU and CuPy sees it, False never (the latents cross to the host each step).
+        runs on a GPU and CuPy sees it, False never (the latents cross to the host each step). `lora`: adapters
+        (engines/lora.read_adapter) merged into the weights of an engine dir exported --lora-ready, on onnxruntime;
+        the manifest then records them (Manifest.with_adapters), so the engine has another identity.
 
         Constructing is cheap (the manifest, the schedule, the tokenizer); the networks are loaded on entering
         the `with` block."""
         from svdedit.runtime.engines.names import resolve_engine
 
         self.engine_dir = resolve_engine(engine_dir)
-        self.manifest = manifest if manifest is not None else read_manifest(self.engine_dir)
+        base = manifest if manifest is not None else read_manifest(self.engine_dir)
+        self.adapters = tuple(lora)
+        weights = merged_weights(self.engine_dir, base, self.adapters)
+        self.manifest = base.with_adapters([a.record() for a in self.adapters])
         m = self.manifest
         self.intervals = self.check_intervals(intervals or self.default_intervals)
         self.schedule = ddim.Schedule.from_json(self.engine_dir / m.schedule.file)
@@ -104,7 +110,7 @@ class Pipeline:
         self.channels = m.latent.channels
         self.size = self.check_size(m.image_size.default if size is None else size)
         self.precision = resolve_precision(provider, precision, m)
-        self.engines = open_engines(self.engine_dir, m, provider, self.precision)
+        self.engines = open_engines(self.engine_dir, m, provider, self.precision, weights)
         self.conditioning = conditioning_for(self.engine_dir, m, self.engines)
         self._opened: ExitStack | None = None
         self.requested_latents_on_device = latents_on_device

@@ -190,6 +190,9 @@ class Attribute:
     losses: dict
     #: the strength scale, calibrated at learning ((strength, blend) pairs from 0 to 1; () = blend = strength)
     strength_map: tuple = ()
+    #: the LoRA adapters in the weights it was learned with (Manifest.adapters: file, sha256, scale, ...): part of
+    #: the engine's identity; kept to name them when the file is refused on an engine with others
+    adapters: tuple = ()
 
     def blend(self, strength: float) -> float:
         """The blend alpha of y(alpha) = x + alpha (y - x) that gives `strength` of this attribute's change.
@@ -208,7 +211,8 @@ class Attribute:
         meta = {"format_version": FORMAT_VERSION, "source": self.source, "target": self.target,
                 "knobs": asdict(self.knobs), "engine_manifest_sha256": self.engine,
                 "latent_shape": list(self.latent_shape), "seed": self.seed, "losses": self.losses,
-                "strength_map": [list(pair) for pair in self.strength_map]}
+                "strength_map": [list(pair) for pair in self.strength_map],
+                **({"lora": list(self.adapters)} if self.adapters else {})}
         blob = save({n: np.ascontiguousarray(np.asarray(v, np.float32)) for n, v in self.params.items()},
                     metadata={"svdedit": json.dumps(meta)})
         return atomic_write_bytes(Path(path), blob)
@@ -258,12 +262,18 @@ class Attribute:
         _check_weights(params, knobs, shape, bad)
         strength_map = _strength_map_of(meta.get("strength_map", []), bad)
         ids = (engine,) if isinstance(engine, str) else tuple(engine or ())  # a sound file, of another model?
+        adapters = meta.get("lora") or []
+        if not (isinstance(adapters, list) and all(isinstance(a, dict) for a in adapters)):
+            bad("metadata field 'lora' is not a list of adapters")
         if ids and meta["engine_manifest_sha256"] not in ids:
+            lora = ", ".join(f"{a.get('file')} (sha256 {str(a.get('sha256'))[:12]}, scale {a.get('scale')})"
+                             for a in adapters) or "none"
             raise AttributeFileError(f"{path} was learned on another model (engine {meta['engine_manifest_sha256'][:12]}, "
-                                     f"this engine is {ids[0][:12]}); attributes do not transfer between models. "
-                                     f"Learn it again on this engine.")
+                                     f"this engine is {ids[0][:12]}; LoRA adapters it was learned with: {lora}); "
+                                     f"attributes do not transfer between models, nor between LoRA adapters or their "
+                                     f"scales. Learn it again on this engine, or run with the adapters it names.")
         return cls(params, meta["source"], meta["target"], knobs, meta["engine_manifest_sha256"], tuple(shape),
-                   meta["seed"], meta["losses"], strength_map)
+                   meta["seed"], meta["losses"], strength_map, tuple(adapters))
 
 
 def _knobs_of(stored: dict, path: Path) -> Knobs:

@@ -42,7 +42,7 @@ def learn(editor: Editor, source: str, target: str, seed: int = 0, knobs: Knobs 
     params, losses = avi.train(pair, knobs, seed=seed, progress=progress)
     params = {n: np.asarray(v.get() if hasattr(v, "get") else v, np.float32) for n, v in params.items()}
     attr = Attribute(params, source, target, knobs, editor.engine_hash, tuple(x.shape[1:]), seed,
-                     {n: round(float(v), 6) for n, v in losses.items()})
+                     {n: round(float(v), 6) for n, v in losses.items()}, adapters=tuple(editor.pipe.manifest.adapters))
     return dataclasses.replace(attr, strength_map=calibrate(editor, attr)) if knobs.calibration_seeds else attr
 
 

@@ -65,6 +65,11 @@ class Network:
     fused: dict | None = None
     opset: int | None = None
     export_seconds: float | None = None
+    #: `svdedit export --lora-ready` (engines/lora.py): the safetensors file holding the weights a LoRA may touch
+    #: (the graph reads them as external data), and module name -> [[initializer, transposed, shape], ...]
+    lora_weights: str | None = None
+    lora_weights_sha256: str | None = None
+    lora_targets: dict | None = None
 
     @property
     def is_openvino_model(self) -> bool:
@@ -76,6 +81,8 @@ class Network:
         out = [(self.file, self.sha256)]
         if self.external_data:
             out.append((self.external_data, self.external_data_sha256 or ""))
+        if self.lora_weights:
+            out.append((self.lora_weights, self.lora_weights_sha256 or ""))
         return out
 
 
@@ -179,6 +186,9 @@ class Manifest:
     quantization: dict | None = None  # `svdedit quantize` (export/svdedit/export/quantize.py): mode, calibration, int8 parity
     text_2: TextInfo | None = None                    # SDXL: the second tokenizer (tokenizer_2.json)
     added_conditioning: AddedConditioning | None = None  # SDXL
+    #: LoRA adapters in the weights: {"fused": [...]} as `svdedit export --lora` fused them, {"swapped": [...]} as a
+    #: run merged them (with_adapters, never written): each engines/lora.Adapter.record()
+    lora: dict | None = None
     #: the JSON as read (or as the exporter made it): what is written back, and what the identity hashes
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -198,10 +208,27 @@ class Manifest:
         r = self.raw
         xl = {"text_2": {k: (r.get("text_2") or {}).get(k) for k in ("sequence_length", "hidden_size")},
               "added_conditioning": r.get("added_conditioning")} if self.is_xl else {}
+        adapters = sorted((a["sha256"], float(a["scale"])) for a in self.adapters if a["scale"] != 0)
         return sha256_json({"source": (r.get("source") or {}).get("sha256"), "family": r.get("family"),
                             "prediction_type": r.get("prediction_type"), "latent": r.get("latent"),
                             "text": {k: (r.get("text") or {}).get(k) for k in ("sequence_length", "hidden_size")},
-                            **xl})
+                            **xl, **({"lora": adapters} if adapters else {})})
+
+    @property
+    def adapters(self) -> list[dict]:
+        """The LoRA adapters in this engine's weights, fused at export and swapped in by a run (their records: file,
+        sha256, scale, ...). They are part of the identity (a scale of 0 changes nothing, and counts as none)."""
+        lora = self.raw.get("lora") or {}
+        return [*(lora.get("fused") or []), *(lora.get("swapped") or [])]
+
+    def with_adapters(self, records: list[dict]) -> "Manifest":
+        """This manifest with LoRA adapters swapped in at run time (engines/lora.py): another identity, the same
+        files. Only in memory: the engine dir is never modified by a swap."""
+        if not records:
+            return self
+        raw = self.to_dict()
+        raw["lora"] = {**(raw.get("lora") or {}), "swapped": [*(raw.get("lora") or {}).get("swapped", []), *records]}
+        return Manifest.from_dict(raw)
 
     def identities(self) -> tuple[str, str]:
         """(identity, the identity of svdedit 0.1.0: the whole manifest but its TensorRT plans), which attribute
@@ -351,6 +378,8 @@ def _files_with_fields(m: Manifest) -> list[tuple[str, str, str]]:
         out.append((f"networks.{name}.file", net.file, net.sha256))
         if net.external_data:
             out.append((f"networks.{name}.external_data", net.external_data, net.external_data_sha256))
+        if net.lora_weights:
+            out.append((f"networks.{name}.lora_weights", net.lora_weights, net.lora_weights_sha256))
     for key, build in m.builds.items():
         for name, plan in build.networks.items():
             out.append((f"tensorrt.{key}.networks.{name}.file", plan.file, plan.sha256))

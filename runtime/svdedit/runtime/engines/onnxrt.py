@@ -186,14 +186,21 @@ class OrtRunner(Runner):
     `cuda_graphs`: on the CUDA provider, capture each input shape's run as a CUDA graph and replay it (onnxruntime's
     enable_cuda_graph, one gpu_graph_id per shape, up to MAX_GRAPHS shapes; the later ones run without a graph), the
     inputs copied into buffers that stay put and the outputs copied out. Off by default: it has not run on a GPU yet.
-    On the CPU provider the same fixed buffers run without a graph."""
+    On the CPU provider the same fixed buffers run without a graph.
+
+    `initializers`: {name: array} that replace the graph's initializers of those names when the session is created
+    (SessionOptions.add_external_initializers, for initializers the graph keeps as external data; the files are not
+    touched): a LoRA swapped in at run time (engines/lora.py)."""
 
     #: input shapes that get a CUDA graph each (the UNet of an edit sees 2 or 3: batch 1, 2, and a blend's)
     MAX_GRAPHS = 8
 
     def __init__(self, engine_dir: str | Path, network: str, manifest: Manifest, provider: str = "auto",
-                 io_binding: bool | None = None, cuda_graphs: bool = False):
+                 io_binding: bool | None = None, cuda_graphs: bool = False,
+                 initializers: dict[str, np.ndarray] | None = None):
         super().__init__(engine_dir, network, manifest)
+        self.initializers = initializers or {}
+        self.initializer_values: list = []  # the OrtValues the session reads: alive as long as it is
         self.requested_provider = provider
         self.io_binding = io_binding
         self.cuda_graphs = cuda_graphs
@@ -210,9 +217,15 @@ class OrtRunner(Runner):
         if wanted[0] != "CPUExecutionProvider":
             preload_cuda_libraries()
         path = self.engine_dir / self.entry.file
+        opts = session_options()
+        self.initializer_values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a))
+                                   for a in self.initializers.values()]
+        if self.initializers:  # in place of their external data, as the graph is loaded: before its optimisation, which
+            # folds Conv weights into new initializers (add_initializer, applied after it, would leave those unchanged)
+            opts.add_external_initializers(list(self.initializers), self.initializer_values)
         try:
             self.session = ort.InferenceSession(
-                str(path), session_options(),
+                str(path), opts,
                 providers=[provider_entry(p, engine_cache_dir(self.manifest.identity(), self.manifest.graphs_key()),
                                           self.entry.precision, self.cuda_graphs) for p in wanted])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -299,3 +312,4 @@ class OrtRunner(Runner):
     def _deactivate(self) -> None:
         self.graphs.clear()
         self.session = None
+        self.initializer_values = []

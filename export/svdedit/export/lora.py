@@ -1,0 +1,223 @@
+"""LoRA at export: adapters fused into the weights (`--lora FILE --lora-scale S`), and engines made ready for
+adapters swapped at run time (`--lora-ready`; the merge itself is torch-free: runtime/svdedit/runtime/engines/lora.py).
+
+Fusing: the UNet's layers go through diffusers' own loader (lora_state_dict, which converts kohya and older
+diffusers files, then load_lora_into_unet, set_adapters for the scales, fuse_lora and unload_lora), so every
+format diffusers reads works; the text encoders' layers are merged with the runtime's NumPy merge (transformers
+5's own adapter loader wants a peft the index does not have). Every file is first read by the runtime's strict
+reader (read_adapter): a pickle, keys that are not LoRA layers, or a rank or scale out of bounds are refused before
+anything loads, and a layer the model does not have is an error, never a silent partial apply.
+
+Making ready: every Linear and Conv weight of the UNet and text encoders is found in the exported graph by its
+content (as it is, or transposed, where the exporter folded a MatMul's transpose into the initializer), and those
+initializers move to NAME.lora.safetensors beside the graph, which reads them as ONNX external data at their
+offsets in that file. The manifest maps module name -> [[initializer, transposed, shape], ...].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from svdedit.runtime.engines.lora import Adapter, read_adapter
+from svdedit.runtime.errors import ExportError, SvdeditError
+
+#: the networks whose weights a LoRA may touch, and the component of a LoRA file that holds their layers
+LORA_NETWORKS = {"unet": "unet", "unet_in": "unet", "unet_deep": "unet", "unet_out": "unet",
+                 "text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2"}
+LORA_WEIGHTS_SUFFIX = ".lora.safetensors"
+ONNX_TO_SAFETENSORS = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
+
+
+def torch_modules(components) -> dict[str, object]:
+    """component name -> its torch module (text_encoder_2 for SDXL)."""
+    out = {"unet": components.unet, "text_encoder": components.text_encoder}
+    if components.text_encoder_2 is not None:
+        out["text_encoder_2"] = components.text_encoder_2
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Fused at export
+# --------------------------------------------------------------------------------------------------
+def fuse_adapters(components, adapters: list[tuple[Path, float]], log) -> list[dict]:
+    """Fuse the adapters (file, scale) into the components' weights, in place; their records for the manifest."""
+    read = [read_adapter(path, scale) for path, scale in adapters]  # all checked before any is applied
+    modules = torch_modules(components)
+    for adapter in read:
+        check_modules(adapter, modules)
+    unet_adapters = [(i, a) for i, a in enumerate(read) if any(layer.component == "unet" for layer in a.layers)]
+    if unet_adapters:
+        fuse_unet(components.unet, unet_adapters, components.is_xl)
+    for adapter in read:
+        for layer in adapter.layers:
+            if layer.component != "unet":
+                merge_into(modules[layer.component], layer, adapter.scale)
+    for adapter in read:
+        log(f"  LoRA {adapter}: {len(adapter.layers)} layer(s) fused")
+    return [a.record() for a in read]
+
+
+def check_modules(adapter: Adapter, modules: dict) -> None:
+    """Every layer of the adapter names a Linear or Conv module of the model, of a matching shape."""
+    missing, mismatched = [], []
+    for layer in adapter.layers:
+        module = find_module(modules.get(layer.component), layer.module, layer.kohya)
+        if module is None:
+            missing.append(f"{layer.component}.{layer.module}")
+            continue
+        weight = module.weight
+        out_ch, rest = weight.shape[0], int(np.prod(weight.shape[1:]))
+        if (layer.up.shape[0], int(np.prod(layer.down.shape[1:]))) != (out_ch, rest):
+            mismatched.append(f"{layer.component}.{layer.module} (LoRA {layer.up.shape[0]} x "
+                              f"{int(np.prod(layer.down.shape[1:]))}, weight {list(weight.shape)})")
+    if missing:
+        raise SvdeditError(f"{adapter.path.name}: {len(missing)} LoRA layer(s) name modules this model does not have "
+                           f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): a LoRA for another "
+                           f"model family? Nothing was exported.")
+    if mismatched:
+        raise SvdeditError(f"{adapter.path.name}: {len(mismatched)} LoRA layer(s) do not fit this model's weights "
+                           f"({', '.join(mismatched[:2])}): a LoRA made for another model. Nothing was exported.")
+
+
+def find_module(model, name: str, kohya: bool):
+    """The Linear/Conv2d module `name` of `model` (a kohya name matched with its dots as underscores), or None."""
+    import torch
+
+    if model is None:
+        return None
+    for full, module in model.named_modules():
+        if (full == name or (kohya and full.replace(".", "_") == name)) and isinstance(
+                module, (torch.nn.Linear, torch.nn.Conv2d)):
+            return module
+    return None
+
+
+def fuse_unet(unet, adapters: list[tuple[int, Adapter]], xl: bool) -> None:
+    """diffusers' loader: each adapter's UNet layers loaded under its own name, weighted by its scale, fused, and
+    the LoRA layers removed (the fused weights stay)."""
+    from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+
+    loader = StableDiffusionXLLoraLoaderMixin if xl else StableDiffusionLoraLoaderMixin
+    names = []
+    for i, adapter in adapters:
+        state, alphas, metadata = loader.lora_state_dict(str(adapter.path), use_safetensors=True, unet_config=unet.config,
+                                                         return_lora_metadata=True)
+        state = {k: v for k, v in state.items() if k.startswith("unet.")}
+        name = f"svdedit_{i}"
+        try:
+            loader.load_lora_into_unet(state, alphas, unet, adapter_name=name, metadata=metadata)
+        except Exception as exc:  # diffusers/peft: ValueError, RuntimeError (size mismatch), KeyError
+            raise SvdeditError(f"{adapter.path.name}: diffusers cannot load its UNet layers ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:200]}). Nothing was exported.") from None
+        wanted = sum(layer.component == "unet" for layer in adapter.layers)
+        loaded = sum(1 for _, m in unet.named_modules() if name in getattr(m, "lora_A", {}))
+        if loaded != wanted:
+            raise ExportError(f"{adapter.path.name}: diffusers loaded {loaded} of its {wanted} UNet LoRA layers; "
+                              f"svdedit applies nothing in part. Nothing was exported.")
+        names.append((name, adapter.scale))
+    unet.set_adapters([n for n, _ in names], weights=[s for _, s in names])
+    unet.fuse_lora(lora_scale=1.0, adapter_names=[n for n, _ in names])
+    unet.unload_lora()
+
+
+def merge_into(model, layer, scale: float) -> None:
+    """W += scale * alpha / rank * B @ A on one torch module (the text encoders' layers)."""
+    import torch
+
+    module = find_module(model, layer.module, layer.kohya)
+    with torch.no_grad():
+        delta = torch.from_numpy(layer.delta() * np.float32(scale)).reshape(module.weight.shape)
+        module.weight += delta.to(module.weight.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ready for run-time adapters
+# --------------------------------------------------------------------------------------------------
+def weight_digests(model) -> dict[bytes, list[tuple[str, bool]]]:
+    """The digest of every Linear/Conv2d weight of `model`, as fp32 and fp16 bytes, as it is and (2-D) transposed
+    -> [(module name, transposed)]: how make_ready finds them among a graph's initializers."""
+    import torch
+
+    out: dict[bytes, list[tuple[str, bool]]] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        w = module.weight.detach().to(torch.float32).numpy()
+        for transposed, a in ((False, w), *(((True, w.T),) if w.ndim == 2 else ())):
+            for dtype in (np.float32, np.float16):
+                out.setdefault(digest(np.ascontiguousarray(a, dtype=dtype)), []).append((name, transposed))
+    return out
+
+
+def digest(a: np.ndarray) -> bytes:
+    return hashlib.blake2b(a.tobytes(), digest_size=16).digest() + str(a.shape).encode()
+
+
+def make_ready(path: Path, digests: dict[bytes, list[tuple[str, bool]]]) -> dict:
+    """Move the initializers of `path` that are a module's weight into PATH.lora.safetensors (read by the graph as
+    external data); the manifest fields (lora_weights, lora_targets). A weight found twice, or two modules sharing
+    one initializer, is left out: swapping it would change another layer too."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    found: dict[str, tuple[str, bool]] = {}
+    arrays = {}
+    for init in model.graph.initializer:
+        if len(init.dims) < 2:
+            continue
+        a = numpy_helper.to_array(init)
+        owners = digests.get(digest(a)) if a.dtype in ONNX_TO_SAFETENSORS else None
+        if owners and len({m for m, _ in owners}) == 1:
+            found[init.name] = owners[0]
+            arrays[init.name] = a
+    per_module: dict[str, list] = {}
+    for init_name, (module, transposed) in found.items():
+        per_module.setdefault(module, []).append([init_name, transposed, list(arrays[init_name].shape)])
+    if not per_module:
+        raise ExportError(f"{path.name}: no weight of a Linear or Conv layer was found among its initializers, so "
+                          f"it cannot take LoRA weights at run time; export without --lora-ready.")
+    weights = path.with_name(path.stem + LORA_WEIGHTS_SUFFIX)
+    offsets = write_safetensors(weights, arrays)
+    for init in model.graph.initializer:
+        if init.name in offsets:
+            start, length = offsets[init.name]
+            init.ClearField("raw_data")
+            for field in ("float_data", "int32_data"):
+                init.ClearField(field)
+            del init.external_data[:]
+            init.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", weights.name), ("offset", str(start)), ("length", str(length))):
+                entry = init.external_data.add()
+                entry.key, entry.value = key, value
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    rest = sum(i.ByteSize() for i in model.graph.initializer)
+    if rest > 2**31 - 2**26:  # the rest past protobuf's 2 GB: into PATH.data as before
+        onnx.save(model, str(path), save_as_external_data=True, location=data.name, size_threshold=1024)
+    else:
+        onnx.save(model, str(path))
+    return {"lora_weights": weights.name, "lora_targets": dict(sorted(per_module.items()))}
+
+
+def write_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+    """A safetensors file of `arrays` (little-endian, as ONNX's raw data); name -> (offset in the file, length)."""
+    header, position = {}, 0
+    for name, a in arrays.items():
+        header[name] = {"dtype": ONNX_TO_SAFETENSORS[a.dtype], "shape": list(a.shape),
+                        "data_offsets": [position, position + a.nbytes]}
+        position += a.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    start = 8 + len(raw)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for a in arrays.values():
+            f.write(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes())
+    return {name: (start + h["data_offsets"][0], h["data_offsets"][1] - h["data_offsets"][0])
+            for name, h in header.items()}

@@ -1,0 +1,274 @@
+"""LoRA adapters, torch-free: read a LoRA file and merge it into an engine dir's weights.
+
+    adapter = read_adapter("style.safetensors", scale=0.8)              # checked: format, keys, rank, scale
+    weights = merged_weights(engine_dir, manifest, [adapter])           # {network: {initializer: W'}}
+    OrtRunner(engine_dir, "unet", manifest, initializers=weights["unet"])  # the session takes W' at creation
+
+A LoRA layer holds two matrices, down (A: rank x in) and up (B: out x rank), and the merged weight is
+W' = W + scale * (alpha / rank) * B @ A, reshaped to W's shape (conv LoRA: B is out x rank x 1 x 1, A rank x in x
+kh x kw). The engine dir must have been exported with `--lora-ready`: its manifest then maps every Linear and Conv
+weight of the UNet and text encoders (by the diffusers module name, e.g. down_blocks.0.attentions.0.proj_in) to
+the graph initializer that holds it (transposed where the exporter folded a MatMul's transpose into it), and keeps
+those initializers in a safetensors file beside the graph (networks.NAME.lora_weights) that the graph reads as
+external data and this module reads as the base W.
+
+The formats read: diffusers/peft (`unet.MODULE.lora_A.weight` / `lora_B.weight`, also `lora.down` / `lora.up`
+and `lora_linear_layer.down` / `up`; alphas from the file's `lora_adapter_metadata`, as diffusers saves them, or
+`MODULE.alpha` tensors; none: alpha = rank, diffusers' rule) and kohya (`lora_unet_MODULE_WITH_UNDERSCORES.
+lora_down.weight` / `lora_up.weight` / `alpha`, `lora_te_` / `lora_te1_` / `lora_te2_` for the text encoders).
+Anything else in the file is an error naming the first keys; nothing is applied in part.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from svdedit.runtime.errors import SvdeditError
+from svdedit.runtime.files import check_safetensors, sha256_file
+
+#: bounds a LoRA must keep (an adapter past them is a mistake: a wrong file, a scale typed as a percentage)
+MAX_SCALE = 8.0
+MAX_RANK = 1024
+#: a LoRA file's component -> the engine networks that hold its layers (the UNet whole, or split for step caching)
+COMPONENT_NETWORKS = {"unet": ("unet", "unet_in", "unet_deep", "unet_out"), "text_encoder": ("text_encoder",),
+                      "text_encoder_2": ("text_encoder_2",)}
+KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
+                  "lora_te_": "text_encoder"}
+SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
+LORA_KEY = re.compile(r"^(unet|text_encoder|text_encoder_2)\.(.+)\.(lora_A|lora_B|lora\.down|lora\.up|"
+                      r"lora_linear_layer\.down|lora_linear_layer\.up)\.weight$")
+ALPHA_KEY = re.compile(r"^(unet|text_encoder|text_encoder_2)\.(.+)\.alpha$")
+KOHYA_KEY = re.compile(r"^(lora_unet_|lora_te1_|lora_te2_|lora_te_)([^.]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+DOWN_NAMES = ("lora_A", "lora.down", "lora_linear_layer.down", "lora_down.weight")
+PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip, and a bare pickle protocol 2+
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One LoRA layer: `module` in diffusers' naming (a kohya name, underscored, is resolved against an engine's
+    modules when merged: `kohya` True)."""
+
+    component: str
+    module: str
+    down: np.ndarray  # A: rank x in (x kh x kw)
+    up: np.ndarray    # B: out x rank (x 1 x 1)
+    scaling: float    # alpha / rank
+    kohya: bool = False
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    def delta(self) -> np.ndarray:
+        """B @ A * alpha / rank as out x (in * kh * kw), in float32."""
+        up = self.up.reshape(self.up.shape[0], -1).astype(np.float32)
+        down = self.down.reshape(self.rank, -1).astype(np.float32)
+        return (up @ down) * np.float32(self.scaling)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA file, read and checked, with the scale it is applied at."""
+
+    path: Path
+    sha256: str
+    scale: float
+    layers: tuple[Layer, ...]
+
+    def record(self) -> dict:
+        """What a manifest and an engine's identity record of it: the file's name and hash, the scale, its layers."""
+        return {"file": self.path.name, "sha256": self.sha256, "scale": self.scale,
+                "components": sorted({layer.component for layer in self.layers}), "layers": len(self.layers)}
+
+    def __str__(self) -> str:
+        return f"{self.path.name} (sha256 {self.sha256[:12]}, scale {self.scale:g})"
+
+
+def read_adapter(path: str | Path, scale: float = 1.0) -> Adapter:
+    """A LoRA file as an Adapter. SvdeditError, naming the problem and the fix, for a file that is missing, a pickle,
+    not safetensors, holds keys that are not LoRA layers, or a rank or scale out of bounds."""
+    path = Path(path)
+    if not path.is_file():
+        raise SvdeditError(f"the LoRA file {path} does not exist (or is not a file). Give the path of a .safetensors "
+                           f"LoRA file.")
+    if not (math.isfinite(scale) and abs(scale) <= MAX_SCALE):
+        raise SvdeditError(f"the LoRA scale {scale} for {path.name} is out of bounds: give a number from -{MAX_SCALE:g} "
+                           f"to {MAX_SCALE:g} (1 applies the adapter as trained, 0 not at all).")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[8:9] != b"{" and head.startswith(PICKLE_MAGIC):  # a safetensors file's JSON header starts at byte 8
+        raise SvdeditError(f"{path} is a pickle (a .ckpt/.pt/.bin file), which svdedit never loads: unpickling can run "
+                           f"arbitrary code. Use the adapter's .safetensors file, or convert it where you trust it.")
+    tensors, metadata = read_safetensors(path)
+    return Adapter(path, sha256_file(path), float(scale), tuple(parse_layers(tensors, metadata, path)))
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """(tensors, the header's __metadata__) of a safetensors file, read with NumPy (bf16 widened to float32)."""
+    try:
+        header = check_safetensors(path)
+    except SvdeditError as exc:
+        raise SvdeditError(f"{exc} (the LoRA file must be a .safetensors file)") from None
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if path.stat().st_size > 8 + n else np.zeros(0, np.uint8)
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+        if dtype is None:
+            raise SvdeditError(f"{path}: tensor {name!r} is {info.get('dtype')}, not a float type a LoRA holds "
+                               f"({', '.join(SAFETENSORS_DTYPES)}).")
+        b, e = (int(x) for x in info["data_offsets"])
+        a = np.frombuffer(data[b:e], dtype=dtype).reshape(info["shape"])
+        tensors[name] = (a.astype(np.uint32) << 16).view(np.float32) if info["dtype"] == "BF16" else a
+    return tensors, header.get("__metadata__") or {}
+
+
+def parse_layers(tensors: dict[str, np.ndarray], metadata: dict, path: Path) -> list[Layer]:
+    """The LoRA layers of a file's tensors (see the module docstring for the formats). Keys that fit no format,
+    a down without its up, a rank out of bounds or a non-finite value: SvdeditError naming the first keys."""
+    pairs: dict[tuple[str, str, bool], dict[str, np.ndarray]] = {}
+    alphas: dict[tuple[str, str, bool], float] = {}
+    unknown = []
+    for key, value in tensors.items():
+        if m := LORA_KEY.match(key):
+            pairs.setdefault((m[1], m[2], False), {})["down" if m[3] in DOWN_NAMES else "up"] = value
+        elif m := ALPHA_KEY.match(key):
+            alphas[(m[1], m[2], False)] = float(np.asarray(value, np.float64).reshape(-1)[0])
+        elif m := KOHYA_KEY.match(key):
+            where = (KOHYA_PREFIXES[m[1]], m[2], True)
+            if m[3] == "alpha":
+                alphas[where] = float(np.asarray(value, np.float64).reshape(-1)[0])
+            else:
+                pairs.setdefault(where, {})["down" if m[3] in DOWN_NAMES else "up"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise SvdeditError(f"{path.name} holds {len(unknown)} key(s) that are not LoRA layers of a UNet or text encoder "
+                           f"({', '.join(sorted(unknown)[:3])}{', ...' if len(unknown) > 3 else ''}): svdedit reads "
+                           f"diffusers/peft and kohya LoRA files of SD 1/2 and SDXL, and applies nothing in part.")
+    if not pairs:
+        raise SvdeditError(f"{path.name} holds no LoRA layers. Is it a LoRA file?")
+    peft_alphas = peft_alpha_rules(metadata)
+    layers = []
+    for (component, module, kohya), pair in sorted(pairs.items()):
+        name = f"{component}.{module}"
+        if set(pair) != {"down", "up"}:
+            raise SvdeditError(f"{path.name}: the LoRA layer {name} has its {'down' if 'down' in pair else 'up'} "
+                               f"matrix but not the other; the file is incomplete.")
+        down, up = pair["down"], pair["up"]
+        rank = int(down.shape[0]) if down.ndim else 0
+        if not (down.ndim in (2, 4) and up.ndim == down.ndim and up.shape[1] == rank):
+            raise SvdeditError(f"{path.name}: the LoRA layer {name} has matrices of shapes {list(down.shape)} and "
+                               f"{list(up.shape)}, which are not a rank-r pair (down r x in, up out x r).")
+        if not 1 <= rank <= min(MAX_RANK, up.shape[0], int(np.prod(down.shape[1:]))):
+            raise SvdeditError(f"{path.name}: the LoRA layer {name} has rank {rank}, out of bounds (1 to "
+                               f"min({MAX_RANK}, its layer's in and out sizes)).")
+        if not (np.all(np.isfinite(down)) and np.all(np.isfinite(up))):
+            raise SvdeditError(f"{path.name}: the LoRA layer {name} holds NaN or inf; the file is damaged.")
+        alpha = alphas.get((component, module, kohya), peft_alphas(component, module, rank))
+        if not (math.isfinite(alpha) and 0 < abs(alpha / rank) <= 1024):
+            raise SvdeditError(f"{path.name}: the LoRA layer {name} has alpha {alpha} for rank {rank}, out of bounds.")
+        layers.append(Layer(component, module, down, up, alpha / rank, kohya))
+    return layers
+
+
+def peft_alpha_rules(metadata: dict):
+    """alpha(component, module, rank) from diffusers' lora_adapter_metadata (peft's lora_alpha, alpha_pattern and
+    use_rslora, saved per component as "unet.lora_alpha" ...); without it alpha = rank, as diffusers loads such files."""
+    try:
+        meta = json.loads(metadata.get("lora_adapter_metadata") or "{}")
+    except ValueError:
+        meta = {}
+
+    def alpha(component: str, module: str, rank: int) -> float:
+        patterns = meta.get(f"{component}.alpha_pattern") or {}
+        for pattern, value in patterns.items():
+            if module == pattern or module.endswith("." + pattern):
+                return float(value)
+        value = meta.get(f"{component}.lora_alpha")
+        if value is None:
+            return float(rank)
+        return float(value) * (math.sqrt(rank) if meta.get(f"{component}.use_rslora") else 1.0)
+
+    return alpha
+
+
+# --------------------------------------------------------------------------------------------------
+# Merging into an engine dir's weights
+# --------------------------------------------------------------------------------------------------
+def merged_weights(engine_dir: str | Path, manifest, adapters) -> dict[str, dict[str, np.ndarray]]:
+    """{network: {initializer name: the merged weight}} for every initializer the adapters touch (none: {}).
+    The engine dir is only read. SvdeditError naming the first layers that this engine does not have, or whose
+    shapes do not match (a LoRA made for another model), and for an engine dir not exported --lora-ready."""
+    if not adapters:
+        return {}
+    engine_dir = Path(engine_dir)
+    ready = {name: net for name, net in manifest.networks.items() if net.lora_targets}
+    if not ready:
+        raise SvdeditError(f"this engine dir was not exported for run-time LoRA. Export it again with "
+                           f"`svdedit export MODEL -o DIR --lora-ready`, or fuse the adapter at export with "
+                           f"`svdedit export MODEL -o DIR --lora {adapters[0].path.name}`.")
+    if manifest.quantization:
+        raise SvdeditError("a run-time LoRA cannot be applied to an int8 engine dir (its weights are quantized with "
+                           "scales computed without the adapter): fuse the adapter at export (`svdedit export MODEL "
+                           "--lora FILE`), then quantize, or swap adapters on the fp32 engine dir.")
+    deltas: dict[tuple[str, str], list[np.ndarray]] = {}  # (network, initializer) -> deltas, each in its layout
+    missing, mismatched = [], []
+    for adapter in adapters:
+        for layer in adapter.layers:
+            places = targets_of(layer, ready)
+            if not places:
+                missing.append(f"{layer.component}.{layer.module}")
+                continue
+            for network, initializer, transposed, shape in places:
+                d = layer.delta() * np.float32(adapter.scale)
+                d = d.T if transposed else d
+                want = tuple(shape)
+                if int(np.prod(want)) != d.size or (transposed and d.shape != want[:2]) or d.shape[0] != want[0]:
+                    mismatched.append(f"{layer.component}.{layer.module} (LoRA {list(d.shape)}, weight {list(want)})")
+                    continue
+                deltas.setdefault((network, initializer), []).append(d.reshape(want))
+    family = manifest.family
+    if missing:
+        raise SvdeditError(f"{len(missing)} LoRA layer(s) name modules this {family} engine does not have "
+                           f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): a LoRA for another "
+                           f"model family, or for modules the export did not keep swappable. Nothing was applied.")
+    if mismatched:
+        raise SvdeditError(f"{len(mismatched)} LoRA layer(s) do not fit this {family} engine's weights "
+                           f"({', '.join(mismatched[:2])}{', ...' if len(mismatched) > 2 else ''}): a LoRA made for "
+                           f"another model. Nothing was applied.")
+    out: dict[str, dict[str, np.ndarray]] = {}
+    base_files = {}
+    for (network, initializer), ds in deltas.items():
+        if network not in base_files:
+            base_files[network], _ = read_safetensors(engine_dir / ready[network].lora_weights)
+        base = base_files[network][initializer]
+        merged = base.astype(np.float32) + sum(ds)
+        out.setdefault(network, {})[initializer] = merged.astype(base.dtype)
+    return out
+
+
+def targets_of(layer: Layer, ready: dict) -> list[tuple[str, str, bool, tuple]]:
+    """(network, initializer, transposed, shape) of each graph initializer that holds `layer`'s weight."""
+    out = []
+    for network in COMPONENT_NETWORKS[layer.component]:
+        net = ready.get(network)
+        if net is None:
+            continue
+        targets = net.lora_targets
+        module = layer.module
+        if layer.kohya:
+            module = {m.replace(".", "_"): m for m in targets}.get(module, module)
+        for initializer, transposed, shape in targets.get(module, ()):
+            out.append((network, initializer, bool(transposed), tuple(shape)))
+    return out

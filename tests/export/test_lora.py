@@ -1,0 +1,232 @@
+"""LoRA (export/svdedit/export/lora.py, runtime/svdedit/runtime/engines/lora.py): fused at export, and swapped at run
+time torch-free, each against diffusers' own load_lora_weights on the tiny SD 1 fixture.
+
+One export serves every test: the fixture with adapter A (UNet and text-encoder layers, diffusers/peft format) fused
+at scale 1, exported --lora-ready. Adapter B (UNet, converted to kohya's names) is then swapped in at run time."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from svdedit.runtime.engines import OrtRunner, read_manifest
+from svdedit.runtime.engines.lora import read_adapter, merged_weights
+from svdedit.runtime.errors import SvdeditError
+from tests.conftest import requires_torch
+
+pytestmark = requires_torch
+TOL = 1e-4  # the manifest's parity tolerances of these networks are ~1e-3 of their outputs' scale; we hold tighter
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_pipelines, tmp_path_factory):
+    """{'A': diffusers-format UNet + text-encoder LoRA, 'B': a UNet LoRA, 'B-kohya': B under kohya's names}."""
+    from diffusers import StableDiffusionPipeline
+
+    from tests.fixtures.lora import save_kohya_lora, save_peft_lora
+
+    root = tmp_path_factory.mktemp("lora")
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipelines["sd1"])
+    a = save_peft_lora(pipe, root / "A.safetensors", seed=0, text_encoder=True)
+    b = save_peft_lora(pipe, root / "B.safetensors", seed=3)
+    return {"A": a, "B": b, "B-kohya": save_kohya_lora(b, root / "B-kohya.safetensors")}
+
+
+@pytest.fixture(scope="module")
+def lora_engine(tiny_pipelines, adapters, tmp_path_factory):
+    from svdedit.export.exporter import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("lora-engine") / "engine"
+    export_model(tiny_pipelines["sd1"], out, ExportOptions(lora=((str(adapters["A"]), 1.0),), lora_ready=True),
+                 log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def feeds():
+    rng = np.random.default_rng(0)
+    return {"unet": {"sample": rng.standard_normal((2, 4, 8, 8)).astype(np.float32),
+                     "timestep": np.array([500.0, 21.0], np.float32),
+                     "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32)},
+            "text_encoder": {"input_ids": rng.integers(0, 1000, (2, 77)).astype(np.int64)}}
+
+
+def diffusers_outputs(pipe_dir, loras: list[tuple], feeds: dict) -> dict[str, np.ndarray]:
+    """The torch UNet's and text encoder's outputs with `loras` [(file, scale)] loaded by diffusers' load_lora_weights."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir)
+    names = []
+    for i, (file, _) in enumerate(loras):
+        pipe.load_lora_weights(str(file), adapter_name=f"a{i}")
+        names.append(f"a{i}")
+    if names:
+        pipe.set_adapters(names, adapter_weights=[s for _, s in loras])
+    u, t = feeds["unet"], feeds["text_encoder"]
+    with torch.no_grad():
+        unet = pipe.unet(*(torch.from_numpy(u[k]) for k in ("sample", "timestep", "encoder_hidden_states"))).sample
+        text = pipe.text_encoder(torch.from_numpy(t["input_ids"]))[0]
+    return {"unet": unet.numpy(), "text_encoder": text.numpy()}
+
+
+def engine_outputs(engine_dir, feeds: dict, loras: list = ()) -> dict[str, np.ndarray]:
+    manifest = read_manifest(engine_dir)
+    weights = merged_weights(engine_dir, manifest, list(loras))
+    out = {}
+    for network, output in (("unet", "model_output"), ("text_encoder", "last_hidden_state")):
+        with OrtRunner(engine_dir, network, manifest, "cpu", initializers=weights.get(network)) as runner:
+            out[network] = runner(**feeds[network])[output]
+    return out
+
+
+def test_the_lora_visibly_changes_diffusers_output(tiny_pipelines, adapters, feeds):
+    """Guard of the parity tests below: an adapter that changed nothing would pass them."""
+    base = diffusers_outputs(tiny_pipelines["sd1"], [], feeds)
+    with_a = diffusers_outputs(tiny_pipelines["sd1"], [(adapters["A"], 1.0)], feeds)
+    for network in ("unet", "text_encoder"):
+        assert np.abs(with_a[network] - base[network]).max() > 0.1, network
+
+
+def test_fused_at_export_matches_diffusers_and_is_recorded(tiny_pipelines, adapters, lora_engine, feeds):
+    ref = diffusers_outputs(tiny_pipelines["sd1"], [(adapters["A"], 1.0)], feeds)
+    got = engine_outputs(lora_engine, feeds)
+    for network in ("unet", "text_encoder"):
+        assert np.abs(got[network] - ref[network]).max() < TOL, network
+    manifest = read_manifest(lora_engine)
+    (record,) = manifest.raw["lora"]["fused"]
+    assert record["file"] == "A.safetensors" and record["scale"] == 1.0 and record["components"] == ["text_encoder", "unet"]
+    assert record["layers"] == len(read_adapter(adapters["A"]).layers)
+
+
+def test_swapped_at_run_time_matches_diffusers_in_both_formats(tiny_pipelines, adapters, lora_engine, feeds):
+    """B swapped in at scale 0.5 on top of the fused A, through onnxruntime's session options, torch-free: what
+    diffusers gives with A at 1 and B at 0.5. kohya's names give the same merge."""
+    ref = diffusers_outputs(tiny_pipelines["sd1"], [(adapters["A"], 1.0), (adapters["B"], 0.5)], feeds)
+    for name in ("B", "B-kohya"):
+        got = engine_outputs(lora_engine, feeds, [read_adapter(adapters[name], 0.5)])
+        assert np.abs(got["unet"] - ref["unet"]).max() < TOL, name
+        assert np.abs(got["text_encoder"] - ref["text_encoder"]).max() < TOL, name  # B has no text layers
+
+
+def test_scale_zero_gives_the_engine_outputs_exactly_and_the_files_are_untouched(adapters, lora_engine, feeds):
+    before = {p.name: p.read_bytes() for p in lora_engine.iterdir()}
+    plain = engine_outputs(lora_engine, feeds)
+    unloaded = engine_outputs(lora_engine, feeds, [read_adapter(adapters["B"], 0.0)])
+    for network in plain:
+        np.testing.assert_array_equal(unloaded[network], plain[network])
+    engine_outputs(lora_engine, feeds, [read_adapter(adapters["B"], 1.0)])
+    assert {p.name: p.read_bytes() for p in lora_engine.iterdir()} == before
+
+
+def test_every_linear_and_conv_weight_is_swappable(lora_engine, tiny_pipelines):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_pipelines["sd1"], subfolder="unet")
+    import torch
+
+    modules = {n for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    manifest = json.loads((lora_engine / "manifest.json").read_text())
+    assert set(manifest["networks"]["unet"]["lora_targets"]) == modules
+    assert manifest["networks"]["unet"]["lora_weights"] == "unet.lora.safetensors"
+    assert "lora_targets" not in manifest["networks"]["vae_decoder"]
+
+
+def without_lora(manifest):
+    """The manifest of the same export without its fused adapter and not --lora-ready (in memory)."""
+    raw = manifest.to_dict()
+    raw.pop("lora")
+    for net in raw["networks"].values():
+        for key in ("lora_weights", "lora_weights_sha256", "lora_targets"):
+            net.pop(key, None)
+    return type(manifest).from_dict(raw)
+
+
+def test_the_identity_includes_the_adapters(adapters, lora_engine):
+    """A fused adapter, a swapped one and its scale each give another identity; scale 0 is no adapter."""
+    fused = read_manifest(lora_engine)
+    assert fused.identity() != without_lora(fused).identity()
+    b = read_adapter(adapters["B"], 0.5)
+    swapped = fused.with_adapters([b.record()])
+    assert swapped.identity() not in (fused.identity(), fused.with_adapters([read_adapter(adapters["B"]).record()]).identity())
+    assert fused.with_adapters([read_adapter(adapters["B"], 0.0).record()]).identity() == fused.identity()
+    assert fused.with_adapters([b.record()]).identity() == swapped.identity()
+    assert fused.graphs_key() == swapped.graphs_key()  # the same files
+
+
+def test_an_attribute_learned_with_another_adapter_is_refused_naming_it(adapters, lora_engine, tmp_path):
+    from svdedit.runtime.editing import avi
+    from svdedit.runtime.editing.avi import Attribute
+    from svdedit.runtime.editing.knobs import Knobs
+    from svdedit.runtime.errors import AttributeFileError
+
+    fused = read_manifest(lora_engine)
+    b = read_adapter(adapters["B"], 0.5)
+    swapped = fused.with_adapters([b.record()])
+    pair = avi.decompose(*[np.random.default_rng(s).standard_normal((1, 4, 8, 8)).astype(np.float32) for s in (5, 6)], k=4)
+    params, losses = avi.train(pair, Knobs(iters=5))
+    attr = Attribute(params, "a red circle", "a blue circle", Knobs(iters=5), swapped.identity(), (4, 8, 8), 0, losses,
+                     adapters=tuple(swapped.adapters))
+    path = attr.save(tmp_path / "a.safetensors")
+    assert Attribute.load(path, engine=swapped.identities()).adapters[1]["file"] == "B.safetensors"
+    with pytest.raises(AttributeFileError, match=r"A\.safetensors .*scale 1\.0\), B\.safetensors .*scale 0\.5\)"):
+        Attribute.load(path, engine=fused.identities())
+
+
+def test_run_time_lora_refusals(adapters, lora_engine):
+    b = read_adapter(adapters["B"])
+    manifest = read_manifest(lora_engine)
+    with pytest.raises(SvdeditError, match="not exported for run-time LoRA.*--lora-ready"):
+        merged_weights(lora_engine, without_lora(manifest), [b])
+    int8 = type(manifest).from_dict({**manifest.to_dict(), "quantization": {"mode": "qdq"}})
+    with pytest.raises(SvdeditError, match="int8 engine dir"):
+        merged_weights(lora_engine, int8, [b])
+
+
+def test_a_lora_of_another_model_is_refused_at_export_and_at_run_time(tiny_pipelines, lora_engine, tmp_path):
+    """An SDXL-like LoRA (modules the SD 1 UNet lacks), and one of this model's modules at the wrong width."""
+    from safetensors.numpy import save_file
+
+    from svdedit.export.exporter import ExportOptions, export_model
+
+    other = tmp_path / "xl.safetensors"
+    save_file({"unet.down_blocks.2.attentions.1.transformer_blocks.9.attn1.to_q.lora_A.weight": np.ones((4, 1280), np.float32),
+               "unet.down_blocks.2.attentions.1.transformer_blocks.9.attn1.to_q.lora_B.weight": np.ones((1280, 4), np.float32)},
+              str(other))
+    wide = tmp_path / "wide.safetensors"
+    save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": np.ones((4, 320, 1, 1), np.float32),
+               "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": np.ones((320, 4, 1, 1), np.float32)}, str(wide))
+    manifest = read_manifest(lora_engine)
+    with pytest.raises(SvdeditError, match=r"1 LoRA layer\(s\) name modules this sd1 engine does not have \(unet\.down_blocks\.2"):
+        merged_weights(lora_engine, manifest, [read_adapter(other)])
+    with pytest.raises(SvdeditError, match=r"do not fit this sd1 engine's weights \(unet\.down_blocks\.0\.attentions\.0\.proj_in"):
+        merged_weights(lora_engine, manifest, [read_adapter(wide)])
+    out = tmp_path / "engine"
+    for file, message in ((other, "name modules this model does not have"), (wide, "do not fit this model's weights")):
+        with pytest.raises(SvdeditError, match=message):
+            export_model(tiny_pipelines["sd1"], out, ExportOptions(lora=((str(file), 1.0),)), log=lambda m: None)
+        assert not out.exists()
+
+
+def test_the_command_line_swaps_checks_and_refuses(adapters, lora_engine, tmp_path):
+    """generate with --lora (another image than without), check on a --lora-ready engine dir, and the refusals."""
+    from PIL import Image
+
+    from tests.cli import assert_clear_error, run_cli
+
+    common = ["--engine", lora_engine, "--prompt", "a large red circle on the left", "--seed", "3", "--steps", "4"]
+    for name, extra in (("plain", []), ("lora", ["--lora", adapters["B-kohya"], "--lora-scale", "0.5"])):
+        proc = run_cli("generate", *common, *extra, "-o", tmp_path / f"{name}.png")
+        assert proc.returncode == 0, proc.stderr
+    plain, lora = (np.asarray(Image.open(tmp_path / f"{n}.png"), np.int16) for n in ("plain", "lora"))
+    assert np.abs(plain - lora).max() > 10
+    assert run_cli("check", lora_engine).returncode == 0
+    assert_clear_error(run_cli("generate", *common, "--lora", adapters["B"], "--lora-scale", "1", "--lora-scale", "2",
+                               "-o", tmp_path / "x.png"), "generate", "2 --lora-scale for 1 --lora")
+    assert_clear_error(run_cli("generate", *common[2:], "--engine", "svdedit:shapes", "--lora", adapters["B"],
+                               "-o", tmp_path / "x.png"), "generate", "--lora-ready")
+    assert_clear_error(run_cli("generate", *common, "--lora", tmp_path / "absent.safetensors", "-o", tmp_path / "x.png"),
+                       "generate", "does not exist")
+    assert not (tmp_path / "x.png").exists()
