@@ -56,8 +56,8 @@ CATALOG = (
     Entry("speed.bench_svd", "~1 min", "svd_<cpu>.json"),
     Entry("speed.bench_openvino_static", "~5 min on the SD 1.5 shape, fp32 on the AMD EPYC (2 compiles, 2 x 9 UNet "
           "calls of ~13 s)", "openvino_static_<cpu>_<precision>.{json,md}"),
-    Entry("speed.bench_lora", "~25 min on the SD 1.5 shape (a --lora-ready export and a fused one, ~7 min each; 6 "
-          "opens in fresh processes; 8 UNet calls)", "lora_sd15_cpu.{json,md}"),
+    Entry("speed.bench_lora", "~12 min on the SD 1.5 shape, AMD EPYC (a fused export, ~4 min; the --lora-ready one "
+          "the first time, ~4 min; 10 opens in fresh processes; 8 UNet calls)", "lora_sd15_cpu.{json,md}"),
     Entry("speed.bench_io_binding", "~15 s on the embedded model (3 ways x 10 loops of 20 UNet calls; with a GPU 2 more, and 2 pipelines)",
           "io_binding_<device>.{json,md}"),
     Entry("quality.bench_edit_quality", "~14 min (830 s recorded: 4 pairs x 100 seeds + 20 renders)",

@@ -11,8 +11,9 @@ W/engine-lora-ready (`--lora-ready` export), and one export with the adapter fus
 
 Measured:
 - a switch: a fresh process opens the lora-ready engine dir with the adapter (read the file, merge it into the base
-  weights in NumPy, create the onnxruntime sessions) against without; --rounds each, taking turns; seconds by phase
-  and the process's peak RSS (VmHWM);
+  weights in NumPy into the per-user cache, create the onnxruntime sessions), with the adapter merged before (the
+  cache's), and without; --rounds each, taking turns; seconds by phase (the whole process, imports included) and
+  the process's peak RSS (VmHWM): the memory of a swap;
 - the same switch against the export with the adapter fused (the only way onnxruntime and Optimum offer);
 - the UNet's call (guided, batch 2, 512 px, onnxruntime CPU) with the adapter swapped in against the same engine dir
   without: after the swap the weights are plain initializers, so it should cost nothing (--rounds interleaved calls).
@@ -37,17 +38,22 @@ OPEN = """
 import json, sys, time
 from pathlib import Path
 t0 = time.perf_counter()
-from svdedit.runtime.engines.lora import read_adapter, merged_weights
+from svdedit.runtime.engines.lora import read_adapter
 from svdedit.runtime.engines import read_manifest
 from svdedit.runtime.pipeline import Pipeline
-engine, lora = Path(sys.argv[1]), sys.argv[2]
+engine, lora, first = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "first"
+if first:  # no adapter merged before: the switch as a deployment first meets it
+    import os, shutil
+    for d in (Path(os.environ["XDG_CACHE_HOME"]) / "svdedit" / "engines").glob("*/lora"):
+        shutil.rmtree(d)
 t = {}
 s = time.perf_counter(); manifest = read_manifest(engine); t["manifest_s"] = time.perf_counter() - s
 s = time.perf_counter(); adapters = [read_adapter(lora, 1.0)] if lora else []; t["read_adapter_s"] = time.perf_counter() - s
-s = time.perf_counter(); merged_weights(engine, manifest, adapters); t["merge_s"] = time.perf_counter() - s
+s = time.perf_counter(); pipe = Pipeline(engine, "cpu", manifest=manifest, lora=adapters)
+t["construct_s"] = time.perf_counter() - s  # with an adapter: its merge into the base weights (NumPy)
 s = time.perf_counter()
-with Pipeline(engine, "cpu", manifest=manifest, lora=adapters) as pipe:
-    t["open_s"] = time.perf_counter() - s
+with pipe:
+    t["sessions_s"] = time.perf_counter() - s
 t["total_s"] = time.perf_counter() - t0
 t["peak_rss_gib"] = [int(l.split()[1]) / 2**20 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
 print(json.dumps(t))
@@ -74,9 +80,9 @@ def export(work: Path, out: Path, **options) -> float:
     return time.perf_counter() - t0
 
 
-def open_in_a_process(engine: Path, lora: Path | None) -> dict:
-    proc = subprocess.run([sys.executable, "-c", OPEN, str(engine), str(lora or "")], capture_output=True, text=True,
-                          check=True)
+def open_in_a_process(engine: Path, lora: Path | None, first: bool = False) -> dict:
+    proc = subprocess.run([sys.executable, "-c", OPEN, str(engine), str(lora or ""), "first" if first else "again"],
+                          capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -84,12 +90,12 @@ def unet_calls(engine: Path, lora: Path, rounds: int) -> dict:
     """Seconds of one guided UNet call (batch 2) with and without the adapter, the two sessions taking turns."""
     from svdedit.runtime.engines import OrtRunner, read_manifest
     from svdedit.runtime.engines.check import example_feeds
-    from svdedit.runtime.engines.lora import merged_weights, read_adapter
+    from svdedit.runtime.engines.lora import read_adapter, swapped_graphs
 
     manifest = read_manifest(engine)
-    weights = merged_weights(engine, manifest, [read_adapter(lora)])["unet"]
+    graph = swapped_graphs(engine, manifest, [read_adapter(lora)])["unet"]
     feeds = example_feeds(manifest, "unet", batch=2)
-    runners = [OrtRunner(engine, "unet", manifest, "cpu"), OrtRunner(engine, "unet", manifest, "cpu", initializers=weights)]
+    runners = [OrtRunner(engine, "unet", manifest, "cpu"), OrtRunner(engine, "unet", manifest, "cpu", graph=graph)]
     times: list[list[float]] = [[], []]
     outs = []
     for r in runners:
@@ -127,10 +133,10 @@ def main() -> None:
         ready_export_s = export(args.work, ready, lora_ready=True)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         fused_export_s = export(args.work, Path(tmp) / "fused", lora=((str(lora), 1.0),))
-    opens: list[list[dict]] = [[], []]
+    opens: list[list[dict]] = [[], [], []]  # without an adapter; with it, merged first; with it, merged before
     open_in_a_process(ready, None)  # warm-up: the page cache and the verification record
-    for _, k in turns(2, args.rounds):
-        opens[k].append(open_in_a_process(ready, lora if k else None))
+    for _, k in turns(3, args.rounds):
+        opens[k].append(open_in_a_process(ready, lora if k else None, first=k == 1))
     calls = unet_calls(ready, lora, args.rounds)
 
     def med(rows, key):
@@ -143,10 +149,13 @@ def main() -> None:
                  "components": adapter.record()["components"]},
         "export_fused_s": round(fused_export_s, 1),
         "export_lora_ready_s": None if ready_export_s is None else round(ready_export_s, 1),
-        "open": {"without": opens[0], "with": opens[1]},
+        "open": {"without": opens[0], "with": opens[1], "with_merged_before": opens[2]},
         "switch_s": {"with": med(opens[1], "total_s"), "without": med(opens[0], "total_s"),
-                     "merge": med(opens[1], "merge_s"), "read_adapter": med(opens[1], "read_adapter_s")},
-        "peak_rss_gib": {"with": med(opens[1], "peak_rss_gib"), "without": med(opens[0], "peak_rss_gib")},
+                     "with_merged_before": med(opens[2], "total_s"),
+                     "merge": med(opens[1], "construct_s"), "read_adapter": med(opens[1], "read_adapter_s"),
+                     "sessions": {"with": med(opens[1], "sessions_s"), "without": med(opens[0], "sessions_s")}},
+        "peak_rss_gib": {"with": med(opens[1], "peak_rss_gib"), "without": med(opens[0], "peak_rss_gib"),
+                         "with_merged_before": med(opens[2], "peak_rss_gib")},
         "unet_call": calls,
     }
     s = res["switch_s"]
@@ -160,10 +169,15 @@ def main() -> None:
         "|---|---|---|",
         f"| export again with it fused (`svdedit export --lora`) | {res['export_fused_s']:.0f} | - |",
         f"| open the --lora-ready engine dir with it (read, merge, sessions) | {s['with']:.1f} | {res['peak_rss_gib']['with']:.2f} |",
+        f"| open it with the same adapter again (merged before, in the cache) | {s['with_merged_before']:.1f} | "
+        f"{res['peak_rss_gib']['with_merged_before']:.2f} |",
         f"| (the same engine dir opened without an adapter) | {s['without']:.1f} | {res['peak_rss_gib']['without']:.2f} |",
         "",
         f"Switching at run time: {res['export_fused_s'] / s['with']:.0f}x faster than an export; of its "
-        f"{s['with']:.1f} s, {s['merge']:.1f} s merge the adapter (NumPy) and {s['read_adapter']:.2f} s read it.",
+        f"{s['with']:.1f} s (a whole process: imports, manifest, sessions), {s['merge']:.1f} s merge the adapter (NumPy, "
+        f"written to the cache), "
+        f"{s['read_adapter']:.2f} s read it, and the sessions take {s['sessions']['with']:.1f} s (without an adapter "
+        f"{s['sessions']['without']:.1f} s).",
         "",
         f"UNet call (guided, batch 2, onnxruntime CPU) with the adapter against without: "
         f"{calls['ratio_with_over_without']:.3f}x the time (with {statistics.median(calls['with_s']):.2f} s, without "

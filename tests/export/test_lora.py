@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from svdedit.runtime.engines import OrtRunner, read_manifest
-from svdedit.runtime.engines.lora import read_adapter, merged_weights
+from svdedit.runtime.engines.lora import read_adapter, swapped_graphs
 from svdedit.runtime.errors import SvdeditError
 from tests.conftest import requires_torch
 
@@ -74,10 +74,10 @@ def diffusers_outputs(pipe_dir, loras: list[tuple], feeds: dict) -> dict[str, np
 
 def engine_outputs(engine_dir, feeds: dict, loras: list = ()) -> dict[str, np.ndarray]:
     manifest = read_manifest(engine_dir)
-    weights = merged_weights(engine_dir, manifest, list(loras))
+    graphs = swapped_graphs(engine_dir, manifest, list(loras))
     out = {}
     for network, output in (("unet", "model_output"), ("text_encoder", "last_hidden_state")):
-        with OrtRunner(engine_dir, network, manifest, "cpu", initializers=weights.get(network)) as runner:
+        with OrtRunner(engine_dir, network, manifest, "cpu", graph=graphs.get(network)) as runner:
             out[network] = runner(**feeds[network])[output]
     return out
 
@@ -102,8 +102,8 @@ def test_fused_at_export_matches_diffusers_and_is_recorded(tiny_pipelines, adapt
 
 
 def test_swapped_at_run_time_matches_diffusers_in_both_formats(tiny_pipelines, adapters, lora_engine, feeds):
-    """B swapped in at scale 0.5 on top of the fused A, through onnxruntime's session options, torch-free: what
-    diffusers gives with A at 1 and B at 0.5. kohya's names give the same merge."""
+    """B swapped in at scale 0.5 on top of the fused A, torch-free: what diffusers gives with A at 1 and B at 0.5.
+    kohya's names give the same merge."""
     ref = diffusers_outputs(tiny_pipelines["sd1"], [(adapters["A"], 1.0), (adapters["B"], 0.5)], feeds)
     for name in ("B", "B-kohya"):
         got = engine_outputs(lora_engine, feeds, [read_adapter(adapters[name], 0.5)])
@@ -119,6 +119,18 @@ def test_scale_zero_gives_the_engine_outputs_exactly_and_the_files_are_untouched
         np.testing.assert_array_equal(unloaded[network], plain[network])
     engine_outputs(lora_engine, feeds, [read_adapter(adapters["B"], 1.0)])
     assert {p.name: p.read_bytes() for p in lora_engine.iterdir()} == before
+
+
+def test_a_swap_is_merged_once_into_the_cache_beside_links_to_the_graph(adapters, lora_engine):
+    manifest = read_manifest(lora_engine)
+    b = read_adapter(adapters["B"], 0.25)
+    (graph,) = swapped_graphs(lora_engine, manifest, [b]).values()  # B has UNet layers only
+    assert graph.name == "unet.onnx" and graph.is_symlink() and graph.resolve() == (lora_engine / "unet.onnx").resolve()
+    merged = graph.with_name("unet.lora.safetensors")
+    assert not merged.is_symlink() and merged.stat().st_size == (lora_engine / "unet.lora.safetensors").stat().st_size
+    stamp = merged.stat().st_mtime_ns
+    assert swapped_graphs(lora_engine, manifest, [b]) == {"unet": graph} and merged.stat().st_mtime_ns == stamp
+    assert swapped_graphs(lora_engine, manifest, [read_adapter(adapters["B"], 0.5)])["unet"].parent != graph.parent
 
 
 def test_every_linear_and_conv_weight_is_swappable(lora_engine, tiny_pipelines):
@@ -179,10 +191,10 @@ def test_run_time_lora_refusals(adapters, lora_engine):
     b = read_adapter(adapters["B"])
     manifest = read_manifest(lora_engine)
     with pytest.raises(SvdeditError, match="not exported for run-time LoRA.*--lora-ready"):
-        merged_weights(lora_engine, without_lora(manifest), [b])
+        swapped_graphs(lora_engine, without_lora(manifest), [b])
     int8 = type(manifest).from_dict({**manifest.to_dict(), "quantization": {"mode": "qdq"}})
     with pytest.raises(SvdeditError, match="int8 engine dir"):
-        merged_weights(lora_engine, int8, [b])
+        swapped_graphs(lora_engine, int8, [b])
 
 
 def test_a_lora_of_another_model_is_refused_at_export_and_at_run_time(tiny_pipelines, lora_engine, tmp_path):
@@ -200,9 +212,9 @@ def test_a_lora_of_another_model_is_refused_at_export_and_at_run_time(tiny_pipel
                "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": np.ones((320, 4, 1, 1), np.float32)}, str(wide))
     manifest = read_manifest(lora_engine)
     with pytest.raises(SvdeditError, match=r"1 LoRA layer\(s\) name modules this sd1 engine does not have \(unet\.down_blocks\.2"):
-        merged_weights(lora_engine, manifest, [read_adapter(other)])
+        swapped_graphs(lora_engine, manifest, [read_adapter(other)])
     with pytest.raises(SvdeditError, match=r"do not fit this sd1 engine's weights \(unet\.down_blocks\.0\.attentions\.0\.proj_in"):
-        merged_weights(lora_engine, manifest, [read_adapter(wide)])
+        swapped_graphs(lora_engine, manifest, [read_adapter(wide)])
     out = tmp_path / "engine"
     for file, message in ((other, "name modules this model does not have"), (wide, "do not fit this model's weights")):
         with pytest.raises(SvdeditError, match=message):
@@ -230,3 +242,27 @@ def test_the_command_line_swaps_checks_and_refuses(adapters, lora_engine, tmp_pa
     assert_clear_error(run_cli("generate", *common, "--lora", tmp_path / "absent.safetensors", "-o", tmp_path / "x.png"),
                        "generate", "does not exist")
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lora_targets", {"conv_in": [["m.conv_in.weight", "yes", [32, 4, 3, 3]]]}, r"lora_targets\['conv_in'\] is not a list"),
+    ("lora_targets", None, "has one of lora_weights and lora_targets without the other"),
+    ("adapter", {"sha256": "x", "scale": 1.0}, r"lora.fused\[0\] is not an adapter record"),
+])
+def test_a_damaged_lora_record_in_a_manifest_is_refused_naming_it(lora_engine, tmp_path, field, value, message):
+    import shutil
+
+    from svdedit.runtime.errors import EngineDirError
+
+    copy = tmp_path / "engine"
+    shutil.copytree(lora_engine, copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    if field == "adapter":
+        raw["lora"]["fused"][0] = value
+    elif value is None:
+        raw["networks"]["unet"].pop(field)
+    else:
+        raw["networks"]["unet"][field] = value
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(EngineDirError, match=message):
+        read_manifest(copy)

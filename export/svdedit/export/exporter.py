@@ -50,6 +50,7 @@ from svdedit.runtime.engines.contract import (
     network_precision,
     networks_for,
 )
+from svdedit.runtime.engines.lora import read_adapter
 from svdedit.runtime.engines.manifest import Manifest, read_manifest, write_manifest
 from svdedit.runtime.errors import EngineDirError, ExportError, ManifestFieldError, SvdeditError
 from svdedit.runtime.files import atomic_dir, sha256_file, sha256_json, write_json
@@ -333,11 +334,12 @@ def export_model(
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
     src = inspect_source(source, config)                                                          # 1.
+    adapters = [read_adapter(f, s) for f, s in options.lora]  # checked before any model loads: a pickle, bad keys
     source_sha = src.sha256()
     cache_key = sha256_json({"format": format_version(src.family), "svdedit": SVDEDIT_VERSION, "source": source_sha,
                              "precision": options.precision, "opset": options.opset, "fuse": options.fuse,
                              **({"step_cache": True} if options.step_cache else {}),
-                             **({"lora": [(sha256_file(f), s) for f, s in options.lora]} if options.lora else {}),
+                             **({"lora": [(a.sha256, a.scale) for a in adapters]} if adapters else {}),
                              **({"lora_ready": True} if options.lora_ready else {})})
     if _up_to_date(out_dir, cache_key, options.force):                                            # 2.
         log(f"{out_dir} is up to date (same model, same options); nothing to do. Pass --force to export again.")
@@ -345,7 +347,7 @@ def export_model(
     _require_onnxruntime()
     log(f"source: {src.path} ({FAMILIES[src.family]}, {src.prediction_type})")
     components = load_components(src)
-    fused = fuse_adapters(components, [(Path(f), s) for f, s in options.lora], log) if options.lora else []
+    fused = fuse_adapters(components, adapters, log) if adapters else []
     digests = ({component: weight_digests(module) for component, module in torch_modules(components).items()}
                if options.lora_ready else None)
     geo = geometry(components, step_cache=options.step_cache)

@@ -3,10 +3,11 @@ adapters swapped at run time (`--lora-ready`; the merge itself is torch-free: ru
 
 Fusing: the UNet's layers go through diffusers' own loader (lora_state_dict, which converts kohya and older
 diffusers files, then load_lora_into_unet, set_adapters for the scales, fuse_lora and unload_lora), so every
-format diffusers reads works; the text encoders' layers are merged with the runtime's NumPy merge (transformers
-5's own adapter loader wants a peft the index does not have). Every file is first read by the runtime's strict
+format diffusers reads works; the text encoders' layers are merged with the runtime's NumPy merge, the one the run-time
+swap uses (tests/export/test_lora.py holds both to diffusers' load_lora_weights). Every file is first read by the runtime's strict
 reader (read_adapter): a pickle, keys that are not LoRA layers, or a rank or scale out of bounds are refused before
-anything loads, and a layer the model does not have is an error, never a silent partial apply.
+anything loads (export_model reads them first), and a layer the model does not have is an error, never a silent
+partial apply.
 
 Making ready: every Linear and Conv weight of the UNet and text encoders is found in the exported graph by its
 content (as it is, or transposed, where the exporter folded a MatMul's transpose into the initializer), and those
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svdedit.runtime.engines.lora import Adapter, read_adapter
+from svdedit.runtime.engines.lora import Adapter
 from svdedit.runtime.errors import ExportError, SvdeditError
 
 #: the networks whose weights a LoRA may touch, and the component of a LoRA file that holds their layers
@@ -44,9 +45,9 @@ def torch_modules(components) -> dict[str, object]:
 # --------------------------------------------------------------------------------------------------
 # Fused at export
 # --------------------------------------------------------------------------------------------------
-def fuse_adapters(components, adapters: list[tuple[Path, float]], log) -> list[dict]:
-    """Fuse the adapters (file, scale) into the components' weights, in place; their records for the manifest."""
-    read = [read_adapter(path, scale) for path, scale in adapters]  # all checked before any is applied
+def fuse_adapters(components, read: list[Adapter], log) -> list[dict]:
+    """Fuse the adapters (engines/lora.read_adapter's, each with its scale) into the components' weights, in place;
+    their records for the manifest. Every adapter is checked against the model before any is applied."""
     modules = torch_modules(components)
     for adapter in read:
         check_modules(adapter, modules)

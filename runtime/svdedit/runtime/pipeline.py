@@ -40,7 +40,7 @@ from svdedit.kernels import array_module
 from svdedit.runtime import ddim
 from svdedit.runtime.conditioning import conditioning_for
 from svdedit.runtime.engines import Manifest, open_engines, read_manifest, resolve_precision
-from svdedit.runtime.engines.lora import Adapter, merged_weights
+from svdedit.runtime.engines.lora import Adapter, swapped_graphs
 from svdedit.runtime.errors import NonFiniteLatentError, SvdeditError
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
@@ -90,7 +90,8 @@ class Pipeline:
         hashed when new or changed since this user last hashed them, engines/verified.py). `latents_on_device`: keep
         the latents on the GPU during a DDIM run (the module docstring); None (the default) does so where the UNet
         runs on a GPU and CuPy sees it, False never (the latents cross to the host each step). `lora`: adapters
-        (engines/lora.read_adapter) merged into the weights of an engine dir exported --lora-ready, on onnxruntime;
+        (engines/lora.read_adapter) merged into the weights of an engine dir exported --lora-ready, on onnxruntime
+        (merged here, on construction, into the per-user cache, once per adapter set: engines/lora.swapped_graphs);
         the manifest then records them (Manifest.with_adapters), so the engine has another identity.
 
         Constructing is cheap (the manifest, the schedule, the tokenizer); the networks are loaded on entering
@@ -100,7 +101,7 @@ class Pipeline:
         self.engine_dir = resolve_engine(engine_dir)
         base = manifest if manifest is not None else read_manifest(self.engine_dir)
         self.adapters = tuple(lora)
-        weights = merged_weights(self.engine_dir, base, self.adapters)
+        graphs = swapped_graphs(self.engine_dir, base, self.adapters)
         self.manifest = base.with_adapters([a.record() for a in self.adapters])
         m = self.manifest
         self.intervals = self.check_intervals(intervals or self.default_intervals)
@@ -110,7 +111,7 @@ class Pipeline:
         self.channels = m.latent.channels
         self.size = self.check_size(m.image_size.default if size is None else size)
         self.precision = resolve_precision(provider, precision, m)
-        self.engines = open_engines(self.engine_dir, m, provider, self.precision, weights)
+        self.engines = open_engines(self.engine_dir, m, provider, self.precision, graphs)
         self.conditioning = conditioning_for(self.engine_dir, m, self.engines)
         self._opened: ExitStack | None = None
         self.requested_latents_on_device = latents_on_device

@@ -56,29 +56,28 @@ def resolve_precision(provider: str, precision: str | None, manifest: Manifest) 
 
 
 def open_engines(engine_dir: str | Path, manifest: Manifest, provider: str = "auto",
-                 precision: str | None = None, weights: dict[str, dict] | None = None) -> dict[str, Runner]:
+                 precision: str | None = None, graphs: dict[str, Path] | None = None) -> dict[str, Runner]:
     """One runner per network, not yet active: OpenVINO when asked for (`openvino`, at `precision`); TensorRT plans
     when asked for (`tensorrt`), or when `auto` and `svdedit build` made plans for this GPU; otherwise onnxruntime
     sessions on the provider asked for. `auto` picks OpenVINO only for an engine dir that nothing else can run
-    (resolve_provider): installing OpenVINO changes no one's numbers. `weights`: {network: {initializer: array}}
-    that replace the graphs' own (a LoRA swapped in at run time: engines/lora.merged_weights); onnxruntime only."""
+    (resolve_provider): installing OpenVINO changes no one's numbers. `graphs`: {network: a graph file} to load in
+    place of the engine dir's (a LoRA swapped in at run time: engines/lora.swapped_graphs); onnxruntime only."""
     provider = resolve_provider(provider, manifest)
     precision = resolve_precision(provider, precision, manifest)
-    weights = weights or {}
+    graphs = graphs or {}
     if provider == OPENVINO:
-        refuse_weights(weights, "OpenVINO")
+        refuse_swapped(graphs, "OpenVINO")
         return {name: OpenvinoRunner(engine_dir, name, manifest, precision) for name in manifest.networks}
     if provider == "tensorrt" or (provider == "auto" and plans_for_this_device(manifest, Path(engine_dir))):
-        refuse_weights(weights, "TensorRT plans")
+        refuse_swapped(graphs, "TensorRT plans")
         shared = SharedActivations()  # the networks run one after another: one activation buffer
         return {name: TensorrtRunner(engine_dir, name, manifest, shared) for name in manifest.networks}
-    return {name: OrtRunner(engine_dir, name, manifest, provider, initializers=weights.get(name))
-            for name in manifest.networks}
+    return {name: OrtRunner(engine_dir, name, manifest, provider, graph=graphs.get(name)) for name in manifest.networks}
 
 
-def refuse_weights(weights: dict, backend: str) -> None:
+def refuse_swapped(graphs: dict, backend: str) -> None:
     """A run-time LoRA swap on a backend that does not take new weights yet: a SvdeditError naming the ways that work."""
-    if weights:
+    if graphs:
         raise SvdeditError(f"a LoRA swapped in at run time runs on onnxruntime's providers (cpu, cuda, ort-tensorrt), "
                            f"not yet on {backend}: choose one of those providers, or fuse the adapter at export "
                            f"(`svdedit export MODEL -o DIR --lora FILE`).")

@@ -1,8 +1,8 @@
 """LoRA adapters, torch-free: read a LoRA file and merge it into an engine dir's weights.
 
     adapter = read_adapter("style.safetensors", scale=0.8)              # checked: format, keys, rank, scale
-    weights = merged_weights(engine_dir, manifest, [adapter])           # {network: {initializer: W'}}
-    OrtRunner(engine_dir, "unet", manifest, initializers=weights["unet"])  # the session takes W' at creation
+    graphs = swapped_graphs(engine_dir, manifest, [adapter])            # {network: the graph with W' beside it}
+    OrtRunner(engine_dir, "unet", manifest, graph=graphs["unet"])       # (Pipeline(..., lora=[adapter]) does this)
 
 A LoRA layer holds two matrices, down (A: rank x in) and up (B: out x rank), and the merged weight is
 W' = W + scale * (alpha / rank) * B @ A, reshaped to W's shape (conv LoRA: B is out x rank x 1 x 1, A rank x in x
@@ -10,7 +10,8 @@ kh x kw). The engine dir must have been exported with `--lora-ready`: its manife
 weight of the UNet and text encoders (by the diffusers module name, e.g. down_blocks.0.attentions.0.proj_in) to
 the graph initializer that holds it (transposed where the exporter folded a MatMul's transpose into it), and keeps
 those initializers in a safetensors file beside the graph (networks.NAME.lora_weights) that the graph reads as
-external data and this module reads as the base W.
+external data. A swap writes that file again, W' in place of W, into the per-user cache next to links to the graph
+(swapped_graphs), and onnxruntime loads the graph from there.
 
 The formats read: diffusers/peft (`unet.MODULE.lora_A.weight` / `lora_B.weight`, also `lora.down` / `lora.up`
 and `lora_linear_layer.down` / `up`; alphas from the file's `lora_adapter_metadata`, as diffusers saves them, or
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -30,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from svdedit.runtime.engines.names import engine_cache_dir
 from svdedit.runtime.errors import SvdeditError
-from svdedit.runtime.files import check_safetensors, sha256_file
+from svdedit.runtime.files import atomic_dir, check_safetensors, sha256_file, write_json
 
 #: bounds a LoRA must keep (an adapter past them is a mistake: a wrong file, a scale typed as a percentage)
 MAX_SCALE = 8.0
@@ -206,13 +209,45 @@ def peft_alpha_rules(metadata: dict):
 # --------------------------------------------------------------------------------------------------
 # Merging into an engine dir's weights
 # --------------------------------------------------------------------------------------------------
-def merged_weights(engine_dir: str | Path, manifest, adapters) -> dict[str, dict[str, np.ndarray]]:
-    """{network: {initializer name: the merged weight}} for every initializer the adapters touch (none: {}).
-    The engine dir is only read. SvdeditError naming the first layers that this engine does not have, or whose
-    shapes do not match (a LoRA made for another model), and for an engine dir not exported --lora-ready."""
+def swapped_graphs(engine_dir: str | Path, manifest, adapters) -> dict[str, Path]:
+    """{network: a graph path to load in place of the engine dir's} for every network the adapters touch (none: {}).
+
+    The merged weights are written, one tensor at a time, into a copy of the network's lora_weights file in the
+    per-user cache (beside links to the engine dir's graph and its other files), where the graph finds them as its
+    external data: onnxruntime then loads them as it loads an engine dir, so a swap takes no more memory than a
+    plain open (given as in-memory initializers, onnxruntime kept a copy of its own beside them: 9.2 GiB against
+    4.6 on the SD 1.5 shape), and the next open with the same adapters merges nothing. The folder is keyed by the
+    engine's graphs and the adapters with their scales. The engine dir is only read. SvdeditError naming the first
+    layers that this engine does not have, or whose shapes do not match (a LoRA made for another model), and for an
+    engine dir not exported --lora-ready."""
+    plan = merge_plan(manifest, adapters)
+    if not plan:
+        return {}
+    engine_dir = Path(engine_dir).resolve()
+    records = [a.record() for a in adapters]
+    root = engine_cache_dir(manifest.with_adapters(records).identity(), manifest.graphs_key()) / "lora"
+    nets = {name: manifest.networks[name] for name in plan}
+    if not all(is_link_to(root / rel, engine_dir / rel) for net in nets.values() for rel, _ in net.files()
+               if rel != net.lora_weights):
+        with atomic_dir(root, replace=root.exists()) as work:
+            for name, net in nets.items():
+                for rel, _ in net.files():
+                    if rel != net.lora_weights:
+                        (work / rel).symlink_to(engine_dir / rel)
+                write_merged(engine_dir / net.lora_weights, work / net.lora_weights, plan[name])
+            write_json(work / "adapters.json", {"engine_dir": str(engine_dir), "adapters": records})
+    return {name: root / net.file for name, net in nets.items()}
+
+
+def is_link_to(link: Path, target: Path) -> bool:
+    return link.is_symlink() and os.readlink(link) == str(target)
+
+
+def merge_plan(manifest, adapters) -> dict[str, dict[str, list[tuple[Layer, float, bool, tuple]]]]:
+    """{network: {initializer: [(layer, scale, transposed, shape), ...]}}: what each adapter adds where, checked
+    against the engine's weights (see swapped_graphs)."""
     if not adapters:
         return {}
-    engine_dir = Path(engine_dir)
     ready = {name: net for name, net in manifest.networks.items() if net.lora_targets}
     if not ready:
         raise SvdeditError(f"this engine dir was not exported for run-time LoRA. Export it again with "
@@ -222,22 +257,19 @@ def merged_weights(engine_dir: str | Path, manifest, adapters) -> dict[str, dict
         raise SvdeditError("a run-time LoRA cannot be applied to an int8 engine dir (its weights are quantized with "
                            "scales computed without the adapter): fuse the adapter at export (`svdedit export MODEL "
                            "--lora FILE`), then quantize, or swap adapters on the fp32 engine dir.")
-    deltas: dict[tuple[str, str], list[np.ndarray]] = {}  # (network, initializer) -> deltas, each in its layout
+    plan: dict[str, dict[str, list]] = {}
     missing, mismatched = [], []
     for adapter in adapters:
         for layer in adapter.layers:
             places = targets_of(layer, ready)
             if not places:
                 missing.append(f"{layer.component}.{layer.module}")
-                continue
             for network, initializer, transposed, shape in places:
-                d = layer.delta() * np.float32(adapter.scale)
-                d = d.T if transposed else d
-                want = tuple(shape)
-                if int(np.prod(want)) != d.size or (transposed and d.shape != want[:2]) or d.shape[0] != want[0]:
-                    mismatched.append(f"{layer.component}.{layer.module} (LoRA {list(d.shape)}, weight {list(want)})")
-                    continue
-                deltas.setdefault((network, initializer), []).append(d.reshape(want))
+                out_ch, rest = layer.up.shape[0], int(np.prod(layer.down.shape[1:]))
+                fits = (shape[:2] == (rest, out_ch)) if transposed else (shape[0] == out_ch and int(np.prod(shape[1:])) == rest)
+                if not fits:
+                    mismatched.append(f"{layer.component}.{layer.module} (LoRA {out_ch} x {rest}, weight {list(shape)})")
+                plan.setdefault(network, {}).setdefault(initializer, []).append((layer, adapter.scale, transposed, shape))
     family = manifest.family
     if missing:
         raise SvdeditError(f"{len(missing)} LoRA layer(s) name modules this {family} engine does not have "
@@ -247,15 +279,7 @@ def merged_weights(engine_dir: str | Path, manifest, adapters) -> dict[str, dict
         raise SvdeditError(f"{len(mismatched)} LoRA layer(s) do not fit this {family} engine's weights "
                            f"({', '.join(mismatched[:2])}{', ...' if len(mismatched) > 2 else ''}): a LoRA made for "
                            f"another model. Nothing was applied.")
-    out: dict[str, dict[str, np.ndarray]] = {}
-    base_files = {}
-    for (network, initializer), ds in deltas.items():
-        if network not in base_files:
-            base_files[network], _ = read_safetensors(engine_dir / ready[network].lora_weights)
-        base = base_files[network][initializer]
-        merged = base.astype(np.float32) + sum(ds)
-        out.setdefault(network, {})[initializer] = merged.astype(base.dtype)
-    return out
+    return plan
 
 
 def targets_of(layer: Layer, ready: dict) -> list[tuple[str, str, bool, tuple]]:
@@ -272,3 +296,28 @@ def targets_of(layer: Layer, ready: dict) -> list[tuple[str, str, bool, tuple]]:
         for initializer, transposed, shape in targets.get(module, ()):
             out.append((network, initializer, bool(transposed), tuple(shape)))
     return out
+
+
+def write_merged(src: Path, dst: Path, plan: dict[str, list]) -> None:
+    """`src` (a lora_weights file) copied to `dst` with the same header, each planned tensor W written as
+    W + sum(scale * B @ A), in float32 and cast back to W's type; one tensor in memory at a time."""
+    header = check_safetensors(src)
+    with open(src, "rb") as f_in, open(dst, "wb") as f_out:
+        (n,) = struct.unpack("<Q", f_in.read(8))
+        f_out.write(struct.pack("<Q", n) + f_in.read(n))
+        start = 8 + n
+        for name, info in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                                 key=lambda kv: kv[1]["data_offsets"][0]):
+            b, e = (int(x) for x in info["data_offsets"])
+            f_in.seek(start + b)
+            f_out.seek(start + b)
+            if name not in plan:
+                f_out.write(f_in.read(e - b))
+                continue
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            w = np.fromfile(f_in, dtype=dtype, count=(e - b) // np.dtype(dtype).itemsize).reshape(info["shape"])
+            work = w.astype(np.float32)
+            for layer, scale, transposed, shape in plan[name]:
+                d = layer.delta() * np.float32(scale)
+                work += (d.T if transposed else d).reshape(shape)
+            f_out.write(work.astype(w.dtype).tobytes())

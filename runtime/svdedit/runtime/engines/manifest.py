@@ -305,6 +305,7 @@ def _problems(m: Manifest, engine_dir: Path | None) -> list[str]:
     for name in ("pad_id", "bos_id", "eos_id"):
         need(0 <= getattr(text, name) < 2**31, f"text.{name} {getattr(text, name)} is not a token id")
     out += _xl_problems(m)
+    out += _lora_problems(m)
     need(1 <= size.multiple_of <= 4096 and size.multiple_of % max(1, lat.vae_scale_factor) == 0,
          f"image_size.multiple_of {size.multiple_of} is not a positive multiple of latent.vae_scale_factor")
     need(1 <= size.min <= size.default <= size.max <= 65536,
@@ -341,6 +342,33 @@ def _problems(m: Manifest, engine_dir: Path | None) -> list[str]:
         problem = outside_problem(engine_dir, rel)
         if problem:
             out.append(f"{field_name} {rel!r} {problem}")
+    return out
+
+
+def _lora_problems(m: Manifest) -> list[str]:
+    """The LoRA records (engines/lora.py): each adapter with a sha256 and a finite scale; each network's
+    lora_targets (module -> [[initializer, transposed, shape], ...]) with its lora_weights file, or neither."""
+    out = []
+    for kind in ("fused", "swapped"):
+        records = (m.lora or {}).get(kind) or []
+        if not isinstance(records, list):
+            out.append(f"lora.{kind} is not a list")
+            continue
+        for i, a in enumerate(records):
+            scale = a.get("scale") if isinstance(a, dict) else None
+            if not (isinstance(a, dict) and isinstance(a.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", a["sha256"])
+                    and isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)):
+                out.append(f"lora.{kind}[{i}] is not an adapter record (a sha256 and a finite scale)")
+    for name, net in m.networks.items():
+        if (net.lora_weights is None) != (net.lora_targets is None):
+            out.append(f"networks.{name} has one of lora_weights and lora_targets without the other")
+        for module, places in (net.lora_targets or {}).items():
+            if not (isinstance(places, list) and places and all(
+                    isinstance(p, list) and len(p) == 3 and isinstance(p[0], str) and isinstance(p[1], bool)
+                    and isinstance(p[2], list) and 1 <= len(p[2]) <= 4
+                    and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in p[2]) for p in places)):
+                out.append(f"networks.{name}.lora_targets[{module!r}] is not a list of [initializer, transposed, shape]")
+                break
     return out
 
 

@@ -188,19 +188,17 @@ class OrtRunner(Runner):
     inputs copied into buffers that stay put and the outputs copied out. Off by default: it has not run on a GPU yet.
     On the CPU provider the same fixed buffers run without a graph.
 
-    `initializers`: {name: array} that replace the graph's initializers of those names when the session is created
-    (SessionOptions.add_external_initializers, for initializers the graph keeps as external data; the files are not
-    touched): a LoRA swapped in at run time (engines/lora.py)."""
+    `graph`: the graph file to load instead of the engine dir's (the same graph, its external data beside it with a
+    LoRA merged in: engines/lora.swapped_graphs)."""
 
     #: input shapes that get a CUDA graph each (the UNet of an edit sees 2 or 3: batch 1, 2, and a blend's)
     MAX_GRAPHS = 8
 
     def __init__(self, engine_dir: str | Path, network: str, manifest: Manifest, provider: str = "auto",
                  io_binding: bool | None = None, cuda_graphs: bool = False,
-                 initializers: dict[str, np.ndarray] | None = None):
+                 graph: Path | None = None):
         super().__init__(engine_dir, network, manifest)
-        self.initializers = initializers or {}
-        self.initializer_values: list = []  # the OrtValues the session reads: alive as long as it is
+        self.graph = graph
         self.requested_provider = provider
         self.io_binding = io_binding
         self.cuda_graphs = cuda_graphs
@@ -216,16 +214,10 @@ class OrtRunner(Runner):
         wanted = choose_providers(self.requested_provider)
         if wanted[0] != "CPUExecutionProvider":
             preload_cuda_libraries()
-        path = self.engine_dir / self.entry.file
-        opts = session_options()
-        self.initializer_values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a))
-                                   for a in self.initializers.values()]
-        if self.initializers:  # in place of their external data, as the graph is loaded: before its optimisation, which
-            # folds Conv weights into new initializers (add_initializer, applied after it, would leave those unchanged)
-            opts.add_external_initializers(list(self.initializers), self.initializer_values)
+        path = self.graph or self.engine_dir / self.entry.file
         try:
             self.session = ort.InferenceSession(
-                str(path), opts,
+                str(path), session_options(),
                 providers=[provider_entry(p, engine_cache_dir(self.manifest.identity(), self.manifest.graphs_key()),
                                           self.entry.precision, self.cuda_graphs) for p in wanted])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -312,4 +304,3 @@ class OrtRunner(Runner):
     def _deactivate(self) -> None:
         self.graphs.clear()
         self.session = None
-        self.initializer_values = []
