@@ -8,10 +8,12 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given
 from safetensors.numpy import save_file
 
 from svdedit.runtime.engines.lora import MAX_SCALE, read_adapter
 from svdedit.runtime.errors import SvdeditError
+from tests.fuzzing import FUZZ, mutate, mutations
 
 MODULE = "down_blocks.0.attentions.0.proj_in"
 
@@ -82,7 +84,7 @@ def test_bf16_tensors_are_widened(tmp_path):
     ("rank", r"rank 64, out of bounds"),
     ("not-a-pair", "not a rank-r pair"),
     ("nan", "holds NaN or inf"),
-    ("int", "is I32, not a float type"),
+    ("int", "is 'I32', not a float type"),
     ("empty", "holds no LoRA layers"),
 ])
 def test_bad_lora_files_are_refused_naming_the_problem(tmp_path, case, message):
@@ -120,3 +122,51 @@ def test_an_absurd_scale_is_refused(tmp_path, scale):
     path = write(tmp_path, {f"unet.{MODULE}.lora_A.weight": down, f"unet.{MODULE}.lora_B.weight": up})
     with pytest.raises(SvdeditError, match="scale .* is out of bounds"):
         read_adapter(path, scale)
+
+
+def good_lora_blob() -> tuple[dict, bytes]:
+    """(header, data) of a valid LoRA file: diffusers keys with their metadata, and a kohya conv layer with its alpha."""
+    from safetensors.numpy import save
+
+    down, up = pair()
+    name = "lora_unet_down_blocks_0_resnets_0_conv1"
+    blob = save({f"unet.{MODULE}.lora_A.weight": down, f"unet.{MODULE}.lora_B.weight": up,
+                 f"{name}.lora_down.weight": np.ones((4, 8, 3, 3), np.float32),
+                 f"{name}.lora_up.weight": np.ones((16, 4, 1, 1), np.float16), f"{name}.alpha": np.array(2.0, np.float32)},
+                metadata={"lora_adapter_metadata": json.dumps({"unet.r": 4, "unet.lora_alpha": 8,
+                                                               "unet.alpha_pattern": {"proj_in": 4}})})
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    header["__metadata__"]["lora_adapter_metadata"] = json.loads(header["__metadata__"]["lora_adapter_metadata"])
+    return header, blob[8 + n:]
+
+
+@FUZZ
+@given(changes=mutations())
+def test_any_mutation_of_a_lora_header_is_read_or_a_clear_error(tmp_path_factory, changes):
+    """Every field of the header (the tensors' dtypes, shapes and offsets, the names, the metadata) mutated: the
+    reader returns an adapter or raises a one-line SvdeditError, never another exception."""
+    header, data = good_lora_blob()
+    header = mutate(header, changes)
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if isinstance(meta, dict) and not isinstance(meta.get("lora_adapter_metadata"), str):
+        meta["lora_adapter_metadata"] = json.dumps(meta.get("lora_adapter_metadata"))
+    head = json.dumps(header).encode()
+    path = tmp_path_factory.mktemp("fuzz") / "lora.safetensors"
+    path.write_bytes(len(head).to_bytes(8, "little") + head + data)
+    try:
+        adapter = read_adapter(path)
+    except SvdeditError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert all(np.isfinite(layer.scaling) for layer in adapter.layers)
+
+
+def test_the_fuzzed_file_is_valid_before_mutation(tmp_path):
+    header, data = good_lora_blob()
+    header["__metadata__"]["lora_adapter_metadata"] = json.dumps(header["__metadata__"]["lora_adapter_metadata"])
+    head = json.dumps(header).encode()
+    path = tmp_path / "lora.safetensors"
+    path.write_bytes(len(head).to_bytes(8, "little") + head + data)
+    layers = {layer.module: layer for layer in read_adapter(path).layers}
+    assert layers[MODULE].scaling == 1.0 and layers["down_blocks_0_resnets_0_conv1"].scaling == 0.5  # pattern; kohya

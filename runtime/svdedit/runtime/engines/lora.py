@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from svdedit.runtime.engines.names import engine_cache_dir
-from svdedit.runtime.errors import SvdeditError
+from svdedit.runtime.errors import SvdeditError, shown
 from svdedit.runtime.files import atomic_dir, check_safetensors, sha256_file, write_json
 
 #: bounds a LoRA must keep (an adapter past them is a mistake: a wrong file, a scale typed as a percentage)
@@ -126,14 +126,23 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+        kind = info.get("dtype") if isinstance(info, dict) else None
+        dtype = SAFETENSORS_DTYPES.get(kind) if isinstance(kind, str) else None
         if dtype is None:
-            raise SvdeditError(f"{path}: tensor {name!r} is {info.get('dtype')}, not a float type a LoRA holds "
+            raise SvdeditError(f"{path}: tensor {name!r} is {shown(kind)}, not a float type a LoRA holds "
                                f"({', '.join(SAFETENSORS_DTYPES)}).")
-        b, e = (int(x) for x in info["data_offsets"])
-        a = np.frombuffer(data[b:e], dtype=dtype).reshape(info["shape"])
-        tensors[name] = (a.astype(np.uint32) << 16).view(np.float32) if info["dtype"] == "BF16" else a
-    return tensors, header.get("__metadata__") or {}
+        try:
+            b, e = (int(x) for x in info["data_offsets"])
+            shape = [int(d) for d in info["shape"]]
+            if not (0 <= b <= e and all(d >= 0 for d in shape)):
+                raise ValueError("negative offsets or sizes")
+            a = np.frombuffer(data[b:e], dtype=dtype).reshape(shape)
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            raise SvdeditError(f"{path}: tensor {name!r} has a header entry that does not fit its data ({exc}); the "
+                               f"file is damaged.") from None
+        tensors[name] = (a.astype(np.uint32) << 16).view(np.float32) if kind == "BF16" else a
+    metadata = header.get("__metadata__")
+    return tensors, metadata if isinstance(metadata, dict) else {}
 
 
 def parse_layers(tensors: dict[str, np.ndarray], metadata: dict, path: Path) -> list[Layer]:
@@ -146,11 +155,11 @@ def parse_layers(tensors: dict[str, np.ndarray], metadata: dict, path: Path) -> 
         if m := LORA_KEY.match(key):
             pairs.setdefault((m[1], m[2], False), {})["down" if m[3] in DOWN_NAMES else "up"] = value
         elif m := ALPHA_KEY.match(key):
-            alphas[(m[1], m[2], False)] = float(np.asarray(value, np.float64).reshape(-1)[0])
+            alphas[(m[1], m[2], False)] = alpha_of(value, key, path)
         elif m := KOHYA_KEY.match(key):
             where = (KOHYA_PREFIXES[m[1]], m[2], True)
             if m[3] == "alpha":
-                alphas[where] = float(np.asarray(value, np.float64).reshape(-1)[0])
+                alphas[where] = alpha_of(value, key, path)
             else:
                 pairs.setdefault(where, {})["down" if m[3] in DOWN_NAMES else "up"] = value
         else:
@@ -185,23 +194,35 @@ def parse_layers(tensors: dict[str, np.ndarray], metadata: dict, path: Path) -> 
     return layers
 
 
+def alpha_of(value: np.ndarray, key: str, path: Path) -> float:
+    if value.size != 1:
+        raise SvdeditError(f"{path.name}: {key} holds {value.size} values; an alpha is one number.")
+    return float(value.reshape(-1)[0])
+
+
 def peft_alpha_rules(metadata: dict):
     """alpha(component, module, rank) from diffusers' lora_adapter_metadata (peft's lora_alpha, alpha_pattern and
     use_rslora, saved per component as "unet.lora_alpha" ...); without it alpha = rank, as diffusers loads such files."""
     try:
         meta = json.loads(metadata.get("lora_adapter_metadata") or "{}")
-    except ValueError:
+    except (ValueError, TypeError):
         meta = {}
+    meta = meta if isinstance(meta, dict) else {}
 
     def alpha(component: str, module: str, rank: int) -> float:
-        patterns = meta.get(f"{component}.alpha_pattern") or {}
-        for pattern, value in patterns.items():
+        patterns = meta.get(f"{component}.alpha_pattern")
+        for pattern, value in (patterns.items() if isinstance(patterns, dict) else ()):
             if module == pattern or module.endswith("." + pattern):
-                return float(value)
+                return number(value, f"{component}.alpha_pattern")
         value = meta.get(f"{component}.lora_alpha")
         if value is None:
             return float(rank)
-        return float(value) * (math.sqrt(rank) if meta.get(f"{component}.use_rslora") else 1.0)
+        return number(value, f"{component}.lora_alpha") * (math.sqrt(rank) if meta.get(f"{component}.use_rslora") else 1.0)
+
+    def number(value, field: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SvdeditError(f"the LoRA file's lora_adapter_metadata field {field} is {shown(value)}, not a number.")
+        return float(value)
 
     return alpha
 
