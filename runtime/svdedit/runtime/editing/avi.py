@@ -266,8 +266,8 @@ class Attribute:
         if not (isinstance(adapters, list) and all(isinstance(a, dict) for a in adapters)):
             bad("metadata field 'lora' is not a list of adapters")
         if ids and meta["engine_manifest_sha256"] not in ids:
-            lora = ", ".join(f"{a.get('file')} (sha256 {str(a.get('sha256'))[:12]}, scale {a.get('scale')})"
-                             for a in adapters) or "none"
+            lora = ", ".join(f"{str(a.get('file'))[:60]} (sha256 {str(a.get('sha256'))[:12]}, scale "
+                             f"{str(a.get('scale'))[:12]})" for a in adapters[:4]) or "none"
             raise AttributeFileError(f"{path} was learned on another model (engine {meta['engine_manifest_sha256'][:12]}, "
                                      f"this engine is {ids[0][:12]}; LoRA adapters it was learned with: {lora}); "
                                      f"attributes do not transfer between models, nor between LoRA adapters or their "
