@@ -266,3 +266,23 @@ def test_a_damaged_lora_record_in_a_manifest_is_refused_naming_it(lora_engine, t
     (copy / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(EngineDirError, match=message):
         read_manifest(copy)
+
+
+def test_two_processes_merging_the_same_adapters_at_once_both_get_it(adapters, lora_engine):
+    """The second writer finds the first's merge in place (atomic_dir refuses to replace what appeared meanwhile)."""
+    from unittest import mock
+
+    from svdedit.runtime.engines import lora as lora_module
+
+    manifest = read_manifest(lora_engine)
+    b = read_adapter(adapters["B"], 0.75)
+    real = lora_module.write_merged
+
+    def racing(src, dst, plan):  # the other process finishes first, while this one writes
+        real(src, dst, plan)
+        with mock.patch.object(lora_module, "write_merged", real):
+            swapped_graphs(lora_engine, manifest, [b])
+
+    with mock.patch.object(lora_module, "write_merged", racing):
+        graphs = swapped_graphs(lora_engine, manifest, [b])
+    assert graphs["unet"].is_symlink() and graphs["unet"].with_name("unet.lora.safetensors").is_file()

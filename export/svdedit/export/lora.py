@@ -161,8 +161,9 @@ def digest(a: np.ndarray) -> bytes:
 
 def make_ready(path: Path, digests: dict[bytes, list[tuple[str, bool]]]) -> dict:
     """Move the initializers of `path` that are a module's weight into PATH.lora.safetensors (read by the graph as
-    external data); the manifest fields (lora_weights, lora_targets). A weight found twice, or two modules sharing
-    one initializer, is left out: swapping it would change another layer too."""
+    external data); the manifest fields (lora_weights, lora_targets). A module whose weight two initializers hold is
+    swapped in both; an initializer equal to the weights of two modules is left out (a swap of one would change the
+    other too), and a LoRA layer on such a module is then refused by name at run time."""
     import onnx
     from onnx import numpy_helper
 

@@ -248,15 +248,22 @@ def swapped_graphs(engine_dir: str | Path, manifest, adapters) -> dict[str, Path
     records = [a.record() for a in adapters]
     root = engine_cache_dir(manifest.with_adapters(records).identity(), manifest.graphs_key()) / "lora"
     nets = {name: manifest.networks[name] for name in plan}
-    if not all(is_link_to(root / rel, engine_dir / rel) for net in nets.values() for rel, _ in net.files()
-               if rel != net.lora_weights):
-        with atomic_dir(root, replace=root.exists()) as work:
-            for name, net in nets.items():
-                for rel, _ in net.files():
-                    if rel != net.lora_weights:
-                        (work / rel).symlink_to(engine_dir / rel)
-                write_merged(engine_dir / net.lora_weights, work / net.lora_weights, plan[name])
-            write_json(work / "adapters.json", {"engine_dir": str(engine_dir), "adapters": records})
+    def merged_before() -> bool:  # by this or another process, for this engine dir where it now is
+        return all(is_link_to(root / rel, engine_dir / rel) for net in nets.values() for rel, _ in net.files()
+                   if rel != net.lora_weights)
+
+    if not merged_before():
+        try:
+            with atomic_dir(root, replace=root.exists()) as work:
+                for name, net in nets.items():
+                    for rel, _ in net.files():
+                        if rel != net.lora_weights:
+                            (work / rel).symlink_to(engine_dir / rel)
+                    write_merged(engine_dir / net.lora_weights, work / net.lora_weights, plan[name])
+                write_json(work / "adapters.json", {"engine_dir": str(engine_dir), "adapters": records})
+        except SvdeditError:  # another process merged the same adapters meanwhile (atomic_dir: it appeared)
+            if not merged_before():
+                raise
     return {name: root / net.file for name, net in nets.items()}
 
 
