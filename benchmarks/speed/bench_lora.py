@@ -35,7 +35,7 @@ from pathlib import Path
 from benchmarks.machine import describe, turns, write_result
 
 OPEN = """
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 t0 = time.perf_counter()
 from svdedit.runtime.engines.lora import read_adapter
@@ -43,7 +43,7 @@ from svdedit.runtime.engines import read_manifest
 from svdedit.runtime.pipeline import Pipeline
 engine, lora, first = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "first"
 if first:  # no adapter merged before: the switch as a deployment first meets it
-    import os, shutil
+    import shutil
     for d in (Path(os.environ["XDG_CACHE_HOME"]) / "svdedit" / "engines").glob("*/lora"):
         shutil.rmtree(d)
 t = {}
@@ -55,7 +55,8 @@ s = time.perf_counter()
 with pipe:
     t["sessions_s"] = time.perf_counter() - s
 t["total_s"] = time.perf_counter() - t0
-t["peak_rss_gib"] = [int(l.split()[1]) / 2**20 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+from benchmarks.machine import status_gib
+t["peak_rss_gib"] = status_gib(os.getpid(), "VmHWM")
 print(json.dumps(t))
 """
 
@@ -82,7 +83,7 @@ def export(work: Path, out: Path, **options) -> float:
 
 def open_in_a_process(engine: Path, lora: Path | None, first: bool = False) -> dict:
     proc = subprocess.run([sys.executable, "-c", OPEN, str(engine), str(lora or ""), "first" if first else "again"],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svdedit.runtime.engines.lora import Adapter
+from svdedit.runtime.engines.lora import Adapter, refuse_unfit
 from svdedit.runtime.errors import ExportError, SvdeditError
 
 #: the networks whose weights a LoRA may touch, and the component of a LoRA file that holds their layers
@@ -70,19 +70,10 @@ def check_modules(adapter: Adapter, modules: dict) -> None:
         module = find_module(modules.get(layer.component), layer.module, layer.kohya)
         if module is None:
             missing.append(f"{layer.component}.{layer.module}")
-            continue
-        weight = module.weight
-        out_ch, rest = weight.shape[0], int(np.prod(weight.shape[1:]))
-        if (layer.up.shape[0], int(np.prod(layer.down.shape[1:]))) != (out_ch, rest):
-            mismatched.append(f"{layer.component}.{layer.module} (LoRA {layer.up.shape[0]} x "
-                              f"{int(np.prod(layer.down.shape[1:]))}, weight {list(weight.shape)})")
-    if missing:
-        raise SvdeditError(f"{adapter.path.name}: {len(missing)} LoRA layer(s) name modules this model does not have "
-                           f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): a LoRA for another "
-                           f"model family? Nothing was exported.")
-    if mismatched:
-        raise SvdeditError(f"{adapter.path.name}: {len(mismatched)} LoRA layer(s) do not fit this model's weights "
-                           f"({', '.join(mismatched[:2])}): a LoRA made for another model. Nothing was exported.")
+        elif not layer.fits(tuple(module.weight.shape)):
+            mismatched.append(layer.misfit(tuple(module.weight.shape)))
+    refuse_unfit(missing, mismatched, "this model", "a LoRA for another model family?", "Nothing was exported.",
+                 prefix=f"{adapter.path.name}: ")
 
 
 def find_module(model, name: str, kohya: bool):

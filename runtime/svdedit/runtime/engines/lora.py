@@ -69,6 +69,16 @@ class Layer:
     def rank(self) -> int:
         return int(self.down.shape[0])
 
+    def fits(self, shape: tuple, transposed: bool = False) -> bool:
+        """True when B @ A has the size of a weight of `shape` (as the graph holds it: `transposed` for a MatMul's)."""
+        out_ch, rest = self.up.shape[0], int(np.prod(self.down.shape[1:]))
+        return tuple(shape[:2]) == (rest, out_ch) if transposed else (shape[0] == out_ch and int(np.prod(shape[1:])) == rest)
+
+    def misfit(self, shape) -> str:
+        """The layer and the two sizes, for the error that lists the layers that do not fit."""
+        return (f"{self.component}.{self.module} (LoRA {self.up.shape[0]} x {int(np.prod(self.down.shape[1:]))}, "
+                f"weight {list(shape)})")
+
     def delta(self) -> np.ndarray:
         """B @ A * alpha / rank as out x (in * kh * kw), in float32."""
         up = self.up.reshape(self.up.shape[0], -1).astype(np.float32)
@@ -119,9 +129,8 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         header = check_safetensors(path)
     except SvdeditError as exc:
         raise SvdeditError(f"{exc} (the LoRA file must be a .safetensors file)") from None
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if path.stat().st_size > 8 + n else np.zeros(0, np.uint8)
+    start = data_start(path)
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=start) if path.stat().st_size > start else np.zeros(0, np.uint8)
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -143,6 +152,12 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         tensors[name] = (a.astype(np.uint32) << 16).view(np.float32) if kind == "BF16" else a
     metadata = header.get("__metadata__")
     return tensors, metadata if isinstance(metadata, dict) else {}
+
+
+def data_start(path: Path) -> int:
+    """Where the tensors of a safetensors file begin: after the 8-byte length and the JSON header it gives."""
+    with open(path, "rb") as f:
+        return 8 + struct.unpack("<Q", f.read(8))[0]
 
 
 def parse_layers(tensors: dict[str, np.ndarray], metadata: dict, path: Path) -> list[Layer]:
@@ -285,43 +300,48 @@ def merge_plan(manifest, adapters) -> dict[str, dict[str, list[tuple[Layer, floa
         raise SvdeditError("a run-time LoRA cannot be applied to an int8 engine dir (its weights are quantized with "
                            "scales computed without the adapter): fuse the adapter at export (`svdedit export MODEL "
                            "--lora FILE`), then quantize, or swap adapters on the fp32 engine dir.")
+    kohya = {name: {m.replace(".", "_"): m for m in net.lora_targets} for name, net in ready.items()}
     plan: dict[str, dict[str, list]] = {}
     missing, mismatched = [], []
     for adapter in adapters:
         for layer in adapter.layers:
-            places = targets_of(layer, ready)
+            places = targets_of(layer, ready, kohya)
             if not places:
                 missing.append(f"{layer.component}.{layer.module}")
             for network, initializer, transposed, shape in places:
-                out_ch, rest = layer.up.shape[0], int(np.prod(layer.down.shape[1:]))
-                fits = (shape[:2] == (rest, out_ch)) if transposed else (shape[0] == out_ch and int(np.prod(shape[1:])) == rest)
-                if not fits:
-                    mismatched.append(f"{layer.component}.{layer.module} (LoRA {out_ch} x {rest}, weight {list(shape)})")
+                if not layer.fits(shape, transposed):
+                    mismatched.append(layer.misfit(shape))
                 plan.setdefault(network, {}).setdefault(initializer, []).append((layer, adapter.scale, transposed, shape))
-    family = manifest.family
-    if missing:
-        raise SvdeditError(f"{len(missing)} LoRA layer(s) name modules this {family} engine does not have "
-                           f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): a LoRA for another "
-                           f"model family, or for modules the export did not keep swappable. Nothing was applied.")
-    if mismatched:
-        raise SvdeditError(f"{len(mismatched)} LoRA layer(s) do not fit this {family} engine's weights "
-                           f"({', '.join(mismatched[:2])}{', ...' if len(mismatched) > 2 else ''}): a LoRA made for "
-                           f"another model. Nothing was applied.")
+    refuse_unfit(missing, mismatched, f"this {manifest.family} engine", "a LoRA for another model family, or for "
+                 "modules the export did not keep swappable.", "Nothing was applied.")
     return plan
 
 
-def targets_of(layer: Layer, ready: dict) -> list[tuple[str, str, bool, tuple]]:
-    """(network, initializer, transposed, shape) of each graph initializer that holds `layer`'s weight."""
+def refuse_unfit(missing: list[str], mismatched: list[str], subject: str, why_missing: str, outcome: str,
+                 prefix: str = "") -> None:
+    """The error for LoRA layers that name modules `subject` lacks, or do not fit its weights (the first named);
+    at export (the torch model) and at run time (the engine's swappable weights)."""
+    def first(items: list[str], n: int) -> str:
+        return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
+
+    if missing:
+        raise SvdeditError(f"{prefix}{len(missing)} LoRA layer(s) name modules {subject} does not have "
+                           f"({first(missing, 3)}): {why_missing} {outcome}")
+    if mismatched:
+        raise SvdeditError(f"{prefix}{len(mismatched)} LoRA layer(s) do not fit {subject}'s weights "
+                           f"({first(mismatched, 2)}): a LoRA made for another model. {outcome}")
+
+
+def targets_of(layer: Layer, ready: dict, kohya: dict[str, dict[str, str]]) -> list[tuple[str, str, bool, tuple]]:
+    """(network, initializer, transposed, shape) of each graph initializer that holds `layer`'s weight (`kohya`:
+    each network's module names with their dots as underscores -> the names)."""
     out = []
     for network in COMPONENT_NETWORKS[layer.component]:
         net = ready.get(network)
         if net is None:
             continue
-        targets = net.lora_targets
-        module = layer.module
-        if layer.kohya:
-            module = {m.replace(".", "_"): m for m in targets}.get(module, module)
-        for initializer, transposed, shape in targets.get(module, ()):
+        module = kohya[network].get(layer.module, layer.module) if layer.kohya else layer.module
+        for initializer, transposed, shape in net.lora_targets.get(module, ()):
             out.append((network, initializer, bool(transposed), tuple(shape)))
     return out
 
