@@ -78,6 +78,32 @@ def engine_dirs(tiny_pipelines, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def lora_adapters(tiny_pipelines, tmp_path_factory) -> dict[str, Path]:
+    """{'A': a diffusers-format UNet + text-encoder LoRA of the tiny SD 1 fixture, 'B': a UNet LoRA, 'B-kohya': B
+    under kohya's names} (tests/fixtures/lora.py)."""
+    from diffusers import StableDiffusionPipeline
+
+    from tests.fixtures.lora import save_kohya_lora, save_peft_lora
+
+    root = tmp_path_factory.mktemp("lora")
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipelines["sd1"])
+    a = save_peft_lora(pipe, root / "A.safetensors", seed=0, text_encoder=True)
+    b = save_peft_lora(pipe, root / "B.safetensors", seed=3)
+    return {"A": a, "B": b, "B-kohya": save_kohya_lora(b, root / "B-kohya.safetensors")}
+
+
+@pytest.fixture(scope="session")
+def lora_engine(tiny_pipelines, lora_adapters, tmp_path_factory) -> Path:
+    """The tiny SD 1 fixture with adapter A fused at scale 1, exported --lora-ready (B can be swapped in)."""
+    from svdedit.export.exporter import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("lora-engine") / "engine"
+    export_model(tiny_pipelines["sd1"], out, ExportOptions(lora=((str(lora_adapters["A"]), 1.0),), lora_ready=True),
+                 log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def xl_pipeline(tmp_path_factory) -> Path:
     """The tiny seeded SDXL pipeline (tests/fixtures/tiny_sd.py, flavour sdxl), saved with save_pretrained."""
     from tests.fixtures.tiny_sd import save_tiny_pipeline

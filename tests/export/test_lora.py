@@ -1,8 +1,9 @@
 """LoRA (export/svdedit/export/lora.py, runtime/svdedit/runtime/engines/lora.py): fused at export, and swapped at run
 time torch-free, each against diffusers' own load_lora_weights on the tiny SD 1 fixture.
 
-One export serves every test: the fixture with adapter A (UNet and text-encoder layers, diffusers/peft format) fused
-at scale 1, exported --lora-ready. Adapter B (UNet, converted to kohya's names) is then swapped in at run time."""
+One export serves every test (tests/conftest.py lora_engine, which the service's LoRA tests share): the fixture with
+adapter A (UNet and text-encoder layers, diffusers/peft format) fused at scale 1, exported --lora-ready. Adapter B
+(UNet, converted to kohya's names) is then swapped in at run time."""
 
 from __future__ import annotations
 
@@ -21,27 +22,9 @@ TOL = 1e-4  # the manifest's parity tolerances of these networks are ~1e-3 of th
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_pipelines, tmp_path_factory):
-    """{'A': diffusers-format UNet + text-encoder LoRA, 'B': a UNet LoRA, 'B-kohya': B under kohya's names}."""
-    from diffusers import StableDiffusionPipeline
-
-    from tests.fixtures.lora import save_kohya_lora, save_peft_lora
-
-    root = tmp_path_factory.mktemp("lora")
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipelines["sd1"])
-    a = save_peft_lora(pipe, root / "A.safetensors", seed=0, text_encoder=True)
-    b = save_peft_lora(pipe, root / "B.safetensors", seed=3)
-    return {"A": a, "B": b, "B-kohya": save_kohya_lora(b, root / "B-kohya.safetensors")}
-
-
-@pytest.fixture(scope="module")
-def lora_engine(tiny_pipelines, adapters, tmp_path_factory):
-    from svdedit.export.exporter import ExportOptions, export_model
-
-    out = tmp_path_factory.mktemp("lora-engine") / "engine"
-    export_model(tiny_pipelines["sd1"], out, ExportOptions(lora=((str(adapters["A"]), 1.0),), lora_ready=True),
-                 log=lambda m: None)
-    return out
+def adapters(lora_adapters):
+    """tests/conftest.py's lora_adapters: {'A', 'B', 'B-kohya'}."""
+    return lora_adapters
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,14 @@ at /, the API's schema at /docs, Prometheus metrics at /metrics, /healthz and /r
 opened once; concurrent edits that share their knobs are batched into shared UNet calls (--max-batch
 images, waiting at most --max-wait-ms). A full queue answers 503 with Retry-After. With --ray the same
 app runs as a Ray Serve deployment of --replicas replicas (extra svdedit[ray]).
+
+LoRA adapters: --lora NAME=FILE (repeatable, --lora-scale S paired by position) on an engine dir
+exported --lora-ready. Each is merged once (cached per user) and opened beside the engine as exported;
+a request picks one by name in its `lora` field, GET /v1/adapters lists them.
 """
 
+#: ServeSettings' fields that are not one flag each
+NOT_FLAT = ("engine_dir", "limits", "lora")
 SETTING_HELP = {
     "store": "the attribute store folder (default: ~/.local/share/svdedit/attributes/<engine identity>)",
     "provider": "what runs the networks (see svdedit generate --help): auto, tensorrt, ort-tensorrt, cuda, cpu or "
@@ -51,10 +57,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=positive_int, default=8000, help="port to listen on")
     g = p.add_argument_group("service settings (the limits are runtime/svdedit/runtime/limits.py's, shared with the command line)")
-    for f in [f for f in fields(ServeSettings) if f.name not in ("engine_dir", "limits")] + list(fields(Limits)):
+    for f in [f for f in fields(ServeSettings) if f.name not in NOT_FLAT] + list(fields(Limits)):
         kind = {"int": positive_int, "float": number}.get(f.type.split(" ")[0], str)
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default,
                        help=SETTING_HELP[f.name])
+    a = p.add_argument_group("LoRA adapters (an engine dir exported --lora-ready)")
+    a.add_argument("--lora", action="append", default=argparse.SUPPRESS, metavar="NAME=FILE",
+                   help="a LoRA adapter (.safetensors: diffusers/peft or kohya keys) that requests name in their `lora` "
+                        "field. Repeat for several; each takes the memory of the networks it changes")
+    a.add_argument("--lora-scale", action="append", default=argparse.SUPPRESS, type=number, metavar="S",
+                   help="the strength of the --lora of the same position (default 1; -8 to 8)")
     r = p.add_argument_group("Ray Serve (extra svdedit[ray])")
     r.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment instead of one uvicorn process")
     r.add_argument("--replicas", type=positive_int, default=1, help="replicas (each opens the engines once)")
@@ -79,14 +91,18 @@ def run(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.engine_dir)  # a wrong engine dir is an error now, not in a replica
     from svdedit.runtime.limits import Limits
 
-    names = [f.name for f in fields(ServeSettings) if f.name not in ("engine_dir", "limits")]
+    names = [f.name for f in fields(ServeSettings) if f.name not in NOT_FLAT]
     names += [f.name for f in fields(Limits)]
     options = {n: getattr(args, n) for n in names}
     options["store"] = Path(options["store"]) if options["store"] else None
-    settings = ServeSettings.make(Path(args.engine_dir), **options).check()
-    from svdedit.runtime.engines import resolve_precision
+    settings = ServeSettings.make(Path(args.engine_dir), lora=named_adapters(args), **options).check()
+    from svdedit.runtime.engines import backend_of, refuse_swapped, resolve_precision, resolve_provider
+    from svdedit.runtime.engines.lora import merge_plan, read_adapter
 
     resolve_precision(settings.provider, settings.precision, manifest)  # a precision it cannot run: an error now
+    for _, file, scale in settings.lora:  # an adapter this engine or provider cannot take: an error now, not later
+        if merge_plan(manifest, [read_adapter(file, scale)]):
+            refuse_swapped(backend_of(resolve_provider(settings.provider, manifest), manifest, args.engine_dir))
     if not args.ray:
         serving.run_uvicorn(settings, args.host, args.port, manifest)
         return 0
@@ -99,3 +115,20 @@ def run(args: argparse.Namespace) -> int:
     serving.run_ray(settings, args.host, args.port, args.replicas, args.cpus_per_replica, args.gpus_per_replica,
                     args.ray_address, autoscaling)
     return 0
+
+
+def named_adapters(args: argparse.Namespace) -> tuple[tuple[str, str, float], ...]:
+    """(name, file, scale) of each --lora NAME=FILE, its --lora-scale paired by position (1 where none is given);
+    the files as absolute paths (a Ray replica may start elsewhere)."""
+    from svdedit.cli.args import lora_pairs
+    from svdedit.runtime.errors import SvdeditError
+
+    out = []
+    given = argparse.Namespace(lora=getattr(args, "lora", []), lora_scale=getattr(args, "lora_scale", []))
+    for spec, scale in lora_pairs(given):
+        name, eq, file = spec.partition("=")
+        if not eq or not name or not file:
+            raise SvdeditError(f"--lora {spec!r}: the service names its adapters: give --lora NAME=FILE, e.g. "
+                               f"--lora watercolour=watercolour.safetensors (requests then send \"lora\": \"watercolour\").")
+        out.append((name, str(Path(file).expanduser().resolve()), scale))
+    return tuple(out)

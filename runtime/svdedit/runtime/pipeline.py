@@ -80,7 +80,7 @@ class Intervals:
 class Pipeline:
     def __init__(self, engine_dir: str | Path, provider: str = "auto", intervals: Intervals | None = None,
                  manifest: Manifest | None = None, size: int | None = None, precision: str | None = None,
-                 latents_on_device: bool | None = None, lora: Sequence[Adapter] = ()):
+                 latents_on_device: bool | None = None, lora: Sequence[Adapter] = (), share: "Pipeline | None" = None):
         """`engine_dir`: a folder, or a built-in name (svdedit:shapes). `intervals`: step caching (default: the
         engine's own, recorded at export; 1 and 1 for an engine without step caching). `size`: the image side
         that noise() draws and fit() crops to (default: the model's, e.g. 1024 for SDXL; any side the engine dir
@@ -92,7 +92,10 @@ class Pipeline:
         runs on a GPU and CuPy sees it, False never (the latents cross to the host each step). `lora`: adapters
         (engines/lora.read_adapter) merged into the weights of an engine dir exported --lora-ready, on onnxruntime
         (merged here, on construction, into the per-user cache, once per adapter set: engines/lora.swapped_graphs);
-        the manifest then records them (Manifest.with_adapters), so the engine has another identity.
+        the manifest then records them (Manifest.with_adapters), so the engine has another identity. `share`: a
+        pipeline of the same engine dir, provider and precision without adapters (a service's base pipeline), whose
+        runners run the networks these adapters leave unchanged, so that they are not loaded twice; it must be
+        entered before this one and left after it.
 
         Constructing is cheap (the manifest, the schedule, the tokenizer); the networks are loaded on entering
         the `with` block."""
@@ -112,6 +115,9 @@ class Pipeline:
         self.size = self.check_size(m.image_size.default if size is None else size)
         self.precision = resolve_precision(provider, precision, m)
         self.engines = open_engines(self.engine_dir, m, provider, self.precision, graphs)
+        #: the networks `share` runs for this pipeline (not entered here)
+        self.borrowed = self.borrow(share, provider, graphs) if share is not None else set()
+        self.provider_asked = provider
         self.conditioning = conditioning_for(self.engine_dir, m, self.engines)
         self._opened: ExitStack | None = None
         self.requested_latents_on_device = latents_on_device
@@ -121,11 +127,23 @@ class Pipeline:
         """Activate every runner and choose where the latents live; if either fails, the runners already active are
         deactivated before the error propagates."""
         with ExitStack() as stack:
-            for runner in self.engines.values():
-                stack.enter_context(runner)
+            for name, runner in self.engines.items():
+                if name not in self.borrowed:
+                    stack.enter_context(runner)
             self.xp = self.latent_module()
             self._opened = stack.pop_all()
         return self
+
+    def borrow(self, share: "Pipeline", provider: str, graphs: dict) -> set[str]:
+        """Take `share`'s runners for the networks that `graphs` (the swapped ones) leave alone; their names."""
+        if (share.engine_dir, share.provider_asked, share.precision) != (self.engine_dir, provider, self.precision) \
+                or share.adapters:
+            raise SvdeditError(f"a pipeline can share the networks of one of the same engine dir, provider and precision "
+                               f"without adapters only ({share.engine_dir}, {share.provider_asked}, {share.precision}, "
+                               f"{len(share.adapters)} adapters).")
+        names = {name for name in self.engines if name not in graphs}
+        self.engines.update({name: share.engines[name] for name in names})
+        return names
 
     def latent_module(self):
         """numpy, or cupy when the latents are to stay on the GPU (the UNet's runners on a GPU provider, CuPy there)."""

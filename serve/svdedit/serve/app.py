@@ -10,6 +10,7 @@ Routes (versioned, OpenAPI schema at /docs):
 
     POST   /v1/attributes        learn an attribute from a prompt pair -> its id (the store: store.py)
     GET    /v1/attributes        the attributes of this model;  GET/DELETE /v1/attributes/{id}
+    GET    /v1/adapters          the LoRA adapters a request may name in `lora` (svdedit serve --lora NAME=FILE)
     POST   /v1/edits             edit seeds or an image (JSON with a base64 image, or a multipart upload)
     POST   /v1/generate          text to image
     GET    /healthz  /readyz  /metrics (Prometheus)          GET /  the web page (static/)
@@ -43,6 +44,7 @@ from svdedit.serve.bodies import edit_from_json, parse_json, validated
 from svdedit.serve.errors import RequestTimeout, described, error_response
 from svdedit.serve.guard import Counted, RequestGuard
 from svdedit.serve.models import (
+    AdapterInfo,
     AttributeInfo,
     EditBody,
     EditResponse,
@@ -76,7 +78,7 @@ EDIT_BODY = json_body(EditBody, {"multipart/form-data": {"schema": {
     "type": "object", "required": ["prompt", "attributes", "image"], "properties": {
         "prompt": {"type": "string"}, "attributes": {"type": "string", "description": "ids, comma-separated"},
         "strength": {"type": "number"}, "target_prompt": {"type": "string"}, "cache_interval": {"type": "integer"},
-        "image": {"type": "string", "format": "binary"}}}}})
+        "lora": {"type": "string"}, "image": {"type": "string", "format": "binary"}}}}})
 
 
 @router.get("/healthz", tags=["operations"])
@@ -122,6 +124,13 @@ async def get_attribute(request: Request, attr_id: str) -> dict:
 async def delete_attribute(request: Request, attr_id: str) -> Response:
     await backend_of(request).delete_attribute(attr_id)
     return Response(status_code=204)
+
+
+@router.get("/v1/adapters", tags=["adapters"], response_model=list[AdapterInfo])
+async def list_adapters(request: Request) -> list[dict]:
+    """The LoRA adapters of this deployment (`svdedit serve --lora NAME=FILE`): a request's `lora` names one;
+    without it a request runs on the engine as exported."""
+    return await backend_of(request).adapters()
 
 
 @router.post("/v1/edits", tags=["edits"], response_model=EditResponse, openapi_extra=EDIT_BODY)

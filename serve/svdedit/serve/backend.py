@@ -57,6 +57,10 @@ class Backend:
     async def delete_attribute(self, attr_id: str) -> None:
         raise NotImplementedError
 
+    async def adapters(self) -> list[dict]:
+        """The LoRA adapters a request may name (EditService.adapters)."""
+        raise NotImplementedError
+
     async def ready(self) -> bool:
         raise NotImplementedError
 
@@ -116,6 +120,9 @@ class LocalBackend(Backend):
 
     async def delete_attribute(self, attr_id: str) -> None:
         self.service.attributes().delete(attr_id)
+
+    async def adapters(self) -> list[dict]:
+        return self.service.adapters()
 
     async def ready(self) -> bool:
         return self.service.ready

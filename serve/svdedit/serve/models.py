@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from svdedit.runtime.editing import request as runtime
 from svdedit.runtime.editing.knobs import BOUNDS, Knobs
-from svdedit.runtime.editing.request import MAX_ATTRIBUTES, MAX_NAME_CHARS, PARAMS, SEED_MAX, describe
+from svdedit.runtime.editing.request import ADAPTER_NAME, MAX_ATTRIBUTES, MAX_NAME_CHARS, PARAMS, SEED_MAX, describe
 from svdedit.runtime.limits import Limits
 
 #: the runtime's field name -> this API's (the others are the same)
@@ -29,9 +29,10 @@ class LearnBody(BaseModel):
     target: str = Field(description=describe("target"))
     seed: int = Field(0, description=describe("seed"))
     knobs: dict[str, Any] = Field(default_factory=dict, description=describe("knobs", "; any of `svdedit learn`'s knobs"))
+    lora: str | None = Field(None, description=describe("lora"))
 
     def request(self) -> runtime.LearnRequest:
-        return runtime.LearnRequest(self.source, self.target, self.seed, runtime.knobs_from(self.knobs))
+        return runtime.LearnRequest(self.source, self.target, self.seed, runtime.knobs_from(self.knobs), self.lora)
 
 
 class AttributeInfo(BaseModel):
@@ -41,6 +42,16 @@ class AttributeInfo(BaseModel):
     seed: int
     knobs: dict[str, Any]
     losses: dict[str, float]
+    lora: str | None = Field(None, description="the adapter it was learned with (edits of it name the same one)")
+
+
+class AdapterInfo(BaseModel):
+    name: str = Field(description="what a request's `lora` names")
+    file: str = Field(description="the adapter file's name")
+    sha256: str
+    scale: float
+    layers: int = Field(description="LoRA layers in the file")
+    components: list[str] = Field(description="the networks it changes (unet, text_encoder, ...)")
 
 
 class EditBody(BaseModel):
@@ -52,13 +63,15 @@ class EditBody(BaseModel):
     image: str | None = Field(None, description=describe("images", ": base64 of one PNG/JPEG/WebP file"))
     target_prompt: str | None = Field(None, description=describe("target_prompt"))
     cache_interval: int | None = Field(None, description=describe("cache_interval"))
+    lora: str | None = Field(None, description=describe("lora"))
 
     def request(self, image: bytes | None) -> runtime.EditRequest:
         """The runtime's request (`image`: the decoded base64 of `image`), not yet checked."""
         return runtime.EditRequest(tuple(self.attributes), self.prompt,
                                    seeds=tuple(self.seeds) if self.seeds is not None else None,
                                    images=(image,) if image is not None else None, strengths=(self.strength,),
-                                   target_prompt=self.target_prompt, cache_interval=self.cache_interval)
+                                   target_prompt=self.target_prompt, cache_interval=self.cache_interval,
+                                   lora=self.lora)
 
 
 class EditedImage(BaseModel):
@@ -79,9 +92,10 @@ class GenerateBody(BaseModel):
     seed: int = Field(0, description=describe("seed"))
     steps: int = Field(50, description=describe("steps"))
     guidance: float = Field(3.0, description=describe("guidance"))
+    lora: str | None = Field(None, description=describe("lora"))
 
     def request(self) -> runtime.GenerateRequest:
-        return runtime.GenerateRequest(self.prompt, self.seed, self.steps, self.guidance)
+        return runtime.GenerateRequest(self.prompt, self.seed, self.steps, self.guidance, self.lora)
 
 
 class GenerateResponse(BaseModel):
@@ -94,6 +108,7 @@ def bounds(limits: Limits) -> dict[str, dict[str, dict]]:
     client reads them at /docs before it sends anything."""
     text = {"maxLength": limits.max_prompt_chars}
     seed = {"minimum": 0, "maximum": SEED_MAX}
+    lora = {"pattern": f"^{ADAPTER_NAME.pattern}$"}
 
     def ranged(name: str) -> dict:
         return {"minimum": PARAMS[name].lo, "maximum": PARAMS[name].hi}
@@ -103,11 +118,11 @@ def bounds(limits: Limits) -> dict[str, dict[str, dict]]:
                                     "items": {"minLength": 1, "maxLength": MAX_NAME_CHARS}},
                      "seeds": {"minItems": 1, "maxItems": limits.max_seeds, "items": seed},
                      "image": {"maxLength": 4 * math.ceil(limits.max_file_bytes / 3)},
-                     "cache_interval": ranged("cache_interval")},
-        "LearnBody": {"source": text, "target": text, "seed": seed,
+                     "cache_interval": ranged("cache_interval"), "lora": lora},
+        "LearnBody": {"source": text, "target": text, "seed": seed, "lora": lora,
                       "knobs": {"maxProperties": len(fields(Knobs)), "properties": _knob_bounds(limits)}},
         "GenerateBody": {"prompt": text, "seed": seed, "steps": {"minimum": 1, "maximum": limits.max_steps},
-                         "guidance": ranged("guidance")},
+                         "guidance": ranged("guidance"), "lora": lora},
     }
 
 

@@ -85,6 +85,11 @@ class SvdeditModel:
     async def generate(self, request: GenerateRequest) -> tuple:
         return await self._guarded(self._run(self.service.generate, request))
 
+    async def adapters(self) -> tuple:
+        async def work():
+            return self.service.adapters()
+        return await self._guarded(work())
+
     async def store(self, operation: str, *args) -> tuple:
         async def work():
             return getattr(self.service.attributes(), operation)(*args)
@@ -143,6 +148,9 @@ class SvdeditGateway(Backend):
 
     async def delete_attribute(self, attr_id: str) -> None:
         await self._call("store", "delete", attr_id)
+
+    async def adapters(self) -> list[dict]:
+        return await self._call("adapters")
 
     async def ready(self) -> bool:
         try:

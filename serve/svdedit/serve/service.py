@@ -8,6 +8,12 @@
 The requests are the runtime's own values (runtime/svdedit/runtime/editing/request.py), checked here
 against this service's limits before anything waits in a queue.
 
+LoRA adapters (settings.lora, `svdedit serve --lora NAME=FILE`): each is a Pipeline of its own beside the
+engine as exported, opened with the service (its merge cached per user: runtime/svdedit/runtime/engines/
+lora.py), sharing the base pipeline's runners for the networks it leaves unchanged. A request names its
+adapter in `lora` (none: the engine as exported); jobs of different adapters never share a batch, and an
+attribute is edited with the adapter it was learned with (its engine identity includes the adapter).
+
 `run_batch` is what both front ends feed: the local micro-batcher under uvicorn (batching.py) and
 Ray Serve's @serve.batch (ray_app.py). Jobs whose attributes share the knobs of the edit
 (Knobs.edit_key) and their kind (seeds or an image) go into one Editor call with a Recipe per image;
@@ -31,7 +37,8 @@ from svdedit.runtime.editing.edit import Editor, Recipe
 from svdedit.runtime.editing.learn import learn
 from svdedit.runtime.editing.request import EditRequest, GenerateRequest, LearnRequest
 from svdedit.runtime.engines import Manifest
-from svdedit.runtime.errors import InvalidRequestError, SvdeditError
+from svdedit.runtime.engines.lora import read_adapter
+from svdedit.runtime.errors import AttributeFileError, InvalidRequestError, SvdeditError
 from svdedit.runtime.images import decode_image, encode_png, fit, to_uint8
 from svdedit.runtime.pipeline import Intervals, Pipeline
 from svdedit.runtime.timing import Stages
@@ -52,6 +59,7 @@ class EditJob:
     image: np.ndarray | None = None    # float32 (3, H, W) in [-1, 1], fitted to the model's size
     original: tuple[int, int] | None = None  # the image's (width, height) before it was fitted (SDXL's size conditioning)
     intervals: Intervals = Intervals()  # step caching: only jobs with the same intervals share a batch
+    lora: str | None = None            # the adapter's name (None: the engine as exported); only the same share a batch
 
     @property
     def n_images(self) -> int:
@@ -59,7 +67,7 @@ class EditJob:
 
     def batch_key(self) -> tuple:
         """Jobs with the same key can share one batch."""
-        return ("seeds" if self.seeds is not None else "image", self.intervals) + \
+        return ("seeds" if self.seeds is not None else "image", self.intervals, self.lora) + \
             self.recipe.attributes[0].knobs.edit_key()
 
 
@@ -76,7 +84,9 @@ class EditService:
     def __init__(self, settings: ServeSettings):
         self.settings = settings.check()
         self.limits = settings.request_limits()
-        self.pipe: Pipeline | None = None
+        self.pipe: Pipeline | None = None  # the engine as exported
+        #: every open pipeline by its adapter's name: None (the engine as exported, `pipe`), then settings.lora's
+        self.pipes: dict[str | None, Pipeline] = {}
         self.store: AttributeStore | None = None
         #: each image's inversion and pair, reused by the next edit of the same image (strength slider)
         self.cache = EditCache(settings.edit_cache_mb << 20) if settings.edit_cache_mb else None
@@ -84,22 +94,39 @@ class EditService:
 
     # ---- lifecycle ----
     def open(self, manifest: Manifest | None = None) -> "EditService":
-        """Load the engines (`manifest`: the engine dir's, if the caller has read it already)."""
-        pipe = Pipeline(self.settings.engine_dir, self.settings.provider, manifest=manifest,
-                        precision=self.settings.precision).__enter__()
+        """Load the engines, and each adapter's (`manifest`: the engine dir's, if the caller has read it already)."""
+        s = self.settings
+        pipe = Pipeline(s.engine_dir, s.provider, manifest=manifest, precision=s.precision).__enter__()
+        self.pipes = {None: pipe}
+        try:
+            for name, file, scale in s.lora:
+                self.pipes[name] = Pipeline(s.engine_dir, s.provider, manifest=pipe.manifest, precision=s.precision,
+                                            lora=[read_adapter(file, scale)], share=pipe).__enter__()
+                log.info("adapter %r (%s) open; its own networks: %s", name, self.pipes[name].adapters[0],
+                         sorted(set(pipe.engines) - self.pipes[name].borrowed) or "none")
+        except BaseException:
+            self.close_pipes()
+            raise
+        adapter_of: dict[str, str | None] = {}  # engine identity -> adapter (the engine as exported first: an adapter
+        for name, p in self.pipes.items():      # at scale 0 has its identity)
+            for identity in p.manifest.identities():
+                adapter_of.setdefault(identity, name)
         ids = pipe.manifest.identities()
-        self.store = AttributeStore(self.settings.store or default_store_root() / ids[0][:16], ids)
+        self.store = AttributeStore(s.store or default_store_root() / ids[0][:16], adapter_of)
         self.pipe = pipe
         self._opened.set()
-        log.info("engines of %s open on %s; attribute store %s", self.settings.engine_dir, pipe.providers,
-                 self.store.folder)
+        log.info("engines of %s open on %s; attribute store %s", s.engine_dir, pipe.providers, self.store.folder)
         return self
 
     def close(self) -> None:
         self._opened.clear()
-        if self.pipe is not None:
-            self.pipe.__exit__(None, None, None)
-            self.pipe = None
+        self.close_pipes()
+
+    def close_pipes(self) -> None:
+        """Leave every open pipeline: the adapters' first (they run some networks on the base pipeline's runners)."""
+        for name in reversed(list(self.pipes)):
+            self.pipes.pop(name).__exit__(None, None, None)
+        self.pipe = None
 
     @property
     def ready(self) -> bool:
@@ -118,13 +145,16 @@ class EditService:
         NotFoundError or ImageTooLargeError otherwise."""
         self._require_ready()
         request = request.check(self.limits)
+        pipe = self.pipe_for(request.lora)
         if len(request.strengths) != 1:
             raise InvalidRequestError("strengths", "{field}: one strength per request (send one request per strength: "
                                                    "the edit cache makes each after the first cheap).")
         attrs = tuple(self.store.get(a) for a in request.attributes)
+        for attr_id, attr in zip(request.attributes, attrs):
+            self.check_adapter(attr_id, attr.engine, request.lora)
         recipe = Recipe(attrs, request.strengths[0])
         try:
-            Editor(self.pipe).check([recipe])  # attributes that cannot be combined fail here, not in a batch
+            Editor(pipe).check([recipe])  # attributes that cannot be combined fail here, not in a batch
         except InvalidRequestError:
             raise
         except SvdeditError as exc:
@@ -143,16 +173,40 @@ class EditService:
                 raise InvalidRequestError("images", f"the image is {len(image)} bytes; the limit is "
                                                     f"{self.limits.max_file_bytes} bytes.")
             decoded = decode_image(image, "the uploaded image", self.limits)
-            fitted, original = fit(decoded, self.pipe.size), decoded.size
+            fitted, original = fit(decoded, pipe.size), decoded.size
         return EditJob(recipe, request.prompt, target_prompt, list(request.seeds) if request.seeds is not None else None,
-                       fitted, original, self._intervals(request.cache_interval))
+                       fitted, original, self._intervals(pipe, request.cache_interval), request.lora)
 
-    def _intervals(self, cache_interval: int | None) -> Intervals:
-        default = self.pipe.default_intervals
+    def pipe_for(self, name: str | None) -> Pipeline:
+        """The pipeline of the adapter `name` (None: the engine as exported); InvalidRequestError for another name."""
+        if name not in self.pipes:
+            known = [n for n in self.pipes if n is not None]
+            raise InvalidRequestError("lora", f"{{field}}: this service has no adapter {name!r}; " + (
+                f"its adapters are {', '.join(map(repr, known))} (GET /v1/adapters), or leave {{field}} out for the "
+                f"engine as exported." if known else "it was started without adapters (`svdedit serve ENGINE_DIR "
+                                                     "--lora NAME=FILE` adds them); leave {field} out."))
+        return self.pipes[name]
+
+    def check_adapter(self, attr_id: str, engine: str, name: str | None) -> None:
+        """An attribute is edited with the adapter it was learned with: AttributeFileError (409) naming it otherwise."""
+        if engine not in self.pipes[name].manifest.identities():
+            learned = self.store.adapter_of[engine]  # the store took it: it is one of this service's identities
+            with_ = f"with adapter {learned!r}" if learned is not None else "on the engine without an adapter"
+            send = f'send "lora": "{learned}"' if learned is not None else 'leave "lora" out'
+            raise AttributeFileError(f"attribute {attr_id} was learned {with_}: {send} to edit with it (an attribute "
+                                     f"belongs to the weights it was learned on).")
+
+    def adapters(self) -> list[dict]:
+        """The adapters a request may name: name, file, sha256, scale, layers, components."""
+        self._require_ready()
+        return [{"name": name, **p.adapters[0].record()} for name, p in self.pipes.items() if name is not None]
+
+    def _intervals(self, pipe: Pipeline, cache_interval: int | None) -> Intervals:
+        default = pipe.default_intervals
         if cache_interval is None:
             return default
         try:
-            return self.pipe.check_intervals(Intervals(cache_interval, default.invert))
+            return pipe.check_intervals(Intervals(cache_interval, default.invert))
         except SvdeditError as exc:
             raise InvalidRequestError("cache_interval", str(exc)) from None
 
@@ -186,11 +240,12 @@ class EditService:
 
     def _run_group(self, group: list[EditJob]) -> list[EditOutcome]:
         stages = Stages()
-        editor = Editor(self.pipe, stages=stages, cache=self.cache)
+        pipe = self.pipes[group[0].lora]
+        editor = Editor(pipe, stages=stages, cache=self.cache)
         recipes = [j.recipe for j in group for _ in range(j.n_images)]
         prompts = [j.prompt for j in group for _ in range(j.n_images)]
         targets = [j.target_prompt for j in group for _ in range(j.n_images)]
-        with self.pipe.using(group[0].intervals):
+        with pipe.using(group[0].intervals):
             if group[0].seeds is not None:
                 seeds = [s for j in group for s in j.seeds]
                 result = editor.edit_seeds_with(recipes, prompts, seeds, targets, batch=len(recipes))
@@ -217,12 +272,13 @@ class EditService:
         """Learn an attribute, store it, and describe it (with its id)."""
         self._require_ready()
         request = request.check(self.limits)
-        attr = learn(Editor(self.pipe), request.source, request.target, seed=request.seed, knobs=request.knobs)
+        attr = learn(Editor(self.pipe_for(request.lora)), request.source, request.target, seed=request.seed, knobs=request.knobs)
         return self.store.describe(self.store.save(attr))
 
     def generate(self, request: GenerateRequest) -> bytes:
         """Text to image (PNG)."""
         self._require_ready()
         r = request.check(self.limits)
-        latent = self.pipe.generate(r.prompt, seed=r.seed, steps=r.steps, guidance=r.guidance)
-        return encode_png(to_uint8(self.pipe.decode(latent))[0])
+        pipe = self.pipe_for(r.lora)
+        latent = pipe.generate(r.prompt, seed=r.seed, steps=r.steps, guidance=r.guidance)
+        return encode_png(to_uint8(pipe.decode(latent))[0])

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from svdedit.runtime.editing.request import ADAPTER_NAME
 from svdedit.runtime.errors import SvdeditError
 from svdedit.runtime.limits import LIMITS, Limits
 
@@ -28,6 +29,9 @@ class ServeSettings:
     provider: str = "auto"
     #: what the networks compute in (None: the provider's default; runtime/svdedit/runtime/engines resolve_precision)
     precision: str | None = None
+    #: LoRA adapters a request may name: (name, file, scale) each, swapped into an engine dir exported --lora-ready
+    #: (svdedit serve --lora NAME=FILE [--lora-scale S]); each is opened beside the engine as exported
+    lora: tuple[tuple[str, str, float], ...] = ()
     # ---- dynamic batching ----
     max_batch: int = 8              # images per batch: concurrent requests share every UNet call
     max_wait_ms: float = 25.0       # how long the first request of a batch waits for others
@@ -63,6 +67,14 @@ class ServeSettings:
                     continue  # 0 turns the cache off
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
                     raise SvdeditError(f"--{f.name.replace('_', '-')} {value}: must be positive.")
+        names = [name for name, _, _ in self.lora]
+        for name in names:
+            if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name):
+                raise SvdeditError(f"--lora {name!r}=FILE: an adapter's name is 1 to 64 letters, digits, '.', '_' or '-' "
+                                   f"(requests name it in their `lora` field), e.g. --lora watercolour=style.safetensors.")
+        if len(set(names)) != len(names):
+            raise SvdeditError(f"--lora names {sorted({n for n in names if names.count(n) > 1})} more than once: give "
+                               f"each adapter its own name.")
         if self.max_queue < self.max_batch:
             raise SvdeditError(f"--max-queue {self.max_queue} is smaller than --max-batch {self.max_batch}; a full batch "
                                f"could never wait. Give a queue at least as long as a batch.")

@@ -16,6 +16,7 @@ import threading
 import uuid
 from dataclasses import asdict
 from pathlib import Path
+from typing import Mapping
 
 from svdedit.runtime.editing.avi import Attribute
 from svdedit.runtime.errors import AttributeFileError, NotFoundError, SvdeditError, shown
@@ -25,10 +26,14 @@ SUFFIX = ".safetensors"
 
 
 class AttributeStore:
-    def __init__(self, folder: str | Path, engine: str | tuple[str, ...]):
+    def __init__(self, folder: str | Path, engine: str | tuple[str, ...] | Mapping[str, str | None]):
+        """`engine`: the identities whose attributes this store serves (Manifest.identities()), or {identity: the name
+        of the LoRA adapter it has, None for the engine as exported} (a service with adapters: EditService)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.engine_ids = (engine,) if isinstance(engine, str) else tuple(engine)  # Manifest.identities()
+        self.adapter_of = dict(engine) if isinstance(engine, Mapping) else \
+            dict.fromkeys((engine,) if isinstance(engine, str) else engine)
+        self.engine_ids = tuple(self.adapter_of)
         self._loaded: dict[str, Attribute] = {}
         self._lock = threading.Lock()
 
@@ -69,7 +74,7 @@ class AttributeStore:
     def describe(self, attr_id: str) -> dict:
         a = self.get(attr_id)
         return {"id": attr_id, "source": a.source, "target": a.target, "seed": a.seed, "knobs": asdict(a.knobs),
-                "losses": a.losses}
+                "losses": a.losses, "lora": self.adapter_of[a.engine]}
 
     def ids(self) -> list[str]:
         return sorted(p.stem for p in self.folder.glob(f"*{SUFFIX}") if ID_PATTERN.fullmatch(p.stem))

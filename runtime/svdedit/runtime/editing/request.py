@@ -19,6 +19,7 @@ dir, images decoded to the model's size) is checked by the Editor and the Pipeli
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
@@ -33,6 +34,8 @@ MAX_STRENGTHS = 16
 MAX_ATTRIBUTES = 16
 #: characters of one attribute's name: a file path (the command line) or a store id (the service)
 MAX_NAME_CHARS = 4096
+#: a LoRA adapter's name in the service (`svdedit serve --lora NAME=FILE`): letters, digits, '.', '_', '-'
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ PARAMS: dict[str, Param] = {
     "knobs": Param("the method's knobs (runtime/svdedit/runtime/editing/knobs.py), e.g. {'t_edit': 0.5}"),
     "steps": Param("DDIM steps", 1, LIMITS.max_steps),
     "guidance": Param("classifier-free guidance scale (1 = off)", 0, 100),
+    "lora": Param("a LoRA adapter to run with: in the service one of its adapters by name (GET /v1/adapters; "
+                  "none: the engine as exported); on the command line an adapter file"),
 }
 
 
@@ -115,6 +120,14 @@ def check_text(field: str, text, limits: Limits = LIMITS) -> str:
     return text
 
 
+def check_adapter_name(name: str | None) -> str | None:
+    """A request's adapter: None (the engine as exported) or a name as `svdedit serve --lora NAME=FILE` gives one."""
+    if name is not None and (not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name)):
+        raise InvalidRequestError("lora", f"{{field}} = {shown(name)} is not an adapter's name (1 to 64 letters, digits, "
+                                          f"'.', '_' or '-'); the service lists its adapters at GET /v1/adapters.")
+    return name
+
+
 def _count(field: str, items, least: int, most: int, what: str) -> None:
     if not least <= len(items) <= most:
         raise InvalidRequestError(field, f"{{field}}: {len(items)} {what} given; one request takes at least {least} "
@@ -133,6 +146,7 @@ class EditRequest:
     target_prompt: str | None = None
     cache_interval: int | None = None         # None: the engine's own
     batch: int = 16
+    lora: str | None = None                   # the service's adapter, by name (the command line opens its files itself)
 
     def check(self, limits: Limits = LIMITS) -> "EditRequest":
         """This request, every field in its bounds (an InvalidRequestError naming the first that is not)."""
@@ -167,6 +181,7 @@ class EditRequest:
         if self.cache_interval is not None:
             _whole("cache_interval", self.cache_interval, PARAMS["cache_interval"].lo, PARAMS["cache_interval"].hi)
         _whole("batch", self.batch, 1, limits.max_batch_size)
+        check_adapter_name(self.lora)
         return replace(self, attributes=tuple(self.attributes), strengths=strengths,
                        seeds=tuple(self.seeds) if self.seeds is not None else None,
                        images=tuple(self.images) if self.images is not None else None)
@@ -185,6 +200,7 @@ class LearnRequest:
     target: str
     seed: int = 0
     knobs: Knobs = Knobs()
+    lora: str | None = None
 
     def check(self, limits: Limits = LIMITS) -> "LearnRequest":
         check_text("source", self.source, limits)
@@ -196,6 +212,7 @@ class LearnRequest:
         knobs = self.knobs.check()
         _whole("knobs.steps", knobs.steps, 1, limits.max_steps)
         _whole("knobs.iters", knobs.iters, 0, limits.max_learn_iters)
+        check_adapter_name(self.lora)
         return self
 
 
@@ -207,11 +224,13 @@ class GenerateRequest:
     seed: int = 0
     steps: int = 50
     guidance: float = 7.5
+    lora: str | None = None
 
     def check(self, limits: Limits = LIMITS) -> "GenerateRequest":
         check_text("prompt", self.prompt, limits)
         _whole("seed", self.seed, 0, SEED_MAX)
         _whole("steps", self.steps, 1, limits.max_steps)
+        check_adapter_name(self.lora)
         return replace(self, guidance=_number("guidance", self.guidance, 0, 100))
 
 

@@ -65,19 +65,31 @@ def open_engines(engine_dir: str | Path, manifest: Manifest, provider: str = "au
     provider = resolve_provider(provider, manifest)
     precision = resolve_precision(provider, precision, manifest)
     graphs = graphs or {}
-    if provider == OPENVINO:
-        refuse_swapped(graphs, "OpenVINO")
+    backend = backend_of(provider, manifest, engine_dir)
+    if graphs:
+        refuse_swapped(backend)
+    if backend == OPENVINO:
         return {name: OpenvinoRunner(engine_dir, name, manifest, precision) for name in manifest.networks}
-    if provider == "tensorrt" or (provider == "auto" and plans_for_this_device(manifest, Path(engine_dir))):
-        refuse_swapped(graphs, "TensorRT plans")
+    if backend == "tensorrt":
         shared = SharedActivations()  # the networks run one after another: one activation buffer
         return {name: TensorrtRunner(engine_dir, name, manifest, shared) for name in manifest.networks}
     return {name: OrtRunner(engine_dir, name, manifest, provider, graph=graphs.get(name)) for name in manifest.networks}
 
 
-def refuse_swapped(graphs: dict, backend: str) -> None:
+def backend_of(provider: str, manifest: Manifest, engine_dir: str | Path) -> str:
+    """What open_engines runs the networks with for this (resolved) provider: "openvino", "tensorrt" (plans) or
+    "onnxruntime"."""
+    if provider == OPENVINO:
+        return OPENVINO
+    if provider == "tensorrt" or (provider == "auto" and plans_for_this_device(manifest, Path(engine_dir))):
+        return "tensorrt"
+    return "onnxruntime"
+
+
+def refuse_swapped(backend: str) -> None:
     """A run-time LoRA swap on a backend that does not take new weights yet: a SvdeditError naming the ways that work."""
-    if graphs:
+    if backend != "onnxruntime":
+        shown = {OPENVINO: "OpenVINO", "tensorrt": "TensorRT plans"}[backend]
         raise SvdeditError(f"a LoRA swapped in at run time runs on onnxruntime's providers (cpu, cuda, ort-tensorrt), "
-                           f"not yet on {backend}: choose one of those providers, or fuse the adapter at export "
+                           f"not yet on {shown}: choose one of those providers, or fuse the adapter at export "
                            f"(`svdedit export MODEL -o DIR --lora FILE`).")
