@@ -180,6 +180,28 @@ def test_run_time_lora_refusals(adapters, lora_engine):
         swapped_graphs(lora_engine, int8, [b])
 
 
+def test_swapped_on_openvino_matches_onnxruntime_and_is_compiled_under_the_adapters_identity(adapters, lora_engine,
+                                                                                              feeds):
+    openvino = pytest.importorskip("openvino")
+    from svdedit.runtime.engines import open_engines
+    from svdedit.runtime.engines.openvino import cache_folder
+
+    manifest = read_manifest(lora_engine)
+    b = read_adapter(adapters["B"], 0.5)
+    adapted = manifest.with_adapters([b.record()])
+    graphs = swapped_graphs(lora_engine, manifest, [b])
+    with open_engines(lora_engine, adapted, "openvino", "fp32", graphs)["unet"] as unet:
+        got = unet(**feeds["unet"])["model_output"]
+    with open_engines(lora_engine, manifest, "openvino", "fp32")["unet"] as unet:
+        plain = unet(**feeds["unet"])["model_output"]
+    want = engine_outputs(lora_engine, feeds, [b])["unet"]  # onnxruntime with B swapped in (held to diffusers above)
+    assert np.abs(got - want).max() < TOL and np.abs(got - plain).max() > 0.1
+    folders = [cache_folder(m, "unet", "fp32", openvino.__version__) for m in (adapted, manifest)]
+    assert folders[0] != folders[1] and all(f.is_dir() for f in folders)  # each weight set its own compiled model
+    with pytest.raises(SvdeditError, match="not yet on TensorRT plans"):
+        open_engines(lora_engine, adapted, "tensorrt", None, graphs)
+
+
 def test_a_lora_of_another_model_is_refused_at_export_and_at_run_time(tiny_pipelines, lora_engine, tmp_path):
     """An SDXL-like LoRA (modules the SD 1 UNet lacks), and one of this model's modules at the wrong width."""
     from safetensors.numpy import save_file

@@ -91,7 +91,7 @@ class Pipeline:
         the latents on the GPU during a DDIM run (the module docstring); None (the default) does so where the UNet
         runs on a GPU and CuPy sees it, False never (the latents cross to the host each step). `lora`: adapters
         (engines/lora.read_adapter) merged into the weights of an engine dir exported --lora-ready, on onnxruntime
-        (merged here, on construction, into the per-user cache, once per adapter set: engines/lora.swapped_graphs);
+        or OpenVINO (merged here, on construction, into the per-user cache, once per adapter set: swapped_graphs);
         the manifest then records them (Manifest.with_adapters), so the engine has another identity. `share`: a
         pipeline of the same engine dir, provider and precision without adapters (a service's base pipeline), whose
         runners run the networks these adapters leave unchanged, so that they are not loaded twice; it must be

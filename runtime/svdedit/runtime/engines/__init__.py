@@ -61,7 +61,7 @@ def open_engines(engine_dir: str | Path, manifest: Manifest, provider: str = "au
     when asked for (`tensorrt`), or when `auto` and `svdedit build` made plans for this GPU; otherwise onnxruntime
     sessions on the provider asked for. `auto` picks OpenVINO only for an engine dir that nothing else can run
     (resolve_provider): installing OpenVINO changes no one's numbers. `graphs`: {network: a graph file} to load in
-    place of the engine dir's (a LoRA swapped in at run time: engines/lora.swapped_graphs); onnxruntime only."""
+    place of the engine dir's (a LoRA swapped in at run time: engines/lora.swapped_graphs); onnxruntime and OpenVINO."""
     provider = resolve_provider(provider, manifest)
     precision = resolve_precision(provider, precision, manifest)
     graphs = graphs or {}
@@ -69,7 +69,8 @@ def open_engines(engine_dir: str | Path, manifest: Manifest, provider: str = "au
     if graphs:
         refuse_swapped(backend)
     if backend == OPENVINO:
-        return {name: OpenvinoRunner(engine_dir, name, manifest, precision) for name in manifest.networks}
+        return {name: OpenvinoRunner(engine_dir, name, manifest, precision, graph=graphs.get(name))
+                for name in manifest.networks}
     if backend == "tensorrt":
         shared = SharedActivations()  # the networks run one after another: one activation buffer
         return {name: TensorrtRunner(engine_dir, name, manifest, shared) for name in manifest.networks}
@@ -88,8 +89,7 @@ def backend_of(provider: str, manifest: Manifest, engine_dir: str | Path) -> str
 
 def refuse_swapped(backend: str) -> None:
     """A run-time LoRA swap on a backend that does not take new weights yet: a SvdeditError naming the ways that work."""
-    if backend != "onnxruntime":
-        shown = {OPENVINO: "OpenVINO", "tensorrt": "TensorRT plans"}[backend]
-        raise SvdeditError(f"a LoRA swapped in at run time runs on onnxruntime's providers (cpu, cuda, ort-tensorrt), "
-                           f"not yet on {shown}: choose one of those providers, or fuse the adapter at export "
-                           f"(`svdedit export MODEL -o DIR --lora FILE`).")
+    if backend == "tensorrt":
+        raise SvdeditError("a LoRA swapped in at run time runs on onnxruntime's providers (cpu, cuda, ort-tensorrt) "
+                           "and on openvino, not yet on TensorRT plans: choose one of those providers, or fuse the "
+                           "adapter at export (`svdedit export MODEL -o DIR --lora FILE`) and build plans of that.")

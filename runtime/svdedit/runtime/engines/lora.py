@@ -11,7 +11,7 @@ weight of the UNet and text encoders (by the diffusers module name, e.g. down_bl
 the graph initializer that holds it (transposed where the exporter folded a MatMul's transpose into it), and keeps
 those initializers in a safetensors file beside the graph (networks.NAME.lora_weights) that the graph reads as
 external data. A swap writes that file again, W' in place of W, into the per-user cache next to links to the graph
-(swapped_graphs), and onnxruntime loads the graph from there.
+(swapped_graphs), and onnxruntime (or OpenVINO) loads the graph from there.
 
 The formats read: diffusers/peft (`unet.MODULE.lora_A.weight` / `lora_B.weight`, also `lora.down` / `lora.up`
 and `lora_linear_layer.down` / `up`; alphas from the file's `lora_adapter_metadata`, as diffusers saves them, or

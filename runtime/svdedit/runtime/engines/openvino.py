@@ -146,8 +146,13 @@ class OpenvinoRunner(Runner):
     `opened_from` says whether the last activation compiled the graph or imported the cached blob, and
     `open_seconds` how long it took."""
 
-    def __init__(self, engine_dir: str | Path, network: str, manifest: Manifest, precision: str | None = None):
+    def __init__(self, engine_dir: str | Path, network: str, manifest: Manifest, precision: str | None = None,
+                 graph: Path | None = None):
+        """`graph`: a graph to compile in place of the engine dir's (a LoRA swapped in at run time:
+        engines/lora.swapped_graphs, whose merged weights it reads as external data; `manifest` is then the one with
+        the adapters, Manifest.with_adapters, so that the compiled model is cached under that identity)."""
         super().__init__(engine_dir, network, manifest)
+        self.graph = graph
         self.precision = check_precision(precision)
         self.compiled = self.request = None
         self.opened_from: str | None = None
@@ -202,7 +207,7 @@ class OpenvinoRunner(Runner):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _compile(self, core, config: dict):
-        path = self.engine_dir / self.entry.file
+        path = self.graph or self.engine_dir / self.entry.file
         try:
             return core.compile_model(str(path), "CPU", config)
         except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable and uncompilable graphs alike
