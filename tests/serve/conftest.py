@@ -85,19 +85,13 @@ def ray_server(port: int, engine: Path, store: Path, replicas: int = 2, **settin
     return url
 
 
-#: the API tests (test_api.py) that run on Ray Serve in `make test` too: its start, a learn and an edit through its
-#: replicas, its errors. The others run on Ray under `make test-slow` (the same service code as on uvicorn, where
-#: they all run; on Ray they cost ~1 min of CI's 20).
-RAY_IN_MAKE_TEST = {"test_health_readiness_schema_and_page", "test_edit_seeds_changes_the_colour_and_keeps_the_rest",
-                    "test_an_attribute_of_another_model_is_a_409", "test_bad_edit_requests_get_a_clear_4xx"}
-
-
 @pytest.hookimpl(tryfirst=True)  # before the `-m 'not slow'` selection
 def pytest_collection_modifyitems(config, items):
+    """Every test on Ray Serve runs under `make test-slow`, not `make test`: starting Ray and deploying the replicas
+    cost ~90 s of CI's 20 minutes, and the service code behind Ray Serve's gateway (ray_app.py) is the EditService
+    that every uvicorn test runs. Run `make test-slow` after a change to ray_app.py or the routes."""
     for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if item.module.__name__.endswith(".test_api") and params.get("server") == "ray" \
-                and item.originalname not in RAY_IN_MAKE_TEST:
+        if item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.slow)
 
 
