@@ -90,11 +90,11 @@ class ExportOptions:
 def _export_onnx(spec: NetworkSpec, module, feeds: dict, path: Path, opset: int | None) -> None:
     import torch
 
-    dims: dict = {}
-    dynamic_shapes = {
-        t.name: {axis: dims.setdefault(name, torch.export.Dim(name)) for axis, name in spec.dynamic_axes()[t.name].items()}
-        for t in spec.inputs
-    }
+    # Axes named by strings: torch.onnx makes each a Dim.DYNAMIC, whose bounds and relations (a UNet's latent side a
+    # multiple of 2 per level, a batch bound) torch.export infers, and names the ONNX axes after them. Named
+    # torch.export.Dim objects instead made the first trace of three of SD's four networks fail on those constraints
+    # and run again with torch's suggested fixes: each of those networks traced twice.
+    dynamic_shapes = {t.name: dict(spec.dynamic_axes()[t.name]) for t in spec.inputs}
     args = tuple(torch.from_numpy(feeds[t.name]) for t in spec.inputs)
     kwargs = {} if opset is None else {"opset_version": opset}
     with warnings.catch_warnings(), torch.no_grad():
