@@ -113,11 +113,11 @@ def xl_pipeline(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def xl_engine(xl_pipeline, tmp_path_factory) -> Path:
-    """The tiny SDXL pipeline exported in fp32."""
-    from svdedit.export.exporter import export_model
+    """The tiny SDXL pipeline exported in fp32, --lora-ready (LoRA adapters can be swapped in; the same graphs)."""
+    from svdedit.export.exporter import ExportOptions, export_model
 
     out = tmp_path_factory.mktemp("engines-xl") / "sdxl"
-    export_model(xl_pipeline, out, log=lambda m: None)
+    export_model(xl_pipeline, out, ExportOptions(lora_ready=True), log=lambda m: None)
     return out
 
 

@@ -142,3 +142,49 @@ def test_vae_uses_the_sdxl_scaling_factor(pipe, reference):
     with torch.no_grad():
         zr = reference.vae.encode(torch.from_numpy(img)).latent_dist.mean * 0.13025
     np.testing.assert_allclose(z, zr.numpy(), atol=1e-4)
+
+
+def test_an_sdxl_lora_on_the_unet_and_both_text_encoders_swaps_in_as_diffusers_loads_it(xl_pipeline, xl_engine,
+                                                                                        tmp_path):
+    """A peft LoRA with UNet, text_encoder and text_encoder_2 layers, swapped into the --lora-ready engine at 0.7
+    (runtime/svdedit/runtime/engines/lora.py, no torch), against diffusers' load_lora_weights + set_adapters."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    from svdedit.runtime.engines import read_manifest
+    from svdedit.runtime.engines.lora import read_adapter
+    from svdedit.runtime.pipeline import Pipeline
+    from tests.fixtures.lora import save_peft_lora
+
+    reference = StableDiffusionXLPipeline.from_pretrained(xl_pipeline, torch_dtype=torch.float32)
+    reference.scheduler = DDIMScheduler.from_config(reference.scheduler.config)
+    reference.set_progress_bar_config(disable=True)
+    path = save_peft_lora(reference, tmp_path / "xl.safetensors", seed=5, text_encoder=True, text_encoder_2=True)
+    adapter = read_adapter(path, 0.7)
+    assert {layer.component for layer in adapter.layers} == {"unet", "text_encoder", "text_encoder_2"}
+    # the first encoder ends at its penultimate layer (of 3): the export records the last one's modules as unused,
+    # and the swap skips the adapter's layers there (they change nothing, in diffusers too) rather than refuse them
+    unused = read_manifest(xl_engine).networks["text_encoder"].lora_unused
+    assert unused and all(m.startswith("encoder.layers.2.") for m in unused), unused
+    assert any(layer.component == "text_encoder" and layer.module in unused for layer in adapter.layers)
+    with Pipeline(xl_engine) as plain:
+        noise = plain.noise(seed=3, batch=1)
+        before = plain.generate([PROMPT], steps=6, guidance=5.0, init_noise=noise)
+        before_cond = plain.encode_prompt([PROMPT])
+    with Pipeline(xl_engine, lora=[adapter]) as p:
+        assert set(p.providers) == set(plain.providers)
+        ours = p.generate([PROMPT], steps=6, guidance=5.0, init_noise=noise)
+        cond = p.encode_prompt([PROMPT])
+    reference.load_lora_weights(str(path), adapter_name="xl")
+    reference.set_adapters(["xl"], adapter_weights=[0.7])
+    with torch.no_grad():
+        hidden, _, pooled, _ = reference.encode_prompt(PROMPT, device="cpu", num_images_per_prompt=1,
+                                                       do_classifier_free_guidance=True)
+    want = reference(PROMPT, num_inference_steps=6, guidance_scale=5.0, latents=torch.from_numpy(noise),
+                     output_type="latent").images.numpy()
+    for part in (np.s_[:, :L, :32], np.s_[:, :L, 32:], np.s_[:, L, :48]):  # each encoder's hidden states, the pooled
+        assert np.abs(cond[part] - before_cond[part]).max() > 0.05, part  # the adapter changes all three
+    np.testing.assert_allclose(cond[:, :L], hidden.numpy(), atol=1e-4)
+    np.testing.assert_allclose(cond[:, L, :48], pooled.numpy(), atol=1e-4)  # text_encoder_2's pooled embedding
+    assert np.abs(ours - before).max() > 0.1  # the adapter visibly changes the generation ...
+    np.testing.assert_allclose(ours, want, atol=1e-3)  # ... as it changes diffusers'

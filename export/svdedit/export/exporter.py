@@ -32,7 +32,15 @@ from typing import Callable
 import numpy as np
 
 from svdedit.export.fp16 import EXTERNAL_DATA_BYTES, convert_fp16
-from svdedit.export.lora import LORA_NETWORKS, fuse_adapters, make_ready, torch_modules, weight_digests
+from svdedit.export.lora import (
+    LORA_NETWORKS,
+    fuse_adapters,
+    make_ready,
+    modules_of,
+    torch_modules,
+    unused_modules,
+    weight_digests,
+)
 from svdedit.export.networks import Geometry, geometry, wrappers
 from svdedit.export.source import Components, Source, inspect_source, load_components
 from svdedit.runtime import __version__ as SVDEDIT_VERSION
@@ -364,7 +372,8 @@ def export_model(
                 if name.startswith("unet"):
                     unet[name] = exported
                 else:
-                    networks[name] = _network_entry(specs[name], _checked(exported, options, log, digests), geo, work)
+                    networks[name] = _network_entry(specs[name], _checked(exported, options, log, digests, (
+                        modules[name], torch_modules(components).get(LORA_NETWORKS.get(name)))), geo, work)
             composed = _composed_reference(components, geo) if options.step_cache else None
             _free_weights(components.unet)
             del modules
@@ -470,13 +479,23 @@ def _require_onnxruntime() -> None:
         ) from None
 
 
-def _checked(x: Exported, options: ExportOptions, log, digests: dict | None) -> dict:
-    """_check_graph, then (--lora-ready) the weights a LoRA may touch moved beside the graph (lora.make_ready)."""
+def _checked(x: Exported, options: ExportOptions, log, digests: dict | None, torch_model: tuple = (None, None)) -> dict:
+    """_check_graph, then (--lora-ready) the weights a LoRA may touch moved beside the graph (lora.make_ready).
+    `torch_model`: (the network's torch wrapper, its component's model) while they are loaded (not the UNet's, freed
+    by then): the component's modules whose weights the graph does not hold are then recorded as lora_unused if no
+    gradient reaches them (a LoRA layer there changes nothing), and stay refused otherwise."""
     entry = _check_graph(x, options, log)
     component = LORA_NETWORKS.get(x.spec.name)
     if digests is not None and component in digests:
         entry.update(make_ready(x.path, digests[component]))
-        log(f"  {x.spec.name}: {len(entry['lora_targets'])} layer(s) kept swappable for run-time LoRA")
+        wrapper, model = torch_model
+        unmatched = sorted(modules_of(digests[component]) - set(entry["lora_targets"]))
+        if unmatched and wrapper is not None:
+            unused = unused_modules(wrapper, model, unmatched, [x.feeds[t.name] for t in x.spec.inputs])
+            if unused:
+                entry["lora_unused"] = unused
+        log(f"  {x.spec.name}: {len(entry['lora_targets'])} layer(s) kept swappable for run-time LoRA"
+            + (f", {len(entry['lora_unused'])} not in the graph" if entry.get("lora_unused") else ""))
     return entry
 
 

@@ -146,6 +146,30 @@ def weight_digests(model) -> dict[bytes, list[tuple[str, bool]]]:
     return out
 
 
+def unused_modules(wrapper, model, names: list[str], inputs: list) -> list[str]:
+    """Those of `names` (Linear/Conv2d modules of `model`, e.g. a text encoder) whose weights do not reach the outputs
+    of `wrapper` (the network as exported, which holds `model`) on `inputs`: no gradient flows to them. SDXL's first
+    text encoder gives its penultimate layer's hidden states, so its last layer is not in the graph; a LoRA layer on
+    it changes nothing, in diffusers as here."""
+    import torch
+
+    modules = dict(model.named_modules())
+    weights = [modules[n].weight for n in names]
+    before = [w.requires_grad for w in weights]
+    try:
+        with torch.enable_grad():
+            for w in weights:
+                w.requires_grad_(True)
+            outputs = wrapper(*(torch.from_numpy(a) for a in inputs))
+            outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+            total = sum(o.float().sum() for o in outputs if torch.is_tensor(o) and o.is_floating_point())
+            grads = torch.autograd.grad(total, weights, allow_unused=True)
+    finally:
+        for w, flag in zip(weights, before):
+            w.requires_grad_(flag)
+    return sorted(n for n, g in zip(names, grads) if g is None)
+
+
 def digest(a: np.ndarray) -> bytes:
     return hashlib.blake2b(a.tobytes(), digest_size=16).digest() + str(a.shape).encode()
 
@@ -196,6 +220,11 @@ def make_ready(path: Path, digests: dict[bytes, list[tuple[str, bool]]]) -> dict
     else:
         onnx.save(model, str(path))
     return {"lora_weights": weights.name, "lora_targets": dict(sorted(per_module.items()))}
+
+
+def modules_of(digests: dict[bytes, list[tuple[str, bool]]]) -> set[str]:
+    """Every module name weight_digests saw."""
+    return {module for owners in digests.values() for module, _ in owners}
 
 
 def write_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:

@@ -306,7 +306,7 @@ def merge_plan(manifest, adapters) -> dict[str, dict[str, list[tuple[Layer, floa
     for adapter in adapters:
         for layer in adapter.layers:
             places = targets_of(layer, ready, kohya)
-            if not places:
+            if not places and not is_unused(layer, ready, kohya):
                 missing.append(f"{layer.component}.{layer.module}")
             for network, initializer, transposed, shape in places:
                 if not layer.fits(shape, transposed):
@@ -344,6 +344,17 @@ def targets_of(layer: Layer, ready: dict, kohya: dict[str, dict[str, str]]) -> l
         for initializer, transposed, shape in net.lora_targets.get(module, ()):
             out.append((network, initializer, bool(transposed), tuple(shape)))
     return out
+
+
+def is_unused(layer: Layer, ready: dict, kohya: dict[str, dict[str, str]]) -> bool:
+    """`layer` is on a module the graphs do not use (a network's lora_unused): it changes nothing and is skipped."""
+    for network in COMPONENT_NETWORKS[layer.component]:
+        net = ready.get(network)
+        if net is not None and net.lora_unused:
+            names = {m.replace(".", "_"): m for m in net.lora_unused} if layer.kohya else {}
+            if names.get(layer.module, layer.module) in net.lora_unused:
+                return True
+    return False
 
 
 def write_merged(src: Path, dst: Path, plan: dict[str, list]) -> None:

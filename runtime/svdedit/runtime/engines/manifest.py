@@ -70,6 +70,9 @@ class Network:
     lora_weights: str | None = None
     lora_weights_sha256: str | None = None
     lora_targets: dict | None = None
+    #: modules whose weights do not reach this graph's outputs (SDXL's first text encoder ends at its penultimate
+    #: layer): a LoRA layer on them changes nothing, so it is skipped, not refused
+    lora_unused: list | None = None
 
     @property
     def is_openvino_model(self) -> bool:
@@ -369,6 +372,10 @@ def _lora_problems(m: Manifest) -> list[str]:
                     and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in p[2]) for p in places)):
                 out.append(f"networks.{name}.lora_targets[{module!r}] is not a list of [initializer, transposed, shape]")
                 break
+        unused = net.lora_unused
+        if unused is not None and not (net.lora_targets is not None and isinstance(unused, list)
+                                       and all(isinstance(u, str) and u not in net.lora_targets for u in unused)):
+            out.append(f"networks.{name}.lora_unused is not a list of module names outside its lora_targets")
     return out
 
 
