@@ -291,3 +291,21 @@ def test_two_processes_merging_the_same_adapters_at_once_both_get_it(adapters, l
     with mock.patch.object(lora_module, "write_merged", racing):
         graphs = swapped_graphs(lora_engine, manifest, [b])
     assert graphs["unet"].is_symlink() and graphs["unet"].with_name("unet.lora.safetensors").is_file()
+
+
+def test_a_pipeline_with_an_adapter_shares_the_networks_it_leaves_unchanged(adapters, lora_engine):
+    """Pipeline(share=base), as the service opens each adapter: B (UNet only) loads its own UNet and runs the text
+    encoder and the VAE on the base pipeline's runners, with the same results as a pipeline of its own."""
+    from svdedit.runtime.pipeline import Pipeline
+
+    b = read_adapter(adapters["B"], 0.5)
+    with Pipeline(lora_engine, "cpu") as base, Pipeline(lora_engine, "cpu", lora=[b], share=base) as shared:
+        assert shared.borrowed == {"text_encoder", "vae_encoder", "vae_decoder"}
+        assert all(shared.engines[n] is base.engines[n] for n in shared.borrowed)
+        assert shared.engines["unet"] is not base.engines["unet"]
+        got = shared.decode(shared.generate("a red cat", seed=2, steps=3, guidance=3.0))
+        with pytest.raises(SvdeditError, match="without adapters only"):
+            Pipeline(lora_engine, "cpu", lora=[b], share=shared)
+    with Pipeline(lora_engine, "cpu", lora=[b]) as alone:
+        assert not alone.borrowed
+        np.testing.assert_array_equal(got, alone.decode(alone.generate("a red cat", seed=2, steps=3, guidance=3.0)))
