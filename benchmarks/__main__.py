@@ -58,6 +58,8 @@ CATALOG = (
           "calls of ~13 s)", "openvino_static_<cpu>_<precision>.{json,md}"),
     Entry("speed.bench_lora", "~12 min on the SD 1.5 shape, AMD EPYC (a fused export, ~4 min; the --lora-ready one "
           "the first time, ~4 min; 10 opens in fresh processes; 8 UNet calls)", "lora_sd15_cpu.{json,md}"),
+    Entry("speed.bench_export_trace", "~9 min on the SD 1.5 shape, AMD EPYC (2 exports of ~3.5-4.5 min, each in a "
+          "fresh process)", "export_trace_sd15_cpu.{json,md}"),
     Entry("speed.bench_io_binding", "~15 s on the embedded model (3 ways x 10 loops of 20 UNet calls; with a GPU 2 more, and 2 pipelines)",
           "io_binding_<device>.{json,md}"),
     Entry("quality.bench_edit_quality", "~14 min (830 s recorded: 4 pairs x 100 seeds + 20 renders)",
