@@ -13,6 +13,9 @@ import pytest
 from tests.cli import assert_clear_error, run_cli
 
 pytest.importorskip("nncf", reason="needs the nncf extra (svdedit[nncf])")
+#: make test-slow: ~40 s of CI's 20 minutes; OpenVINO's runner on the same engine dirs runs in make test
+#: (tests/runtime/engines/test_openvino.py)
+pytestmark = pytest.mark.slow
 PROMPT = "a large red circle on the left"
 
 

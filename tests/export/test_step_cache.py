@@ -11,7 +11,10 @@ from svdedit.runtime.errors import SvdeditError
 from tests.cli import assert_clear_error, run_cli
 from tests.conftest import requires_torch
 
+#: make test-slow: the split export costs ~100 s of CI's 20 minutes (a CLI export of three UNet graphs); the refusal
+#: of step caching without a split UNet stays in make test
 pytestmark = requires_torch
+split = pytest.mark.slow
 PROMPT = "a large red circle on the left"
 
 
@@ -23,6 +26,7 @@ def split_engine(tiny_pipelines, tmp_path_factory):
     return out
 
 
+@split
 def test_the_split_unet_is_three_checked_graphs_and_no_whole_one(split_engine, engine_dirs):
     m = json.loads((split_engine / "manifest.json").read_text())
     assert set(m["networks"]) == {"text_encoder", "unet_in", "unet_deep", "unet_out", "vae_encoder", "vae_decoder"}
@@ -41,6 +45,7 @@ def test_the_split_unet_is_three_checked_graphs_and_no_whole_one(split_engine, e
         {"unet_in", "unet_deep", "unet_out"}
 
 
+@split
 def test_interval_1_is_the_whole_unet_and_larger_intervals_skip_the_deep_branch(split_engine, engine_dirs):
     from svdedit.runtime.pipeline import Intervals, Pipeline
 
@@ -84,6 +89,7 @@ def test_step_caching_needs_a_split_unet_and_says_so(engine_dirs, tmp_path):
     assert_clear_error(proc, "generate", "export the model again with step caching")
 
 
+@split
 def test_a_manifest_must_hold_one_unet_whole_or_split(split_engine, engine_dirs, tmp_path):
     import shutil
 
