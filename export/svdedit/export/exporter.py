@@ -356,8 +356,8 @@ def export_model(
     log(f"source: {src.path} ({FAMILIES[src.family]}, {src.prediction_type})")
     components = load_components(src)
     fused = fuse_adapters(components, adapters, log) if adapters else []
-    digests = ({component: weight_digests(module) for component, module in torch_modules(components).items()}
-               if options.lora_ready else None)
+    models = torch_modules(components)  # by LoRA component
+    digests = {component: weight_digests(module) for component, module in models.items()} if options.lora_ready else None
     geo = geometry(components, step_cache=options.step_cache)
     modules = wrappers(components, step_cache=options.step_cache)
     specs = networks_for(src.family)
@@ -373,7 +373,7 @@ def export_model(
                     unet[name] = exported
                 else:
                     networks[name] = _network_entry(specs[name], _checked(exported, options, log, digests, (
-                        modules[name], torch_modules(components).get(LORA_NETWORKS.get(name)))), geo, work)
+                        modules[name], models.get(LORA_NETWORKS.get(name)))), geo, work)
             composed = _composed_reference(components, geo) if options.step_cache else None
             _free_weights(components.unet)
             del modules

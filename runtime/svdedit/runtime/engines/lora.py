@@ -300,7 +300,8 @@ def merge_plan(manifest, adapters) -> dict[str, dict[str, list[tuple[Layer, floa
         raise SvdeditError("a run-time LoRA cannot be applied to an int8 engine dir (its weights are quantized with "
                            "scales computed without the adapter): fuse the adapter at export (`svdedit export MODEL "
                            "--lora FILE`), then quantize, or swap adapters on the fp32 engine dir.")
-    kohya = {name: {m.replace(".", "_"): m for m in net.lora_targets} for name, net in ready.items()}
+    kohya = {name: {m.replace(".", "_"): m for m in [*net.lora_targets, *(net.lora_unused or ())]}
+             for name, net in ready.items()}
     plan: dict[str, dict[str, list]] = {}
     missing, mismatched = [], []
     for adapter in adapters:
@@ -332,29 +333,23 @@ def refuse_unfit(missing: list[str], mismatched: list[str], subject: str, why_mi
                            f"({first(mismatched, 2)}): a LoRA made for another model. {outcome}")
 
 
+def modules_named(layer: Layer, ready: dict, kohya: dict[str, dict[str, str]]) -> list[tuple[str, str]]:
+    """(network, the network's module name) for each swappable network of `layer`'s component (`kohya`: each
+    network's module names, targets and unused, with their dots as underscores -> the names)."""
+    return [(network, kohya[network].get(layer.module, layer.module) if layer.kohya else layer.module)
+            for network in COMPONENT_NETWORKS[layer.component] if network in ready]
+
+
 def targets_of(layer: Layer, ready: dict, kohya: dict[str, dict[str, str]]) -> list[tuple[str, str, bool, tuple]]:
-    """(network, initializer, transposed, shape) of each graph initializer that holds `layer`'s weight (`kohya`:
-    each network's module names with their dots as underscores -> the names)."""
-    out = []
-    for network in COMPONENT_NETWORKS[layer.component]:
-        net = ready.get(network)
-        if net is None:
-            continue
-        module = kohya[network].get(layer.module, layer.module) if layer.kohya else layer.module
-        for initializer, transposed, shape in net.lora_targets.get(module, ()):
-            out.append((network, initializer, bool(transposed), tuple(shape)))
-    return out
+    """(network, initializer, transposed, shape) of each graph initializer that holds `layer`'s weight."""
+    return [(network, initializer, bool(transposed), tuple(shape))
+            for network, module in modules_named(layer, ready, kohya)
+            for initializer, transposed, shape in ready[network].lora_targets.get(module, ())]
 
 
 def is_unused(layer: Layer, ready: dict, kohya: dict[str, dict[str, str]]) -> bool:
     """`layer` is on a module the graphs do not use (a network's lora_unused): it changes nothing and is skipped."""
-    for network in COMPONENT_NETWORKS[layer.component]:
-        net = ready.get(network)
-        if net is not None and net.lora_unused:
-            names = {m.replace(".", "_"): m for m in net.lora_unused} if layer.kohya else {}
-            if names.get(layer.module, layer.module) in net.lora_unused:
-                return True
-    return False
+    return any(module in (ready[network].lora_unused or ()) for network, module in modules_named(layer, ready, kohya))
 
 
 def write_merged(src: Path, dst: Path, plan: dict[str, list]) -> None:
