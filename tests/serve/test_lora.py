@@ -102,6 +102,8 @@ def test_adapters_the_engine_cannot_serve_are_refused_before_it_starts(lora_engi
                        "does not exist")
     assert_clear_error(run_cli("serve", lora_engine, "--lora", f"b={lora_adapters['B']}", "--lora",
                                f"b={lora_adapters['B-kohya']}"), "serve", "more than once")
+    assert_clear_error(run_cli("serve", lora_engine, "--lora", f"a b={lora_adapters['B']}"), "serve",
+                       "an adapter's name is 1 to 64 letters")
     assert_clear_error(run_cli("serve", engine_dirs["sd1"], "--lora", f"b={lora_adapters['B']}"), "serve",
                        "--lora-ready")
 
