@@ -104,6 +104,17 @@ def lora_engine(tiny_pipelines, lora_adapters, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lora_engine_split(tiny_pipelines, tmp_path_factory) -> Path:
+    """The tiny SD 1 fixture exported --lora-ready, --step-cache (the UNet in three graphs) and --no-fuse (plain
+    attention, which TensorRT parses): run-time LoRA on a split UNet, and refitted into TensorRT plans."""
+    from svdedit.export.exporter import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("lora-engine-split") / "engine"
+    export_model(tiny_pipelines["sd1"], out, ExportOptions(fuse=False, step_cache=True, lora_ready=True), log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def xl_pipeline(tmp_path_factory) -> Path:
     """The tiny seeded SDXL pipeline (tests/fixtures/tiny_sd.py, flavour sdxl), saved with save_pretrained."""
     from tests.fixtures.tiny_sd import save_tiny_pipeline

@@ -198,8 +198,85 @@ def test_swapped_on_openvino_matches_onnxruntime_and_is_compiled_under_the_adapt
     assert np.abs(got - want).max() < TOL and np.abs(got - plain).max() > 0.1
     folders = [cache_folder(m, "unet", "fp32", openvino.__version__) for m in (adapted, manifest)]
     assert folders[0] != folders[1] and all(f.is_dir() for f in folders)  # each weight set its own compiled model
-    with pytest.raises(SvdeditError, match="not yet on TensorRT plans"):
-        open_engines(lora_engine, adapted, "tensorrt", None, graphs)
+
+
+def test_a_swap_on_a_split_unet_matches_diffusers(tiny_pipelines, adapters, lora_engine_split, feeds):
+    """Step caching's UNet in three graphs (unet_in, unet_deep, unet_out): B swapped in at 0.5, composed, against
+    diffusers' whole UNet with B at 0.5; the text encoder, which B leaves alone, is not merged."""
+    from svdedit.runtime.pipeline import Pipeline
+
+    want = diffusers_outputs(tiny_pipelines["sd1"], [(adapters["B"], 0.5)], feeds)["unet"]
+    base = diffusers_outputs(tiny_pipelines["sd1"], [], feeds)["unet"]
+    u = feeds["unet"]
+    with Pipeline(lora_engine_split, lora=[read_adapter(adapters["B-kohya"], 0.5)]) as pipe:
+        got = pipe.unet_fn(1)(u["sample"], u["timestep"], u["encoder_hidden_states"])
+        swapped = set(swapped_graphs(lora_engine_split, read_manifest(lora_engine_split), pipe.adapters))
+    assert np.abs(got - want).max() < TOL and np.abs(want - base).max() > 0.1
+    assert swapped and swapped <= {"unet_in", "unet_deep", "unet_out"}
+
+
+def test_tensorrt_plans_built_refittable_take_a_swap_by_a_refit_in_memory(adapters, lora_engine_split, tmp_path,
+                                                                         monkeypatch):
+    """TensorRT (the strict stand-in, tests/fixtures/strict_tensorrt.py, held to the real bindings by
+    test_tensorrt_conformance), on the split UNet: the weights the swap changed, and only those, are refitted into
+    each plan when its runner activates, with the values onnxruntime runs (held to diffusers above); the plan files
+    are not written; plans built without --refittable are refused before anything loads."""
+    import onnx
+    from onnx import numpy_helper
+
+    from svdedit.export.build import BuildOptions, build_plans
+    from svdedit.runtime.engines import open_engines
+    from svdedit.runtime.errors import TensorrtError
+    from tests.fixtures.strict_tensorrt import install
+
+    engine = lora_engine_split
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    install(monkeypatch)
+    manifest = read_manifest(engine)
+    b = read_adapter(adapters["B"], 0.5)
+    adapted = manifest.with_adapters([b.record()])
+    graphs = swapped_graphs(engine, manifest, [b])
+    build_plans(engine, BuildOptions())
+    with pytest.raises(TensorrtError, match=r"refitted into the TensorRT plans, and the plans in .* were not built "
+                                            r"refittable\. Build them again with `svdedit build ENGINE_DIR --refittable`"):
+        open_engines(engine, adapted, "tensorrt", None, graphs)
+    plans = build_plans(engine, BuildOptions(refittable=True))
+    plan_bytes = {n: plans.path(n).read_bytes() for n in plans.build.networks}
+
+    def weights(graph) -> dict[str, np.ndarray]:
+        return {i.name: numpy_helper.to_array(i).astype(np.float64) for i in onnx.load(graph).graph.initializer}
+
+    touched = {name: {init for layer in b.layers for init, _, _ in (net.lora_targets or {}).get(layer.module, ())}
+               for name, net in manifest.networks.items()}  # B's modules -> the initializers of each network
+    assert sum(map(bool, touched.values())) >= 2  # B reaches more than one of the three graphs
+    for name, runner in open_engines(engine, adapted, "tensorrt", None, graphs).items():
+        with runner:
+            refitted = dict(runner.engine.doc["refitted"])
+        assert set(refitted) == touched[name], name
+        if touched[name]:
+            swapped, base = weights(graphs[name]), weights(engine / manifest.networks[name].file)
+            assert all(np.abs(swapped[n] - base[n]).max() > 1e-3 for n in touched[name])
+            assert all(refitted[n] == pytest.approx(swapped[n].sum(), rel=1e-6) for n in touched[name]), name
+    assert {n: plans.path(n).read_bytes() for n in plan_bytes} == plan_bytes  # in memory only
+
+    # a weight TensorRT folded with these at build: the parser's refitter reads every weight from the swapped graph
+    net = sorted(graphs)[0]
+    swapped = {n: w.sum() for n, w in weights(graphs[net]).items()}
+    bias = next(n for n in sorted(plans_doc_weights(plans, net)) if n not in touched[net])
+    install(monkeypatch, missing_weights={bias})
+    with open_engines(engine, adapted, "tensorrt", None, graphs)[net] as runner:
+        refitted = dict(runner.engine.doc["refitted"])
+    assert bias in refitted and refitted == pytest.approx({n: swapped[n] for n in refitted}, rel=1e-6)
+    assert len(refitted) == len(plans_doc_weights(plans, net))
+    install(monkeypatch, missing_weights={bias}, fail_parser_refit=True)
+    with pytest.raises(TensorrtError, match=rf"could not refit {net}'s plan from .*{net}\.onnx \(ModelRefitter: "
+                                            r"refit failed.*\); the old plan stays"):
+        open_engines(engine, adapted, "tensorrt", None, graphs)[net].activate()
+
+
+def plans_doc_weights(plans, network: str) -> set[str]:
+    """The weights the stand-in's plan of `network` holds (the graph's initializers, as TensorRT names them)."""
+    return set(json.loads(plans.path(network).read_bytes()[len(b"STRICT-TRT-PLAN\n"):])["weights"])
 
 
 def test_a_lora_of_another_model_is_refused_at_export_and_at_run_time(tiny_pipelines, lora_engine, tmp_path):

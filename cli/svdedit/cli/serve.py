@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     resolve_precision(settings.provider, settings.precision, manifest)  # a precision it cannot run: an error now
     for _, file, scale in settings.lora:  # an adapter this engine or provider cannot take: an error now, not later
         if merge_plan(manifest, [read_adapter(file, scale)]):
-            refuse_swapped(backend_of(resolve_provider(settings.provider, manifest), manifest, args.engine_dir))
+            refuse_swapped(backend_of(resolve_provider(settings.provider, manifest), manifest, args.engine_dir), manifest,
+                           args.engine_dir)
     if not args.ray:
         serving.run_uvicorn(settings, args.host, args.port, manifest)
         return 0

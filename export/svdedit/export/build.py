@@ -46,7 +46,7 @@ from svdedit.runtime.engines.manifest import Manifest, read_manifest
 from svdedit.runtime.engines.names import resolve_engine
 from svdedit.runtime.engines.plans import Plans
 from svdedit.runtime.engines.plans import device_key
-from svdedit.runtime.engines.tensorrt import current_device, find_plans, import_tensorrt, load_plan
+from svdedit.runtime.engines.tensorrt import current_device, find_plans, import_tensorrt, load_plan, refit_engine
 from svdedit.runtime.errors import SvdeditError, TensorrtError
 from svdedit.runtime.files import atomic_dir, atomic_write_bytes, sha256_file
 
@@ -292,8 +292,6 @@ def refit_plan(engine_dir: str | Path, network: str, weights: dict, log: Callabl
     """Replace the named weights (ONNX initializer names: {name: array}) of one network's plan for this GPU, built
     --refittable, with TensorRT's Refitter; the refitted plan is written beside the old one under a new name and the
     record switched to it atomically, so a failure anywhere leaves the old plan in use."""
-    import numpy as np
-
     engine_dir = resolve_engine(engine_dir)
     manifest = read_manifest(engine_dir)
     trt = import_tensorrt()
@@ -309,24 +307,7 @@ def refit_plan(engine_dir: str | Path, network: str, weights: dict, log: Callabl
                             f"{engine_dir} --refittable` again.")
     logger = trt.Logger(trt.Logger.WARNING)
     _runtime, engine = load_plan(trt, logger, plans.path(network), engine_dir)  # the runtime outlives the engine
-    refitter = trt.Refitter(engine, logger)
-    known = set(refitter.get_all_weights())
-    unknown = sorted(set(weights) - known)
-    if unknown:
-        raise TensorrtError(f"{network}'s plan has no weights named {', '.join(unknown[:5])}"
-                            f"{' ...' if len(unknown) > 5 else ''}; its weights carry the ONNX initializer names "
-                            f"(e.g. {', '.join(sorted(known)[:3])}).")
-    arrays = {name: np.ascontiguousarray(value) for name, value in weights.items()}  # alive until the refit is done
-    for name, value in arrays.items():
-        if not refitter.set_named_weights(name, trt.Weights(value)):
-            raise TensorrtError(f"TensorRT refused the weights {name} of {network} (shape {value.shape}, {value.dtype}): "
-                                f"they must have the shape and type of the initializer they replace.")
-    missing = list(refitter.get_missing_weights())
-    if missing:
-        raise TensorrtError(f"refitting {network} needs these weights too (TensorRT folded them with the ones given): "
-                            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}.")
-    if not refitter.refit_cuda_engine():
-        raise TensorrtError(f"TensorRT could not refit {network}'s plan (see its log above); the old plan stays.")
+    count = refit_engine(trt, logger, engine, network, weights)  # weights given by the caller: none read from a graph
     blob = bytes(engine.serialize())
     digest = hashlib.sha256(blob).hexdigest()
     name = f"{network}-refit-{digest[:12]}.plan"
@@ -337,5 +318,5 @@ def refit_plan(engine_dir: str | Path, network: str, weights: dict, log: Callabl
     out = plans_mod.record_build(manifest, plans.key, record)
     if old.name != name:
         old.unlink(missing_ok=True)
-    log(f"  {network}: {len(arrays)} weight(s) refitted into {name}")
+    log(f"  {network}: {count} weight(s) refitted into {name}")
     return out

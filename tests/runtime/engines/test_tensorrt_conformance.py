@@ -24,7 +24,7 @@ from tests.fixtures.tensorrt_api import CLASSES, ENUMS, NotAvailable, bindings, 
 #: the lowest TensorRT the tensorrt extra admits (tensorrt-cu13's first release) and the newest on the index
 VERSIONS = ["10.13.2.6", "11.4.0.106"]
 #: the classes the code constructs itself; the others come from TensorRT's factories (their __init__ is TensorRT's own)
-CONSTRUCTED = {"Builder", "Runtime", "OnnxParser", "Logger", "Refitter", "Weights"}
+CONSTRUCTED = {"Builder", "Runtime", "OnnxParser", "Logger", "Refitter", "OnnxParserRefitter", "Weights"}
 CACHE = Path(os.environ.get("SVDEDIT_TEST_CACHE") or Path.home() / ".cache" / "svdedit-tests") / "tensorrt"
 
 

@@ -18,8 +18,9 @@ from svdedit.runtime.engines.base import Runner
 from svdedit.runtime.engines.manifest import Manifest, read_manifest
 from svdedit.runtime.engines.onnxrt import OrtRunner
 from svdedit.runtime.engines.openvino import PROVIDER as OPENVINO, OpenvinoRunner, check_precision
-from svdedit.runtime.engines.tensorrt import SharedActivations, TensorrtRunner, plans_for_this_device
-from svdedit.runtime.errors import SvdeditError
+from svdedit.runtime.engines.tensorrt import (SharedActivations, TensorrtRunner, current_device, find_plans,
+                                              plans_for_this_device, refit_hint)
+from svdedit.runtime.errors import SvdeditError, TensorrtError
 
 __all__ = ["Manifest", "OpenvinoRunner", "OrtRunner", "Runner", "TensorrtRunner", "open_engines", "read_manifest",
            "resolve_precision", "resolve_provider"]
@@ -61,19 +62,21 @@ def open_engines(engine_dir: str | Path, manifest: Manifest, provider: str = "au
     when asked for (`tensorrt`), or when `auto` and `svdedit build` made plans for this GPU; otherwise onnxruntime
     sessions on the provider asked for. `auto` picks OpenVINO only for an engine dir that nothing else can run
     (resolve_provider): installing OpenVINO changes no one's numbers. `graphs`: {network: a graph file} to load in
-    place of the engine dir's (a LoRA swapped in at run time: engines/lora.swapped_graphs); onnxruntime and OpenVINO."""
+    place of the engine dir's (a LoRA swapped in at run time: engines/lora.swapped_graphs); TensorRT plans built
+    --refittable take their changed weights by a refit in memory."""
     provider = resolve_provider(provider, manifest)
     precision = resolve_precision(provider, precision, manifest)
     graphs = graphs or {}
     backend = backend_of(provider, manifest, engine_dir)
     if graphs:
-        refuse_swapped(backend)
+        refuse_swapped(backend, manifest, engine_dir)
     if backend == OPENVINO:
         return {name: OpenvinoRunner(engine_dir, name, manifest, precision, graph=graphs.get(name))
                 for name in manifest.networks}
     if backend == "tensorrt":
         shared = SharedActivations()  # the networks run one after another: one activation buffer
-        return {name: TensorrtRunner(engine_dir, name, manifest, shared) for name in manifest.networks}
+        return {name: TensorrtRunner(engine_dir, name, manifest, shared, refit=graphs.get(name))
+                for name in manifest.networks}
     return {name: OrtRunner(engine_dir, name, manifest, provider, graph=graphs.get(name)) for name in manifest.networks}
 
 
@@ -87,9 +90,10 @@ def backend_of(provider: str, manifest: Manifest, engine_dir: str | Path) -> str
     return "onnxruntime"
 
 
-def refuse_swapped(backend: str) -> None:
-    """A run-time LoRA swap on a backend that does not take new weights yet: a SvdeditError naming the ways that work."""
+def refuse_swapped(backend: str, manifest: Manifest, engine_dir: str | Path) -> None:
+    """A run-time LoRA swap on plans that cannot take it (TensorRT plans not built --refittable): a TensorrtError
+    naming the ways that work. onnxruntime and OpenVINO take a swap always; TensorRT plans through a refit."""
     if backend == "tensorrt":
-        raise SvdeditError("a LoRA swapped in at run time runs on onnxruntime's providers (cpu, cuda, ort-tensorrt) "
-                           "and on openvino, not yet on TensorRT plans: choose one of those providers, or fuse the "
-                           "adapter at export (`svdedit export MODEL -o DIR --lora FILE`) and build plans of that.")
+        plans = find_plans(manifest, current_device(), Path(engine_dir))
+        if not plans.build.refittable:
+            raise TensorrtError(refit_hint(plans))

@@ -11,7 +11,8 @@ weight of the UNet and text encoders (by the diffusers module name, e.g. down_bl
 the graph initializer that holds it (transposed where the exporter folded a MatMul's transpose into it), and keeps
 those initializers in a safetensors file beside the graph (networks.NAME.lora_weights) that the graph reads as
 external data. A swap writes that file again, W' in place of W, into the per-user cache next to links to the graph
-(swapped_graphs), and onnxruntime (or OpenVINO) loads the graph from there.
+(swapped_graphs), and onnxruntime (or OpenVINO) loads the graph from there; a TensorRT plan built --refittable is
+refitted in memory with the weights the merge changed (swapped_weights; tensorrt.refit_swapped).
 
 The formats read: diffusers/peft (`unet.MODULE.lora_A.weight` / `lora_B.weight`, also `lora.down` / `lora.up`
 and `lora_linear_layer.down` / `up`; alphas from the file's `lora_adapter_metadata`, as diffusers saves them, or
@@ -263,9 +264,11 @@ def swapped_graphs(engine_dir: str | Path, manifest, adapters) -> dict[str, Path
     records = [a.record() for a in adapters]
     root = engine_cache_dir(manifest.with_adapters(records).identity(), manifest.graphs_key()) / "lora"
     nets = {name: manifest.networks[name] for name in plan}
+    changed = {name: sorted(plan[name]) for name in plan}  # what a TensorRT plan must be refitted with
+
     def merged_before() -> bool:  # by this or another process, for this engine dir where it now is
         return all(is_link_to(root / rel, engine_dir / rel) for net in nets.values() for rel, _ in net.files()
-                   if rel != net.lora_weights)
+                   if rel != net.lora_weights) and changed_in(root) == changed
 
     if not merged_before():
         try:
@@ -275,11 +278,39 @@ def swapped_graphs(engine_dir: str | Path, manifest, adapters) -> dict[str, Path
                         if rel != net.lora_weights:
                             (work / rel).symlink_to(engine_dir / rel)
                     write_merged(engine_dir / net.lora_weights, work / net.lora_weights, plan[name])
-                write_json(work / "adapters.json", {"engine_dir": str(engine_dir), "adapters": records})
+                write_json(work / "adapters.json", {"engine_dir": str(engine_dir), "adapters": records,
+                                                    "changed": changed})
         except SvdeditError:  # another process merged the same adapters meanwhile (atomic_dir: it appeared)
             if not merged_before():
                 raise
     return {name: root / net.file for name, net in nets.items()}
+
+
+def changed_in(root: Path) -> dict | None:
+    """{network: [initializer, ...]} that the merge in `root` (a swapped_graphs folder) changed; None if unrecorded."""
+    try:
+        return json.loads((root / "adapters.json").read_text()).get("changed")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def swapped_weights(graph: Path, network: str, net) -> dict[str, np.ndarray]:
+    """{initializer: W'} of the weights a swap changed in `network` (its swapped graph `graph` from swapped_graphs,
+    `net` its manifest record), memory-mapped from the merged file beside the graph: what a TensorRT refit takes."""
+    changed = (changed_in(graph.parent) or {}).get(network)
+    if changed is None:
+        raise SvdeditError(f"{graph.parent} does not record the weights its LoRA merge changed; remove that folder "
+                           f"and run again (it is merged anew).")
+    path = graph.parent / net.lora_weights
+    header = check_safetensors(path)
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    out = {}
+    for name in changed:
+        info = header[name]
+        out[name] = np.memmap(path, dtype=SAFETENSORS_DTYPES[info["dtype"]], mode="r",
+                              offset=8 + n + int(info["data_offsets"][0]), shape=tuple(info["shape"]))
+    return out
 
 
 def is_link_to(link: Path, target: Path) -> bool:

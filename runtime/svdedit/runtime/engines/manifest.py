@@ -233,6 +233,17 @@ class Manifest:
         raw["lora"] = {**(raw.get("lora") or {}), "swapped": [*(raw.get("lora") or {}).get("swapped", []), *records]}
         return Manifest.from_dict(raw)
 
+    def without_swapped(self) -> "Manifest":
+        """The engine dir's own manifest: this one less the adapters a run swapped in (with_adapters)."""
+        lora = self.raw.get("lora") or {}
+        if not lora.get("swapped"):
+            return self
+        raw = self.to_dict()
+        raw["lora"] = {k: v for k, v in lora.items() if k != "swapped"} or None
+        if raw["lora"] is None:
+            del raw["lora"]
+        return Manifest.from_dict(raw)
+
     def identities(self) -> tuple[str, str]:
         """(identity, the identity of svdedit 0.1.0: the whole manifest but its TensorRT plans), which attribute
         files learned before keep."""

@@ -64,8 +64,10 @@ class Plans:
 
 
 def plans_dir(manifest: Manifest) -> Path:
-    """The folder of this engine's TensorRT plans in the user cache (not created here)."""
-    return engine_cache_dir(manifest.identity(), manifest.graphs_key()) / TENSORRT_DIR
+    """The folder of this engine's TensorRT plans in the user cache (not created here): the engine dir's, whatever
+    LoRA a run swaps in (a swap refits the plans in memory: tensorrt.refit_swapped)."""
+    base = manifest.without_swapped()
+    return engine_cache_dir(base.identity(), base.graphs_key()) / TENSORRT_DIR
 
 
 def cached_builds(manifest: Manifest) -> dict[str, TensorrtBuild]:
@@ -76,6 +78,7 @@ def cached_builds(manifest: Manifest) -> dict[str, TensorrtBuild]:
 
 def _read_record(manifest: Manifest) -> tuple[dict, dict[str, TensorrtBuild]]:
     """builds.json's builds as JSON and as checked TensorrtBuilds (({}, {}) when there is no record)."""
+    manifest = manifest.without_swapped()  # the plans are the engine dir's graphs'
     root = plans_dir(manifest)
     path = root / BUILDS_FILE
     if not path.exists():

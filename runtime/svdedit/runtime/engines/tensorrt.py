@@ -14,6 +14,9 @@ picks the first profile whose ranges hold the input shapes, binds CuPy device bu
 another, so they share one activation buffer (``SharedActivations``). Plans built ``--static`` are
 run through CUDA graphs, one per input shape. NumPy feeds give NumPy outputs; CuPy feeds, CuPy outputs.
 
+A LoRA swapped in at run time (engines/lora.py) is refitted into the deserialised engine before its contexts are
+made (``refit_swapped``: plans built --refittable; the cached plan is not written).
+
 `import tensorrt` and `import cupy` happen only on activation (TensorRT is optional; its absence is a
 TensorrtError that says how to install it). Nothing here has run against a real TensorRT yet.
 """
@@ -127,6 +130,56 @@ def load_plan(trt, logger, path: Path, engine_dir: Path, also: str = "") -> tupl
     return runtime, engine
 
 
+def refit_engine(trt, logger, engine, network: str, weights: dict, graph: Path | None = None) -> int:
+    """Put `weights` ({ONNX initializer name: array}) into `engine`, deserialised from a plan built --refittable, with
+    TensorRT's Refitter; the count of weights refitted. Weights that TensorRT folded with these at build (its
+    get_missing_weights) are read, with all the others, from `graph` (the ONNX file the new weights belong to)
+    through the ONNX parser's refitter. A TensorrtError names what TensorRT refused; the plan file is never written."""
+    refitter = trt.Refitter(engine, logger)
+    known = set(refitter.get_all_weights())
+    unknown = sorted(set(weights) - known)
+    if unknown:
+        raise TensorrtError(f"{network}'s plan has no weights named {', '.join(unknown[:5])}"
+                            f"{' ...' if len(unknown) > 5 else ''}; its weights carry the ONNX initializer names "
+                            f"(e.g. {', '.join(sorted(known)[:3])}).")
+    arrays = {name: np.ascontiguousarray(value) for name, value in weights.items()}  # alive until the refit is done
+    for name, value in arrays.items():
+        if not refitter.set_named_weights(name, trt.Weights(value)):
+            raise TensorrtError(f"TensorRT refused the weights {name} of {network} (shape {value.shape}, {value.dtype}): "
+                                f"they must have the shape and type of the initializer they replace.")
+    missing = list(refitter.get_missing_weights())
+    if missing and graph is None:
+        raise TensorrtError(f"refitting {network} needs these weights too (TensorRT folded them with the ones given): "
+                            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}.")
+    if missing:  # the parser's refitter reads every weight of the graph and refits the engine with them
+        parser = trt.OnnxParserRefitter(refitter, logger)
+        if not parser.refit_from_file(str(graph)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "see its log above"
+            raise TensorrtError(f"TensorRT could not refit {network}'s plan from {graph} ({errors}); the old plan stays.")
+        return len(known)
+    if not refitter.refit_cuda_engine():
+        raise TensorrtError(f"TensorRT could not refit {network}'s plan (see its log above); the old plan stays.")
+    return len(arrays)
+
+
+def refit_swapped(trt, logger, engine, network: str, plans: Plans, graph: Path, net) -> None:
+    """Refit `engine` with the weights a run-time LoRA changed in `network` (lora.swapped_weights of `graph`)."""
+    from svdedit.runtime.engines.lora import swapped_weights
+
+    if not plans.build.refittable:
+        raise TensorrtError(refit_hint(plans))
+    count = refit_engine(trt, logger, engine, network, swapped_weights(graph, network, net), graph)
+    log.info("%s: %d weight(s) refitted for the LoRA adapters (%s)", network, count, graph.parent)
+
+
+def refit_hint(plans: Plans) -> str:
+    """Why a LoRA cannot be swapped into `plans` (not built refittable), and the ways that work."""
+    return (f"a LoRA swapped in at run time is refitted into the TensorRT plans, and the plans in "
+            f"{plans.root / plans.key} were not built refittable. Build them again with `svdedit build ENGINE_DIR "
+            f"--refittable`, choose another provider (cpu, cuda, ort-tensorrt, openvino), or fuse the adapter at "
+            f"export (`svdedit export MODEL -o DIR --lora FILE`).")
+
+
 #: TensorRT's output types (DataType names) as NumPy/CuPy dtypes; BF16 has none: it is read as uint16 and widened
 OUTPUT_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "BF16": np.uint16, "INT32": np.int32, "INT64": np.int64,
                  "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
@@ -171,10 +224,11 @@ class TensorrtRunner(Runner):
     provider = "TensorRT"
 
     def __init__(self, engine_dir: str | Path, network: str, manifest: Manifest,
-                 shared: SharedActivations | None = None, cuda_graphs: bool | None = None):
+                 shared: SharedActivations | None = None, cuda_graphs: bool | None = None, refit: Path | None = None):
         super().__init__(engine_dir, network, manifest)
         self.shared = shared or SharedActivations()
         self.cuda_graphs = cuda_graphs  # None: capture CUDA graphs when the plans were built --static
+        self.refit = refit  # a LoRA swapped in (lora.swapped_graphs): its graph, whose new weights are refitted in
         self._graphs: dict = {}
 
     def _activate(self) -> None:
@@ -194,8 +248,10 @@ class TensorrtRunner(Runner):
         self.profiles = [{k: tuple(tuple(s) for s in v) for k, v in p.items()} for p in plan.profiles]
         if self.cuda_graphs is None:
             self.cuda_graphs = build.static
-        self._runtime, self.engine = load_plan(trt, trt.Logger(trt.Logger.WARNING), path, self.engine_dir,
-                                               also=", or choose the provider cuda or cpu")
+        logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime, self.engine = load_plan(trt, logger, path, self.engine_dir, also=", or choose the provider cuda or cpu")
+        if self.refit is not None:  # in memory only: the plan in the cache stays the engine dir's
+            refit_swapped(trt, logger, self.engine, self.network, plans, self.refit, self.manifest.networks[self.network])
         self._allocation = trt.ExecutionContextAllocationStrategy.USER_MANAGED
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.contexts = [self._context(i) for i in range(len(self.profiles))]
