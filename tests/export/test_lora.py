@@ -94,6 +94,46 @@ def test_swapped_at_run_time_matches_diffusers_in_both_formats(tiny_pipelines, a
         assert np.abs(got["text_encoder"] - ref["text_encoder"]).max() < TOL, name  # B has no text layers
 
 
+@pytest.mark.parametrize("form", ["transformers-4", "kohya"])
+def test_text_encoder_layers_named_as_most_lora_files_name_them_swap_in_as_diffusers_loads_them(
+        form, tiny_pipelines, adapters, lora_engine_split, feeds, tmp_path):
+    """LoRA files made under transformers 4 name CLIP's `text_model.` level, which transformers 5 dropped
+    (`text_encoder.text_model.encoder.layers.0...`), and kohya's sd-scripts writes `lora_te_text_model_encoder_...`:
+    A in each form, swapped in (UNet and text encoder), against diffusers, which loads both."""
+    from svdedit.runtime.pipeline import Pipeline
+    from tests.fixtures.lora import save_kohya_lora, with_text_model_level
+
+    path = (with_text_model_level if form == "transformers-4" else save_kohya_lora)(adapters["A"], tmp_path / "A.safetensors")
+    adapter = read_adapter(path, 1.0)
+    assert all("text_model" in layer.module for layer in adapter.layers if layer.component == "text_encoder")
+    ref = diffusers_outputs(tiny_pipelines["sd1"], [(path, 1.0)], feeds)
+    assert np.abs(ref["text_encoder"] - diffusers_outputs(tiny_pipelines["sd1"], [], feeds)["text_encoder"]).max() > 0.1
+    manifest = read_manifest(lora_engine_split)
+    graphs = swapped_graphs(lora_engine_split, manifest, [adapter])
+    with OrtRunner(lora_engine_split, "text_encoder", manifest, "cpu", graph=graphs["text_encoder"]) as text:
+        got = text(**feeds["text_encoder"])["last_hidden_state"]
+    assert np.abs(got - ref["text_encoder"]).max() < TOL
+    u = feeds["unet"]
+    with Pipeline(lora_engine_split, lora=[adapter]) as pipe:
+        unet = pipe.unet_fn(1)(u["sample"], u["timestep"], u["encoder_hidden_states"])
+    assert np.abs(unet - ref["unet"]).max() < TOL
+
+
+def test_the_export_finds_a_text_encoder_module_by_any_of_its_names(tiny_pipelines):
+    """What the fused export matches a LoRA layer's module with (export/svdedit/export/lora.find_module)."""
+    from transformers import CLIPTextModel
+
+    from svdedit.export.lora import find_module
+
+    model = CLIPTextModel.from_pretrained(tiny_pipelines["sd1"] / "text_encoder")
+    want = dict(model.named_modules())["encoder.layers.1.self_attn.q_proj"]
+    for name, kohya in (("encoder.layers.1.self_attn.q_proj", False), ("text_model.encoder.layers.1.self_attn.q_proj", False),
+                        ("text_model_encoder_layers_1_self_attn_q_proj", True), ("encoder_layers_1_self_attn_q_proj", True)):
+        assert find_module(model, name, kohya) is want, name
+    assert find_module(model, "text_model.encoder.layers.1.self_attn", False) is None  # not a Linear
+    assert find_module(model, "text_model_encoder_layers_1_self_attn_q_proj", False) is None  # underscores: kohya only
+
+
 def test_scale_zero_gives_the_engine_outputs_exactly_and_the_files_are_untouched(adapters, lora_engine, feeds):
     before = {p.name: p.read_bytes() for p in lora_engine.iterdir()}
     plain = engine_outputs(lora_engine, feeds)

@@ -154,7 +154,7 @@ def test_an_sdxl_lora_on_the_unet_and_both_text_encoders_swaps_in_as_diffusers_l
     from svdedit.runtime.engines import read_manifest
     from svdedit.runtime.engines.lora import read_adapter
     from svdedit.runtime.pipeline import Pipeline
-    from tests.fixtures.lora import save_peft_lora
+    from tests.fixtures.lora import save_kohya_lora, save_peft_lora
 
     reference = StableDiffusionXLPipeline.from_pretrained(xl_pipeline, torch_dtype=torch.float32)
     reference.scheduler = DDIMScheduler.from_config(reference.scheduler.config)
@@ -175,6 +175,13 @@ def test_an_sdxl_lora_on_the_unet_and_both_text_encoders_swaps_in_as_diffusers_l
         assert set(p.providers) == set(plain.providers)
         ours = p.generate([PROMPT], steps=6, guidance=5.0, init_noise=noise)
         cond = p.encode_prompt([PROMPT])
+    # the same adapter under kohya's SDXL names (lora_unet_, lora_te1_, lora_te2_, the encoders' text_model_ level)
+    kohya = read_adapter(save_kohya_lora(path, tmp_path / "xl-kohya.safetensors", xl=True), 0.7)
+    assert {layer.component for layer in kohya.layers} == {"unet", "text_encoder", "text_encoder_2"} and all(
+        layer.kohya for layer in kohya.layers)
+    with Pipeline(xl_engine, lora=[kohya]) as k:
+        np.testing.assert_allclose(k.encode_prompt([PROMPT]), cond, atol=1e-6)
+        np.testing.assert_allclose(k.generate([PROMPT], steps=6, guidance=5.0, init_noise=noise), ours, atol=1e-5)
     reference.load_lora_weights(str(path), adapter_name="xl")
     reference.set_adapters(["xl"], adapter_weights=[0.7])
     with torch.no_grad():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svdedit.runtime.engines.lora import Adapter, refuse_unfit
+from svdedit.runtime.engines.lora import Adapter, match_key, refuse_unfit
 from svdedit.runtime.errors import ExportError, SvdeditError
 
 #: the networks whose weights a LoRA may touch, and the component of a LoRA file that holds their layers
@@ -77,14 +77,15 @@ def check_modules(adapter: Adapter, modules: dict) -> None:
 
 
 def find_module(model, name: str, kohya: bool):
-    """The Linear/Conv2d module `name` of `model` (a kohya name matched with its dots as underscores), or None."""
+    """The Linear/Conv2d module `name` of `model` (matched as engines/lora.match_key says: a kohya name with its dots
+    as underscores, CLIP's `text_model.` level dropped on both sides), or None."""
     import torch
 
     if model is None:
         return None
+    key = match_key(name, kohya)
     for full, module in model.named_modules():
-        if (full == name or (kohya and full.replace(".", "_") == name)) and isinstance(
-                module, (torch.nn.Linear, torch.nn.Conv2d)):
+        if match_key(full, kohya) == key and isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             return module
     return None
 

@@ -331,14 +331,14 @@ def merge_plan(manifest, adapters) -> dict[str, dict[str, list[tuple[Layer, floa
         raise SvdeditError("a run-time LoRA cannot be applied to an int8 engine dir (its weights are quantized with "
                            "scales computed without the adapter): fuse the adapter at export (`svdedit export MODEL "
                            "--lora FILE`), then quantize, or swap adapters on the fp32 engine dir.")
-    kohya = {name: {m.replace(".", "_"): m for m in [*net.lora_targets, *(net.lora_unused or ())]}
+    names = {name: {match_key(m, k): m for m in [*net.lora_targets, *(net.lora_unused or ())] for k in (False, True)}
              for name, net in ready.items()}
     plan: dict[str, dict[str, list]] = {}
     missing, mismatched = [], []
     for adapter in adapters:
         for layer in adapter.layers:
-            places = targets_of(layer, ready, kohya)
-            if not places and not is_unused(layer, ready, kohya):
+            places = targets_of(layer, ready, names)
+            if not places and not is_unused(layer, ready, names):
                 missing.append(f"{layer.component}.{layer.module}")
             for network, initializer, transposed, shape in places:
                 if not layer.fits(shape, transposed):
@@ -364,23 +364,32 @@ def refuse_unfit(missing: list[str], mismatched: list[str], subject: str, why_mi
                            f"({first(mismatched, 2)}): a LoRA made for another model. {outcome}")
 
 
-def modules_named(layer: Layer, ready: dict, kohya: dict[str, dict[str, str]]) -> list[tuple[str, str]]:
-    """(network, the network's module name) for each swappable network of `layer`'s component (`kohya`: each
-    network's module names, targets and unused, with their dots as underscores -> the names)."""
-    return [(network, kohya[network].get(layer.module, layer.module) if layer.kohya else layer.module)
-            for network in COMPONENT_NETWORKS[layer.component] if network in ready]
+def match_key(module: str, kohya: bool) -> str:
+    """What a LoRA layer's module and a model's module are matched by. A kohya name is matched with its dots as
+    underscores. transformers 5's CLIP text models lost their `text_model.` level, which the modules of LoRA files
+    made before name (`text_encoder.text_model.encoder.layers.0...`, kohya's `lora_te_text_model_encoder_...`), as
+    do engine dirs exported before: that level is dropped on both sides, as diffusers' loader does."""
+    return module.replace(".", "_").removeprefix("text_model_") if kohya else module.removeprefix("text_model.")
 
 
-def targets_of(layer: Layer, ready: dict, kohya: dict[str, dict[str, str]]) -> list[tuple[str, str, bool, tuple]]:
+def modules_named(layer: Layer, ready: dict, names: dict[str, dict[str, str]]) -> list[tuple[str, str]]:
+    """(network, the network's module name) for each swappable network of `layer`'s component (`names`: each
+    network's match_key of its module names, targets and unused, -> the names)."""
+    key = match_key(layer.module, layer.kohya)
+    return [(network, names[network].get(key, layer.module)) for network in COMPONENT_NETWORKS[layer.component]
+            if network in ready]
+
+
+def targets_of(layer: Layer, ready: dict, names: dict[str, dict[str, str]]) -> list[tuple[str, str, bool, tuple]]:
     """(network, initializer, transposed, shape) of each graph initializer that holds `layer`'s weight."""
     return [(network, initializer, bool(transposed), tuple(shape))
-            for network, module in modules_named(layer, ready, kohya)
+            for network, module in modules_named(layer, ready, names)
             for initializer, transposed, shape in ready[network].lora_targets.get(module, ())]
 
 
-def is_unused(layer: Layer, ready: dict, kohya: dict[str, dict[str, str]]) -> bool:
+def is_unused(layer: Layer, ready: dict, names: dict[str, dict[str, str]]) -> bool:
     """`layer` is on a module the graphs do not use (a network's lora_unused): it changes nothing and is skipped."""
-    return any(module in (ready[network].lora_unused or ()) for network, module in modules_named(layer, ready, kohya))
+    return any(module in (ready[network].lora_unused or ()) for network, module in modules_named(layer, ready, names))
 
 
 def write_merged(src: Path, dst: Path, plan: dict[str, list]) -> None:
