@@ -132,6 +132,13 @@ def test_the_export_finds_a_text_encoder_module_by_any_of_its_names(tiny_pipelin
         assert find_module(model, name, kohya) is want, name
     assert find_module(model, "text_model.encoder.layers.1.self_attn", False) is None  # not a Linear
     assert find_module(model, "text_model_encoder_layers_1_self_attn_q_proj", False) is None  # underscores: kohya only
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_pipelines["sd1"] / "unet")
+    for name, want in (("input_blocks_1_1_proj_in", "down_blocks.0.attentions.0.proj_in"),  # the LDM/SGM naming
+                       ("output_blocks_2_0_in_layers_2", "up_blocks.1.resnets.0.conv1"),
+                       ("down_blocks_0_attentions_0_proj_in", "down_blocks.0.attentions.0.proj_in")):
+        assert find_module(unet, name, True) is dict(unet.named_modules())[want], name
 
 
 def test_scale_zero_gives_the_engine_outputs_exactly_and_the_files_are_untouched(adapters, lora_engine, feeds):

@@ -1,5 +1,5 @@
 """SDXL's fast variants: the UNet split for step caching (its first part takes the added conditioning) and the int8
-UNet of `svdedit quantize` on it. Under `make test-slow` (one more tiny SDXL export, ~75 s here); the whole-UNet
+UNet of `svdedit quantize` on it; and a LoRA fused at export. Under `make test-slow` (one more tiny SDXL export, ~75 s here); the whole-UNet
 SDXL engine is in `make test` (tests/runtime/test_sdxl_parity.py, tests/runtime/editing/test_sdxl_editing.py)."""
 
 from __future__ import annotations
@@ -62,3 +62,35 @@ def test_an_int8_sdxl_engine_generates_and_edits(xl_split, tmp_path):
         proc = run_cli(*args)
         assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "e.png").is_file()
+
+
+def test_an_sdxl_lora_in_kohya_names_fused_at_export_generates_as_its_run_time_swap(xl_pipeline, xl_engine, tmp_path):
+    """An SDXL LoRA (UNet and both text encoders) fused at export from a kohya file in sd-scripts' SDXL naming
+    (lora_unet_input_blocks_..., lora_te1_/lora_te2_text_model_...): diffusers' loader for the UNet, the NumPy merge
+    for the encoders. It generates what the run-time swap of the same adapter, in peft's format, generates (which
+    tests/runtime/test_sdxl_parity.py holds to diffusers)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from svdedit.runtime.engines import read_manifest
+    from svdedit.runtime.engines.lora import read_adapter
+    from svdedit.runtime.pipeline import Pipeline
+    from tests.fixtures.lora import save_kohya_lora, save_peft_lora
+
+    peft = save_peft_lora(StableDiffusionXLPipeline.from_pretrained(xl_pipeline), tmp_path / "xl.safetensors", seed=5,
+                          text_encoder=True, text_encoder_2=True)
+    config = json.loads((xl_pipeline / "unet" / "config.json").read_text())
+    kohya = save_kohya_lora(peft, tmp_path / "xl-kohya.safetensors", xl=True, unet_config=config)
+    out = tmp_path / "fused"
+    proc = run_cli("export", xl_pipeline, "-o", out, "--lora", kohya, "--lora-scale", "0.7")
+    assert proc.returncode == 0, proc.stderr
+    (record,) = read_manifest(out).raw["lora"]["fused"]
+    assert record["components"] == ["text_encoder", "text_encoder_2", "unet"] and record["scale"] == 0.7
+    with Pipeline(out) as fused:
+        noise = fused.noise(seed=3, batch=1)
+        got = fused.generate([PROMPT], steps=6, guidance=5.0, init_noise=noise)
+    with Pipeline(xl_engine, lora=[read_adapter(peft, 0.7)]) as swapped:
+        want = swapped.generate([PROMPT], steps=6, guidance=5.0, init_noise=noise)
+    with Pipeline(xl_engine) as plain:
+        base = plain.generate([PROMPT], steps=6, guidance=5.0, init_noise=noise)
+    assert np.abs(want - base).max() > 0.1
+    np.testing.assert_allclose(got, want, atol=1e-3)

@@ -7,6 +7,9 @@ states and the pooled embedding. The packed conditioning array is runtime/svdedi
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -175,13 +178,28 @@ def test_an_sdxl_lora_on_the_unet_and_both_text_encoders_swaps_in_as_diffusers_l
         assert set(p.providers) == set(plain.providers)
         ours = p.generate([PROMPT], steps=6, guidance=5.0, init_noise=noise)
         cond = p.encode_prompt([PROMPT])
-    # the same adapter under kohya's SDXL names (lora_unet_, lora_te1_, lora_te2_, the encoders' text_model_ level)
-    kohya = read_adapter(save_kohya_lora(path, tmp_path / "xl-kohya.safetensors", xl=True), 0.7)
-    assert {layer.component for layer in kohya.layers} == {"unet", "text_encoder", "text_encoder_2"} and all(
-        layer.kohya for layer in kohya.layers)
-    with Pipeline(xl_engine, lora=[kohya]) as k:
-        np.testing.assert_allclose(k.encode_prompt([PROMPT]), cond, atol=1e-6)
-        np.testing.assert_allclose(k.generate([PROMPT], steps=6, guidance=5.0, init_noise=noise), ours, atol=1e-5)
+    # the same adapter under kohya's SDXL names (lora_te1_, lora_te2_, the encoders' text_model_ level), the UNet's
+    # in diffusers' module names and in the original checkpoint's, as sd-scripts writes them (lora_unet_input_blocks_)
+    config = json.loads((Path(xl_pipeline) / "unet" / "config.json").read_text())
+    for unet_config in (None, config):
+        kohya_file = save_kohya_lora(path, tmp_path / "xl-kohya.safetensors", xl=True, unet_config=unet_config)
+        kohya = read_adapter(kohya_file, 0.7)
+        assert {layer.component for layer in kohya.layers} == {"unet", "text_encoder", "text_encoder_2"} and all(
+            layer.kohya for layer in kohya.layers)
+        assert (unet_config is not None) == any("input_blocks" in layer.module for layer in kohya.layers)
+        with Pipeline(xl_engine, lora=[kohya]) as k:
+            np.testing.assert_allclose(k.encode_prompt([PROMPT]), cond, atol=1e-6)
+            np.testing.assert_allclose(k.generate([PROMPT], steps=6, guidance=5.0, init_noise=noise), ours, atol=1e-5)
+    # ... and diffusers reads that file's UNet layers as the peft file's: the names are the ones sd-scripts writes
+    outs = []
+    for file in (path, kohya_file):
+        pipe = StableDiffusionXLPipeline.from_pretrained(xl_pipeline, torch_dtype=torch.float32)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.load_lora_weights(str(file), adapter_name="xl")
+        outs.append(pipe(PROMPT, num_inference_steps=2, guidance_scale=5.0, latents=torch.from_numpy(noise),
+                         output_type="latent").images.numpy())
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-5)
     reference.load_lora_weights(str(path), adapter_name="xl")
     reference.set_adapters(["xl"], adapter_weights=[0.7])
     with torch.no_grad():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svdedit.runtime.engines.lora import Adapter, match_key, refuse_unfit
+from svdedit.runtime.engines.lora import Adapter, match_key, refuse_unfit, sgm_names
 from svdedit.runtime.errors import ExportError, SvdeditError
 
 #: the networks whose weights a LoRA may touch, and the component of a LoRA file that holds their layers
@@ -78,16 +78,18 @@ def check_modules(adapter: Adapter, modules: dict) -> None:
 
 def find_module(model, name: str, kohya: bool):
     """The Linear/Conv2d module `name` of `model` (matched as engines/lora.match_key says: a kohya name with its dots
-    as underscores, CLIP's `text_model.` level dropped on both sides), or None."""
+    as underscores, CLIP's `text_model.` level dropped on both sides; a kohya UNet name may be in the original
+    checkpoint's naming, engines/lora.sgm_names), or None."""
     import torch
 
     if model is None:
         return None
     key = match_key(name, kohya)
-    for full, module in model.named_modules():
-        if match_key(full, kohya) == key and isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            return module
-    return None
+    named = dict(model.named_modules())
+    found = next((module for full, module in named.items() if match_key(full, kohya) == key), None)
+    if found is None and kohya:
+        found = named.get(sgm_names(named).get(key))
+    return found if isinstance(found, (torch.nn.Linear, torch.nn.Conv2d)) else None
 
 
 def fuse_unet(unet, adapters: list[tuple[int, Adapter]], xl: bool) -> None:

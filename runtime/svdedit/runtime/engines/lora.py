@@ -17,7 +17,8 @@ refitted in memory with the weights the merge changed (swapped_weights; tensorrt
 The formats read: diffusers/peft (`unet.MODULE.lora_A.weight` / `lora_B.weight`, also `lora.down` / `lora.up`
 and `lora_linear_layer.down` / `up`; alphas from the file's `lora_adapter_metadata`, as diffusers saves them, or
 `MODULE.alpha` tensors; none: alpha = rank, diffusers' rule) and kohya (`lora_unet_MODULE_WITH_UNDERSCORES.
-lora_down.weight` / `lora_up.weight` / `alpha`, `lora_te_` / `lora_te1_` / `lora_te2_` for the text encoders).
+lora_down.weight` / `lora_up.weight` / `alpha`, the UNet's modules in diffusers' names or the original checkpoint's
+(sgm_names), `lora_te_` / `lora_te1_` / `lora_te2_` for the text encoders).
 Anything else in the file is an error naming the first keys; nothing is applied in part.
 """
 
@@ -331,8 +332,11 @@ def merge_plan(manifest, adapters) -> dict[str, dict[str, list[tuple[Layer, floa
         raise SvdeditError("a run-time LoRA cannot be applied to an int8 engine dir (its weights are quantized with "
                            "scales computed without the adapter): fuse the adapter at export (`svdedit export MODEL "
                            "--lora FILE`), then quantize, or swap adapters on the fp32 engine dir.")
-    names = {name: {match_key(m, k): m for m in [*net.lora_targets, *(net.lora_unused or ())] for k in (False, True)}
-             for name, net in ready.items()}
+    modules = {name: [*net.lora_targets, *(net.lora_unused or ())] for name, net in ready.items()}
+    sgm = sgm_names([m for name in COMPONENT_NETWORKS["unet"] for m in modules.get(name, ())])
+    names = {name: {**{match_key(m, k): m for m in modules[name] for k in (False, True)},
+                    **({k: m for k, m in sgm.items() if m in modules[name]} if name in COMPONENT_NETWORKS["unet"] else {})}
+             for name in ready}
     plan: dict[str, dict[str, list]] = {}
     missing, mismatched = [], []
     for adapter in adapters:
@@ -370,6 +374,56 @@ def match_key(module: str, kohya: bool) -> str:
     made before name (`text_encoder.text_model.encoder.layers.0...`, kohya's `lora_te_text_model_encoder_...`), as
     do engine dirs exported before: that level is dropped on both sides, as diffusers' loader does."""
     return module.replace(".", "_").removeprefix("text_model_") if kohya else module.removeprefix("text_model.")
+
+
+#: a resnet's modules: diffusers' name -> the original (LDM/SGM) checkpoint's
+SGM_RESNET = {"conv1": "in_layers_2", "conv2": "out_layers_3", "time_emb_proj": "emb_layers_1",
+              "conv_shortcut": "skip_connection"}
+SGM_FIXED = {"conv_in": "input_blocks_0_0", "conv_out": "out_2", "time_embedding.linear_1": "time_embed_0",
+             "time_embedding.linear_2": "time_embed_2", "add_embedding.linear_1": "label_emb_0_0",
+             "add_embedding.linear_2": "label_emb_0_2"}
+SGM_PART = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.+)$|"
+                      r"^mid_block\.(resnets|attentions)\.(\d+)\.(.+)$")
+
+
+def sgm_names(modules) -> dict[str, str]:
+    """{the kohya name (underscored) in the original checkpoint's naming: the diffusers UNet module} for `modules`
+    (a UNet's module names): kohya's sd-scripts trains SDXL on that UNet (`lora_unet_input_blocks_4_1_
+    transformer_blocks_0_attn1_to_q`, `..._middle_block_0_in_layers_2`, `..._output_blocks_2_2_conv`). Its layout
+    is read off the modules: layers per block (down block 0's resnets), and which up blocks have attention (their
+    upsampler is the block's third part, else its second)."""
+    modules = list(modules)
+    per_block = 1 + max((int(m.split(".")[3]) for m in modules if m.startswith("down_blocks.0.resnets.")), default=-1)
+    if per_block == 0:
+        return {}
+    step = per_block + 1
+    attended = {int(m.split(".")[1]) for m in modules if re.match(r"up_blocks\.\d+\.attentions\.", m)}
+    out = {}
+    for module in modules:
+        if module in SGM_FIXED:
+            out[SGM_FIXED[module]] = module
+            continue
+        m = SGM_PART.match(module)
+        if m is None:
+            continue
+        if m[6]:  # the middle block: resnet, attention, resnet
+            index, kind, rest = (1 if m[6] == "attentions" else 2 * int(m[7])), m[6], m[8]
+            where = f"middle_block_{index}"
+        else:
+            side, block, kind, layer, rest = m[1], int(m[2]), m[3], int(m[4]), m[5]
+            if side == "down_blocks":
+                index = 1 + block * step + (per_block if kind == "downsamplers" else layer)
+                where = f"input_blocks_{index}_{1 if kind == 'attentions' else 0}"
+            else:
+                index = block * step + (per_block if kind == "upsamplers" else layer)
+                part = {"resnets": 0, "attentions": 1}.get(kind, 2 if block in attended else 1)
+                where = f"output_blocks_{index}_{part}"
+            if kind == "downsamplers":
+                rest = "op" if rest == "conv" else rest
+        if kind == "resnets":
+            rest = SGM_RESNET.get(rest, rest)
+        out[f"{where}_{rest.replace('.', '_')}"] = module
+    return out
 
 
 def modules_named(layer: Layer, ready: dict, names: dict[str, dict[str, str]]) -> list[tuple[str, str]]:
