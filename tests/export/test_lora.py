@@ -163,6 +163,36 @@ def test_a_swap_is_merged_once_into_the_cache_beside_links_to_the_graph(adapters
     assert swapped_graphs(lora_engine, manifest, [read_adapter(adapters["B"], 0.5)])["unet"].parent != graph.parent
 
 
+def test_the_merged_sets_in_the_cache_keep_to_their_budget_least_recently_used_first(adapters, lora_engine, tmp_path,
+                                                                                     monkeypatch):
+    import os
+    import time
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    manifest = read_manifest(lora_engine)
+    size = (lora_engine / "unet.lora.safetensors").stat().st_size  # one merged set of B (a UNet LoRA)
+    monkeypatch.setenv("SVDEDIT_LORA_CACHE_GB", str(2.5 * size / 2**30))
+
+    def merge(scale: float):
+        return swapped_graphs(lora_engine, manifest, [read_adapter(adapters["B"], scale)])["unet"].parent
+
+    folders = {scale: merge(scale) for scale in (0.1, 0.2)}
+    for hours, scale in ((3, 0.1), (2, 0.2)):
+        then = time.time() - hours * 3600
+        os.utime(folders[scale] / "adapters.json", (then, then))
+    assert merge(0.1) == folders[0.1]  # used again (from the cache): now 0.2 is the least recently used
+    folders[0.3] = merge(0.3)  # three sets are over 2.5 sets' worth: the least recently used one goes
+    assert [s for s in sorted(folders) if folders[s].exists()] == [0.1, 0.3]
+    monkeypatch.setenv("SVDEDIT_LORA_CACHE_GB", "0")  # a set used in the last minutes stays, over budget or not
+    folders[0.4] = merge(0.4)
+    assert [s for s in sorted(folders) if folders[s].exists()] == [0.1, 0.3, 0.4]
+    assert merge(0.2) == folders[0.2] and (folders[0.2] / "unet.lora.safetensors").is_file()  # merged again
+    assert not list((tmp_path / "xdg").glob("svdedit/engines/*/lora.evicted-*"))
+    monkeypatch.setenv("SVDEDIT_LORA_CACHE_GB", "lots")
+    with pytest.raises(SvdeditError, match=r"SVDEDIT_LORA_CACHE_GB is 'lots': give the gigabytes .* e\.g\. 32"):
+        merge(0.6)
+
+
 def test_every_linear_and_conv_weight_is_swappable(lora_engine, tiny_pipelines):
     from diffusers import UNet2DConditionModel
 

@@ -25,19 +25,26 @@ Anything else in the file is an error naming the first keys; nothing is applied 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
+import shutil
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from svdedit.runtime.engines.names import engine_cache_dir
+from svdedit.runtime.engines.names import engine_cache_dir, user_cache_root
 from svdedit.runtime.errors import SvdeditError, shown
 from svdedit.runtime.files import atomic_dir, check_safetensors, sha256_file, write_json
 
+#: the merged adapter sets the per-user cache keeps, all engines together ($SVDEDIT_LORA_CACHE_GB): each holds its
+#: networks' swappable weights again (SD 1.5's UNet in fp32: 3.4 GB), and the least recently used go first
+DEFAULT_CACHE_GB = 32.0
+RECENT_S = 600.0  # a set used this recently is never removed: another process may be opening it
 #: bounds a LoRA must keep (an adapter past them is a mistake: a wrong file, a scale typed as a percentage)
 MAX_SCALE = 8.0
 MAX_RANK = 1024
@@ -53,6 +60,7 @@ ALPHA_KEY = re.compile(r"^(unet|text_encoder|text_encoder_2)\.(.+)\.alpha$")
 KOHYA_KEY = re.compile(r"^(lora_unet_|lora_te1_|lora_te2_|lora_te_)([^.]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 DOWN_NAMES = ("lora_A", "lora.down", "lora_linear_layer.down", "lora_down.weight")
 PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip, and a bare pickle protocol 2+
+log = logging.getLogger("svdedit.runtime")
 
 
 @dataclass(frozen=True)
@@ -272,6 +280,7 @@ def swapped_graphs(engine_dir: str | Path, manifest, adapters) -> dict[str, Path
                    if rel != net.lora_weights) and changed_in(root) == changed
 
     if not merged_before():
+        evict_merged(cache_budget() - sum((engine_dir / net.lora_weights).stat().st_size for net in nets.values()), root)
         try:
             with atomic_dir(root, replace=root.exists()) as work:
                 for name, net in nets.items():
@@ -284,7 +293,62 @@ def swapped_graphs(engine_dir: str | Path, manifest, adapters) -> dict[str, Path
         except SvdeditError:  # another process merged the same adapters meanwhile (atomic_dir: it appeared)
             if not merged_before():
                 raise
+    os.utime(root / "adapters.json")  # its last use, for evict_merged
     return {name: root / net.file for name, net in nets.items()}
+
+
+def cache_budget() -> int:
+    """The bytes of merged adapter sets the per-user cache keeps, all engines together: $SVDEDIT_LORA_CACHE_GB
+    (gigabytes), else DEFAULT_CACHE_GB."""
+    text = os.environ.get("SVDEDIT_LORA_CACHE_GB")
+    try:
+        gb = DEFAULT_CACHE_GB if text is None else float(text)
+    except ValueError:
+        gb = -1.0
+    if not (math.isfinite(gb) and gb >= 0):
+        raise SvdeditError(f"SVDEDIT_LORA_CACHE_GB is {text!r}: give the gigabytes of merged LoRA weights the cache "
+                           f"may keep, e.g. 32 (0 keeps only the adapter sets in use).")
+    return int(gb * 2**30)
+
+
+def merged_sets() -> list[tuple[float, int, Path]]:
+    """(last use, bytes, folder) of every merged adapter set in the per-user cache (swapped_graphs' folders), the
+    least recently used first."""
+    out = []
+    for folder in (user_cache_root() / "engines").glob("*/lora"):
+        try:
+            used = (folder / "adapters.json").stat().st_mtime
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and not f.is_symlink())
+        except OSError:  # being written, or removed, by another process
+            continue
+        out.append((used, size, folder))
+    return sorted(out)
+
+
+def evict_merged(budget: int, keep: Path) -> None:
+    """Remove the least recently used merged adapter sets until they take at most `budget` bytes (what the next
+    merge leaves of the cache's budget), never `keep` nor a set used in the last RECENT_S seconds (another process
+    may be opening it). A set is renamed away before it is deleted, so no reader sees it half gone."""
+    for leftover in (user_cache_root() / "engines").glob("*/lora.evicted-*"):  # a removal cut short
+        shutil.rmtree(leftover, ignore_errors=True)
+    sets = merged_sets()
+    total = sum(size for _, size, _ in sets)
+    now = time.time()
+    for used, size, folder in sets:
+        if total <= budget:
+            break
+        if folder == keep or now - used < RECENT_S:
+            continue
+        doomed = folder.with_name(f"lora.evicted-{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            folder.rename(doomed)
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
+        total -= size
+        log.info("removed the merged LoRA set %s (%.2f GB, unused for %.0f h): the cache keeps %.1f GB "
+                 "(SVDEDIT_LORA_CACHE_GB)", folder.parent.name, size / 2**30, (now - used) / 3600,
+                 cache_budget() / 2**30)
 
 
 def changed_in(root: Path) -> dict | None:
