@@ -80,3 +80,49 @@ def test_learn_edit_and_see_before_and_after(shapes_engine, tmp_path, browser):
         assert "does not contain 'red'" in message and "{" not in message
     finally:
         server.stop()
+
+
+def test_a_lora_adapter_is_chosen_to_learn_and_its_attributes_edit_with_it(lora_engine, lora_adapters, tmp_path,
+                                                                           browser):
+    """With adapters (`svdedit serve --lora`), the page offers them for learning, shows each attribute's, and edits
+    with the attributes' adapter (the service refuses an edit on another: a 409 would show as an error here)."""
+    import httpx
+    from selenium.webdriver.support import expected_conditions as when
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from tests.serve.conftest import TEST_LIMITS
+
+    server = local_server(lora_engine, tmp_path / "store", lora=(("b", str(lora_adapters["B"]), 1.0),), **TEST_LIMITS)
+    try:
+        browser.get(server.url)
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda d: d.find_element("id", "adapter-row").is_displayed())
+
+        def learn(adapter: str) -> None:
+            Select(browser.find_element("id", "adapter")).select_by_value(adapter)
+            for field, text in (("learn-source", "a red cat"), ("learn-target", "a blue cat")):
+                browser.find_element("id", field).clear()
+                browser.find_element("id", field).send_keys(text)
+            count = len(browser.find_elements("css selector", "#attributes input"))
+            browser.find_element("id", "learn-button").click()
+            wait.until(lambda d: len(d.find_elements("css selector", "#attributes input")) == count + 1)
+
+        learn("b")
+        assert "(LoRA b)" in browser.find_element("id", "attributes").text
+        browser.find_element("id", "prompt").clear()
+        browser.find_element("id", "prompt").send_keys("a red cat")
+        browser.find_element("id", "edit-button").click()
+        wait.until(lambda d: (d.find_element("id", "after").get_attribute("src") or "").startswith("data:")
+                   or d.find_element("id", "error").is_displayed())
+        assert not browser.find_element("id", "error").is_displayed(), browser.find_element("id", "error").text
+        (learned,) = httpx.get(server.url + "/v1/attributes").json()
+        assert learned["lora"] == "b"
+        learn("")  # the engine as exported: the two attributes cannot be edited together
+        for box in browser.find_elements("css selector", "#attributes input"):
+            if not box.is_selected():
+                box.click()
+        browser.find_element("id", "edit-button").click()
+        wait.until(when.visibility_of_element_located(("id", "error")))
+        assert "learned with different LoRA adapters (b, none)" in browser.find_element("id", "error").text
+    finally:
+        server.stop()

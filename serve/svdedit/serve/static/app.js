@@ -30,8 +30,26 @@ async function api(method, path, body) {
   return data;
 }
 
+// the LoRA adapter each listed attribute was learned with (null: none); an edit runs on its attributes' adapter
+const adapterOf = new Map();
+
+async function loadAdapters() {
+  const adapters = await api("GET", "/v1/adapters");
+  const select = $("adapter");
+  select.textContent = "";
+  for (const [value, text] of [["", "none (the engine as exported)"], ...adapters.map((a) => [a.name, `${a.name} (${a.file}, scale ${a.scale})`])]) {
+    const option = document.createElement("option");
+    option.value = value;
+    option.textContent = text;
+    select.append(option);
+  }
+  $("adapter-row").hidden = adapters.length === 0;
+}
+
 async function loadAttributes(select) {
   const list = await api("GET", "/v1/attributes");
+  adapterOf.clear();
+  for (const a of list) adapterOf.set(a.id, a.lora || null);
   const box = $("attributes");
   box.textContent = "";
   if (list.length === 0) {
@@ -46,7 +64,7 @@ async function loadAttributes(select) {
     box2.type = "checkbox";
     box2.value = a.id;
     box2.checked = a.id === select || list.length === 1;
-    label.append(box2, ` ${a.source} \u2192 ${a.target} `);
+    label.append(box2, ` ${a.source} \u2192 ${a.target} ` + (a.lora ? `(LoRA ${a.lora}) ` : ""));
     const id = document.createElement("small");
     id.className = "muted";
     id.textContent = a.id;
@@ -74,7 +92,9 @@ async function learn(event) {
   $("learn-button").disabled = true;
   $("status").textContent = "Learning the attribute\u2026";
   try {
-    const a = await api("POST", "/v1/attributes", { source: $("learn-source").value, target: $("learn-target").value });
+    const body = { source: $("learn-source").value, target: $("learn-target").value };
+    if ($("adapter").value) body.lora = $("adapter").value;
+    const a = await api("POST", "/v1/attributes", body);
     await loadAttributes(a.id);
     $("status").textContent = `Learned ${a.source} \u2192 ${a.target}.`;
   } catch (e) {
@@ -93,7 +113,14 @@ async function edit(event) {
     showError("Choose at least one attribute (or learn one first).");
     return;
   }
+  const adapters = [...new Set(attributes.map((id) => adapterOf.get(id) || null))];
+  if (adapters.length > 1) {
+    showError("The attributes chosen were learned with different LoRA adapters (" +
+              adapters.map((x) => x || "none").join(", ") + "): choose attributes of one adapter.");
+    return;
+  }
   const body = { prompt: $("prompt").value, attributes, strength: parseFloat($("strength").value) };
+  if (adapters[0]) body.lora = adapters[0];
   const upload = document.querySelector("input[name=source]:checked").value === "upload";
   if (upload) {
     const file = $("image").files[0];
@@ -140,6 +167,7 @@ function init() {
   $("strength").addEventListener("input", () => { $("strength-value").textContent = parseFloat($("strength").value).toFixed(2); });
   $("strength").addEventListener("change", () => { if ($("after").src) edit(); });
   loadAttributes().catch((e) => showError(e.message));
+  loadAdapters().catch((e) => showError(e.message));
 }
 
 init();
