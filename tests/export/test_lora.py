@@ -257,6 +257,28 @@ def test_run_time_lora_refusals(adapters, lora_engine):
         swapped_graphs(lora_engine, int8, [b])
 
 
+def test_fused_then_quantized_keeps_the_adapter_and_refuses_a_swap_naming_the_way(adapters, lora_engine, tmp_path):
+    """LoRA on the fast default (int8 + step cache): fuse at export, then `svdedit quantize`. The int8 engine dir
+    keeps the fused adapter in its identity and generates near its fp32 engine; its UNet's run-time LoRA fields are
+    gone, and a swap is refused naming that way."""
+    from svdedit.runtime.pipeline import Pipeline
+    from tests.cli import run_cli
+
+    out = tmp_path / "int8"
+    proc = run_cli("quantize", lora_engine, "-o", out, "--mode", "static", "--prompts", "2", "--steps", "4")
+    assert proc.returncode == 0, proc.stderr
+    m, fused = read_manifest(out), read_manifest(lora_engine)
+    assert m.identity() == fused.identity() and m.raw["lora"] == fused.raw["lora"]  # A, fused, in both
+    assert m.networks["unet"].lora_targets is None and not (out / "unet.lora.safetensors").exists()
+    with pytest.raises(SvdeditError, match="int8 engine dir .*fuse the adapter at export .*then quantize"):
+        Pipeline(out, lora=[read_adapter(adapters["B"])])
+    images = []
+    for engine in (lora_engine, out):
+        with Pipeline(engine) as pipe:
+            images.append(pipe.decode(pipe.generate("a red cat", seed=1, steps=8, guidance=3.0)))
+    assert 0 < np.abs(images[1] - images[0]).mean() < 0.25  # close to the fp32 engine with A, not equal to it
+
+
 def test_swapped_on_openvino_matches_onnxruntime_and_is_compiled_under_the_adapters_identity(adapters, lora_engine,
                                                                                               feeds):
     openvino = pytest.importorskip("openvino")
