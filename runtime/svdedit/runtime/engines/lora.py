@@ -396,7 +396,7 @@ def merge_plan(manifest, adapters) -> dict[str, dict[str, list[tuple[Layer, floa
         raise SvdeditError("a run-time LoRA cannot be applied to an int8 engine dir (its weights are quantized with "
                            "scales computed without the adapter): fuse the adapter at export (`svdedit export MODEL "
                            "--lora FILE`), then quantize, or swap adapters on the fp32 engine dir.")
-    modules = {name: [*net.lora_targets, *(net.lora_unused or ())] for name, net in ready.items()}
+    modules = {name: {*net.lora_targets, *(net.lora_unused or ())} for name, net in ready.items()}
     sgm = sgm_names([m for name in COMPONENT_NETWORKS["unet"] for m in modules.get(name, ())])
     names = {name: {**{match_key(m, k): m for m in modules[name] for k in (False, True)},
                     **({k: m for k, m in sgm.items() if m in modules[name]} if name in COMPONENT_NETWORKS["unet"] else {})}

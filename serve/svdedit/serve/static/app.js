@@ -116,7 +116,7 @@ async function edit(event) {
   const adapters = [...new Set(attributes.map((id) => adapterOf.get(id) || null))];
   if (adapters.length > 1) {
     showError("The attributes chosen were learned with different LoRA adapters (" +
-              adapters.map((x) => x || "none").join(", ") + "): choose attributes of one adapter.");
+              adapters.map((x) => x || "none").sort().join(", ") + "): choose attributes of one adapter.");
     return;
   }
   const body = { prompt: $("prompt").value, attributes, strength: parseFloat($("strength").value) };
