@@ -107,6 +107,10 @@ def work(tmp_path_factory) -> Path:
     return folder
 
 
+#: the lines of the blocks run so far in each work folder
+RAN: dict[Path, set[int]] = {}
+
+
 def _serve(env: dict, cwd: Path):
     """`svdedit serve svdedit:shapes` on a free port, ready (or the test fails with what it said)."""
     from benchmarks.serving.serving import free_port, wait_ready
@@ -132,6 +136,21 @@ RUN = [b for b in BLOCKS if b.mode in MODES]
 def test_the_example_runs(block: Block, work: Path, request):
     if not HAS_TORCH:  # make test-runtime-oldest: the wheel without the export extra
         pytest.skip("the README's examples run in make test's environment (the export extra, the service)")
+    ran = RAN.setdefault(work, set())
+    if block.mode in ("run", "run with a server"):  # a reader has run the plain blocks above it (files they leave):
+        for earlier in RUN:                         # under make test-slow alone, they have not run here yet
+            if earlier.mode == "run" and earlier.line < block.line and earlier.line not in ran and (
+                    block.slow or not earlier.slow):  # make test's blocks never needed the slow ones
+                proc = run_block(earlier, work, request)
+                assert proc.returncode == 0, f"README.md:{earlier.line}, run before {block.line}, failed:\n{proc.stderr[-3000:]}"
+                ran.add(earlier.line)
+    proc = run_block(block, work, request)
+    ran.add(block.line)
+    assert proc.returncode == 0, f"README.md:{block.line} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+
+def run_block(block: Block, work: Path, request) -> subprocess.CompletedProcess:
+    """Run one block as its marker says (a server started for it and stopped after)."""
     env, cwd, server = user_env(Path(sys.prefix)), work, None
     if block.mode == "run in the checkout":
         cwd = ROOT
@@ -144,9 +163,8 @@ def test_the_example_runs(block: Block, work: Path, request):
         code = code.replace("localhost:8000", f"localhost:{port}")
     command = ["bash", "-euo", "pipefail", "-c", code] if block.language == "bash" else [sys.executable, "-c", code]
     try:
-        proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     finally:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
-    assert proc.returncode == 0, f"README.md:{block.line} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
