@@ -367,15 +367,10 @@ def swapped_weights(graph: Path, network: str, net) -> dict[str, np.ndarray]:
         raise SvdeditError(f"{graph.parent} does not record the weights its LoRA merge changed; remove that folder "
                            f"and run again (it is merged anew).")
     path = graph.parent / net.lora_weights
-    header = check_safetensors(path)
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-    out = {}
-    for name in changed:
-        info = header[name]
-        out[name] = np.memmap(path, dtype=SAFETENSORS_DTYPES[info["dtype"]], mode="r",
-                              offset=8 + n + int(info["data_offsets"][0]), shape=tuple(info["shape"]))
-    return out
+    header, start = check_safetensors(path), data_start(path)
+    return {name: np.memmap(path, dtype=SAFETENSORS_DTYPES[header[name]["dtype"]], mode="r",
+                            offset=start + int(header[name]["data_offsets"][0]), shape=tuple(header[name]["shape"]))
+            for name in changed}
 
 
 def is_link_to(link: Path, target: Path) -> bool:
@@ -399,7 +394,7 @@ def merge_plan(manifest, adapters) -> dict[str, dict[str, list[tuple[Layer, floa
     modules = {name: {*net.lora_targets, *(net.lora_unused or ())} for name, net in ready.items()}
     sgm = sgm_names([m for name in COMPONENT_NETWORKS["unet"] for m in modules.get(name, ())])
     names = {name: {**{match_key(m, k): m for m in modules[name] for k in (False, True)},
-                    **({k: m for k, m in sgm.items() if m in modules[name]} if name in COMPONENT_NETWORKS["unet"] else {})}
+                    **(sgm if name in COMPONENT_NETWORKS["unet"] else {})}  # a UNet part finds only its own modules
              for name in ready}
     plan: dict[str, dict[str, list]] = {}
     missing, mismatched = [], []

@@ -239,10 +239,8 @@ class Manifest:
         if not lora.get("swapped"):
             return self
         raw = self.to_dict()
-        raw["lora"] = {k: v for k, v in lora.items() if k != "swapped"} or None
-        if raw["lora"] is None:
-            del raw["lora"]
-        return Manifest.from_dict(raw)
+        rest = {k: v for k, v in raw.pop("lora").items() if k != "swapped"}
+        return Manifest.from_dict({**raw, **({"lora": rest} if rest else {})})
 
     def identities(self) -> tuple[str, str]:
         """(identity, the identity of svdedit 0.1.0: the whole manifest but its TensorRT plans), which attribute
