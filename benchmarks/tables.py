@@ -180,12 +180,13 @@ def openvino_generation() -> str:
                    f"{g['peak_rss_gib']:.2f} ({g['peak_rss_gib'] / genai['peak_rss_gib']:.2f})"] for g in gen])
 
 
-def openvino_rounds() -> str:
-    """The decisive rows interleaved with the peers' (speed/bench_speed.py --rounds, speed_sd15_openvino_rounds_cpu):
-    each round ran every row once, so a round's ratio compares rows measured minutes apart on a drifting machine."""
+def openvino_rounds(result: str = "speed_sd15_openvino_rounds_cpu.json") -> str:
+    """The decisive rows interleaved with the peers' (speed/bench_speed.py --rounds; `result`: the Intel Xeon's run, or
+    another machine's): each round ran every row once, so a round's ratio compares rows measured minutes apart on a
+    drifting machine."""
     from benchmarks.speed.bench_speed import OPTIMUM_INTEL, round_cells
 
-    res = _load("speed_sd15_openvino_rounds_cpu.json")
+    res = _load(result)
     ovi = next(r for r in res["rows"] if r["label"] == OPTIMUM_INTEL)
     genai = res["generation"][-1]
     cells, generation = round_cells(res)
@@ -226,7 +227,8 @@ def serve_batching() -> str:
 TABLES = {"serve-batching": serve_batching, "edit-quality": edit_quality, "strength": strength, "edit-sd15": edit_sd15,
           "edit-sdxl": edit_sdxl, "configurations": configurations, "open-time": open_time,
           "openvino-edit": openvino_edit, "openvino-generation": openvino_generation,
-          "openvino-rounds": openvino_rounds}
+          "openvino-rounds": openvino_rounds,
+          "openvino-rounds-epyc": lambda: openvino_rounds("speed_sd15_openvino_rounds_epyc.json")}
 
 
 def render(readme: str) -> str:
