@@ -8,7 +8,8 @@ Engine dirs under --work: bench_speed.py's (engine-fp32, engine-int8-static; mad
 onnxruntime and onnxruntime-ep-openvino (benchmarks/speed/peer_venvs.sh ep-openvino); without it, the plugin's
 rows are not run. Every case in its own process (its peak RSS is its own): it opens the UNet with an empty
 compiled-model cache (the first open: OpenVINO compiles), closes it and opens it again (the second open: from
-the cache), then one warm-up call and the median of --repeats calls, batch 2 (one guided step), 64x64 latent.
+the cache), then one warm-up call and the median of --repeats calls, batch 2 (one guided step; --batch 1: one
+inversion step), 64x64 latent.
 Every output is compared with the first row's (onnxruntime's fp32) on the same inputs (relative L2).
 Two more rows tell what the graph costs: optimum-intel's own export of the same pipeline (WORK/optimum-intel, made by
 bench_speed.py) compiled the same way, and the nncf int8 engine dir; each OpenVINO row lists the layer types of its
@@ -42,6 +43,7 @@ CASES = [
     ("onnxruntime + OpenVINO plugin EP, fp32", "ep", "engine-fp32", "fp32"),
     ("onnxruntime + OpenVINO plugin EP, bf16", "ep", "engine-fp32", "bf16"),
     ("onnxruntime + OpenVINO plugin EP, int8 static + bf16", "ep", "engine-int8-static", "bf16"),
+    ("OpenVINO runtime, optimum-intel's export of the same model, fp32", "ir", "optimum-intel", "fp32"),
     ("OpenVINO runtime, optimum-intel's export of the same model, bf16", "ir", "optimum-intel", "bf16"),
     ("OpenVINO runtime (svdedit), nncf int8 + bf16", "svdedit:openvino", "engine-int8-nncf", "bf16"),
 ]
@@ -58,13 +60,13 @@ def runtime_layers(compiled) -> dict:
     return {t: types[t] for t in LAYER_TYPES if types[t]}
 
 
-def inputs():
+def inputs(batch: int = 2):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return {"sample": rng.standard_normal((2, 4, 64, 64), dtype=np.float32),
-            "timestep": np.full((2,), 500.0, np.float32),
-            "encoder_hidden_states": rng.standard_normal((2, 77, 768), dtype=np.float32)}
+    return {"sample": rng.standard_normal((batch, 4, 64, 64), dtype=np.float32),
+            "timestep": np.full((batch,), 500.0, np.float32),
+            "encoder_hidden_states": rng.standard_normal((batch, 77, 768), dtype=np.float32)}
 
 
 def timed_calls(call, repeats: int) -> tuple[list[float], object]:
@@ -77,7 +79,7 @@ def timed_calls(call, repeats: int) -> tuple[list[float], object]:
     return times, out
 
 
-def child_svdedit(engine: str, provider: str, precision: str | None, repeats: int, out_npy: str) -> dict:
+def child_svdedit(engine: str, provider: str, precision: str | None, repeats: int, out_npy: str, batch: int) -> dict:
     """svdedit's runner of `provider` (cpu: onnxruntime; openvino: OpenvinoRunner), its UNet only."""
     import os
 
@@ -96,7 +98,7 @@ def child_svdedit(engine: str, provider: str, precision: str | None, repeats: in
         opens.append(time.perf_counter() - t)
         if len(opens) == 1:
             runner.deactivate()
-    feeds = inputs()
+    feeds = inputs(batch)
     times, out = timed_calls(lambda: runner(**feeds)["model_output"], repeats)
     np.save(out_npy, out)
     layers = runtime_layers(runner.compiled) if provider == "openvino" else None
@@ -105,7 +107,7 @@ def child_svdedit(engine: str, provider: str, precision: str | None, repeats: in
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def child_ir(folder: str, precision: str, repeats: int, out_npy: str) -> dict:
+def child_ir(folder: str, precision: str, repeats: int, out_npy: str, batch: int) -> dict:
     """optimum-intel's own export of the same pipeline (WORK/optimum-intel, made by bench_speed.py), its UNet IR
     compiled by the openvino runtime as svdedit compiles ours: what the graph alone costs (its timestep is int64, its
     output out_sample)."""
@@ -124,7 +126,7 @@ def child_ir(folder: str, precision: str, repeats: int, out_npy: str) -> dict:
                                       {**config, "CACHE_DIR": cache})
         opens.append(time.perf_counter() - t)
     request = compiled.create_infer_request()
-    feeds = dict(inputs(), timestep=np.full((2,), 500, np.int64))
+    feeds = dict(inputs(batch), timestep=np.full((batch,), 500, np.int64))
     times, out = timed_calls(lambda: request.infer(feeds)[compiled.output(0)].copy(), repeats)
     np.save(out_npy, out)
     return {"provider": f"OpenVINO-CPU-{precision} (optimum-intel's IR)", "runtime_layers": runtime_layers(compiled),
@@ -133,7 +135,7 @@ def child_ir(folder: str, precision: str, repeats: int, out_npy: str) -> dict:
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def child_ep(engine: str, precision: str, repeats: int, out_npy: str) -> dict:
+def child_ep(engine: str, precision: str, repeats: int, out_npy: str, batch: int) -> dict:
     """onnxruntime with the OpenVINO plugin provider on the engine dir's unet.onnx (no svdedit: its own venv).
     Precision through the plugin's load_config (INFERENCE_PRECISION_HINT); its model cache in a fresh folder."""
     import numpy as np
@@ -155,7 +157,7 @@ def child_ep(engine: str, precision: str, repeats: int, out_npy: str) -> dict:
         t = time.perf_counter()
         session = ort.InferenceSession(str(Path(engine) / "unet.onnx"), so)
         opens.append(time.perf_counter() - t)
-    feeds = inputs()
+    feeds = inputs(batch)
     times, out = timed_calls(lambda: session.run(["model_output"], feeds)[0], repeats)
     np.save(out_npy, out)
     return {"provider": session.get_providers()[0], "first_open_s": opens[0], "second_open_s": opens[1],
@@ -168,7 +170,7 @@ def markdown(res: dict) -> str:
     rows = res["rows"]
     ref = rows[0]["label"]
     lines = [f"# One guided UNet call, onnxruntime and OpenVINO: SD 1.5 shape, {res['device_label']}", "",
-             f"Command: `{res['command']}`. Batch 2 (one guided step), 64x64 latent (512 px), random weights; each row "
+             f"Command: `{res['command']}`. Batch {res.get('batch', 2)}, 64x64 latent (512 px), random weights; each row "
              f"in its own process: open with an empty cache, close, open again, a warm-up call, then the median of "
              f"{res['repeats']} calls. CPU flags: {', '.join(res['machine'].get('cpu_flags', []))}.", "",
              f"| way | call s | calls, min-max s | vs {ref} | rel. L2 vs {ref} | first open s | "
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/sd15"))
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=2, help="the UNet's batch (2: one guided step; 1: one inversion step)")
     ap.add_argument("--ep-python", type=Path, default=None, help="a Python with onnxruntime-ep-openvino")
     ap.add_argument("--only", help="labels of CASES to run, separated by semicolons (the labels hold commas; default: "
                                    "all); the first is the reference")
@@ -201,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         way, engine, precision, out_npy = args.child
         precision = None if precision == "-" else precision
-        result = (child_ep(engine, precision, args.repeats, out_npy) if way == "ep" else
-                  child_ir(engine, precision, args.repeats, out_npy) if way == "ir" else
-                  child_svdedit(engine, way.split(":")[1], precision, args.repeats, out_npy))
+        result = (child_ep(engine, precision, args.repeats, out_npy, args.batch) if way == "ep" else
+                  child_ir(engine, precision, args.repeats, out_npy, args.batch) if way == "ir" else
+                  child_svdedit(engine, way.split(":")[1], precision, args.repeats, out_npy, args.batch))
         print(json.dumps(result))
         return 0
 
@@ -221,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             out_npy = f"{tmp}/{i}.npy"
             proc = subprocess.run([str(python), "-m", "benchmarks.speed.bench_openvino_unet", "--repeats",
-                                   str(args.repeats), "--child", way, str(args.work / engine), precision or "-", out_npy],
+                                   str(args.repeats), "--batch", str(args.batch), "--child", way,
+                                   str(args.work / engine), precision or "-", out_npy],
                                   cwd=ROOT, capture_output=True, text=True)
             if proc.returncode:
                 rows.append({"label": label, "skipped": proc.stderr.strip().splitlines()[-1][:200]})
@@ -240,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
 
     res = {"benchmark": "bench_openvino_unet",
            "command": "python -m benchmarks.speed.bench_openvino_unet " + " ".join(sys.argv[1:]),
-           "model": "SD 1.5 shape (random weights), batch 2 (one guided step), 64x64 latent", "machine": machine,
-           "device_label": f"{machine['cpu']}, {machine['cores']} cores", "repeats": args.repeats,
+           "model": f"SD 1.5 shape (random weights), batch {args.batch}, 64x64 latent", "machine": machine,
+           "device_label": f"{machine['cpu']}, {machine['cores']} cores", "repeats": args.repeats, "batch": args.batch,
            "versions": {"openvino": openvino.__version__.split("-")[0]}, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,6 +159,33 @@ def test_a_damaged_blob_is_compiled_again_and_replaced(engine_dirs, user_cache, 
     again = ov_runner.OpenvinoRunner(engine, "vae_decoder", manifest, "fp32")
     with again:  # the replaced blob is a sound one
         assert again.opened_from == "cache"
+
+
+def test_an_engine_dir_reached_by_another_path_maps_the_same_blob(engine_dirs, user_cache, tmp_path, caplog):
+    """OpenVINO names a cached blob after the graph's path: through a symlink the runner must still map the blob its
+    real path wrote (it compiled again beside it, and said the blob could not be used); a copy elsewhere is compiled
+    for its own path, said as such, and the first blob stays."""
+    engine, manifest = engine_dirs["sd1"], read_manifest(engine_dirs["sd1"])
+    with ov_runner.OpenvinoRunner(engine, "vae_decoder", manifest, "fp32"):
+        pass
+    before = [b for b in _blobs(user_cache, engine) if b.parent.name.startswith("vae_decoder-fp32")]
+    stats = {b: b.stat().st_mtime_ns for b in before}
+    link = tmp_path / "link"
+    link.symlink_to(Path(engine).resolve(), target_is_directory=True)
+    runner = ov_runner.OpenvinoRunner(link, "vae_decoder", manifest, "fp32")
+    with caplog.at_level(logging.WARNING, logger="svdedit.runtime"), runner:
+        assert runner.opened_from == "cache"
+    assert not [r for r in caplog.records if r.name == "svdedit.runtime" and r.levelno >= logging.WARNING]
+    assert {b: b.stat().st_mtime_ns for b in _blobs(user_cache, engine) if b in stats} == stats
+    assert [b for b in _blobs(user_cache, engine) if b.parent.name.startswith("vae_decoder-fp32")] == before
+
+    copy = shutil.copytree(engine, tmp_path / "copy")
+    runner = ov_runner.OpenvinoRunner(copy, "vae_decoder", manifest, "fp32")
+    with caplog.at_level(logging.WARNING, logger="svdedit.runtime"), runner:
+        assert runner.opened_from == "graph"
+    assert "at another path" in caplog.text and "could not be used" not in caplog.text
+    after = [b for b in _blobs(user_cache, engine) if b.parent.name.startswith("vae_decoder-fp32")]
+    assert set(before) < set(after) and {b: b.stat().st_mtime_ns for b in before} == stats
 
 
 def test_an_unwritable_cache_is_a_warning_and_the_run_goes_on(engine_dirs, tmp_path, monkeypatch, caplog):

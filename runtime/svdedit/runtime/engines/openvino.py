@@ -19,6 +19,9 @@ reports carries it ("OpenVINO-CPU-bf16"), so the edit cache's key (Pipeline.nume
 Compiled models are cached per user beside the TensorRT plans (plans.py), in OpenVINO's own cache format
 (its CACHE_DIR, one folder per network, precision and graph):
     <engine cache>/openvino/<OpenVINO version>_<CPU key>/<network>-<precision>-<graph sha256[:16]>/<OpenVINO's>.blob
+One folder per precision is needed: OpenVINO's blob name leaves the precision hint out (a bf16 compile mapped the f32
+blob of the same graph in one CACHE_DIR, OpenVINO 2026.4). It does hold the graph's path, so the runner gives OpenVINO
+the resolved path (_compile).
 The first compile writes into a temporary sibling folder that is then renamed into place; later opens map the
 blob (SD 1.5-shape UNet, bf16: 1.7 s and 4.0 GB of RSS, against 6.6 s and 7.35 GB for importing an exported copy,
 the first version of this runner). A blob OpenVINO cannot read is compiled again and replaced by OpenVINO itself,
@@ -166,10 +169,15 @@ class OpenvinoRunner(Runner):
         before = _blobs(folder)
         if before:  # OpenVINO maps the cached blob (or, if it cannot read it, compiles and writes it again)
             self.compiled = self._compile(ov.Core(), {**config, "CACHE_DIR": str(folder)})
-            self.opened_from = "cache" if _blobs(folder) == before else "graph"
-            if self.opened_from == "graph":
+            after = _blobs(folder)
+            self.opened_from = "cache" if after == before else "graph"
+            if any(after.get(name) != seen for name, seen in before.items()):
                 log.warning("%s: the cached OpenVINO model in %s could not be used; OpenVINO compiled the graph again "
                             "and replaced it.", self.network, folder)
+            elif self.opened_from == "graph":  # a blob of its own beside the others: see _compile
+                log.warning("%s: the OpenVINO model cached in %s was compiled from this graph at another path (a moved "
+                            "or copied engine dir); OpenVINO compiled it again for this path and keeps both.",
+                            self.network, folder)
         else:
             self.compiled = self._compile_into(ov.Core(), config, folder)
             self.opened_from = "graph"
@@ -207,9 +215,12 @@ class OpenvinoRunner(Runner):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _compile(self, core, config: dict):
-        path = self.graph or self.engine_dir / self.entry.file
+        """OpenVINO's compile of the graph file. OpenVINO names its cached blob after the path it is given (and
+        checks the file's time and size on reading it), so the path is resolved first: an engine dir reached through a
+        symlink or a relative path maps the blob its real path wrote, instead of compiling again beside it."""
+        path = os.path.realpath(self.graph or self.engine_dir / self.entry.file)
         try:
-            return core.compile_model(str(path), "CPU", config)
+            return core.compile_model(path, "CPU", config)
         except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable and uncompilable graphs alike
             lines = [ln for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
             raise EngineDirError(
