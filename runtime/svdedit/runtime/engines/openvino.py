@@ -21,7 +21,7 @@ Compiled models are cached per user beside the TensorRT plans (plans.py), in Ope
     <engine cache>/openvino/<OpenVINO version>_<CPU key>/<network>-<precision>-<graph sha256[:16]>/<OpenVINO's>.blob
 One folder per precision is needed: OpenVINO's blob name leaves the precision hint out (a bf16 compile mapped the f32
 blob of the same graph in one CACHE_DIR, OpenVINO 2026.4). It does hold the graph's path, so the runner gives OpenVINO
-the resolved path (_compile).
+the graph in its resolved folder (_compile).
 The first compile writes into a temporary sibling folder that is then renamed into place; later opens map the
 blob (SD 1.5-shape UNet, bf16: 1.7 s and 4.0 GB of RSS, against 6.6 s and 7.35 GB for importing an exported copy,
 the first version of this runner). A blob OpenVINO cannot read is compiled again and replaced by OpenVINO itself,
@@ -216,9 +216,12 @@ class OpenvinoRunner(Runner):
 
     def _compile(self, core, config: dict):
         """OpenVINO's compile of the graph file. OpenVINO names its cached blob after the path it is given (and
-        checks the file's time and size on reading it), so the path is resolved first: an engine dir reached through a
-        symlink or a relative path maps the blob its real path wrote, instead of compiling again beside it."""
-        path = os.path.realpath(self.graph or self.engine_dir / self.entry.file)
+        checks the file's time and size on reading it), so the folder's path is resolved first: an engine dir reached
+        through a symlink or a relative path maps the blob its real path wrote, instead of compiling again beside it.
+        The file itself is not resolved: a swapped graph is a link to the engine dir's graph whose merged weights lie
+        beside the link (lora.swapped_graphs), where OpenVINO looks for them."""
+        given = Path(self.graph or self.engine_dir / self.entry.file)
+        path = os.path.join(os.path.realpath(given.parent), given.name)
         try:
             return core.compile_model(path, "CPU", config)
         except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable and uncompilable graphs alike
