@@ -169,8 +169,10 @@ def child_ep(engine: str, precision: str, repeats: int, out_npy: str, batch: int
 def markdown(res: dict) -> str:
     rows = res["rows"]
     ref = rows[0]["label"]
-    lines = [f"# One guided UNet call, onnxruntime and OpenVINO: SD 1.5 shape, {res['device_label']}", "",
-             f"Command: `{res['command']}`. Batch {res.get('batch', 2)}, 64x64 latent (512 px), random weights; each row "
+    batch = res.get("batch", 2)
+    step = "one guided step" if batch == 2 else "one inversion step" if batch == 1 else f"batch {batch}"
+    lines = [f"# One UNet call ({step}), onnxruntime and OpenVINO: SD 1.5 shape, {res['device_label']}", "",
+             f"Command: `{res['command']}`. Batch {batch}, 64x64 latent (512 px), random weights; each row "
              f"in its own process: open with an empty cache, close, open again, a warm-up call, then the median of "
              f"{res['repeats']} calls. CPU flags: {', '.join(res['machine'].get('cpu_flags', []))}.", "",
              f"| way | call s | calls, min-max s | vs {ref} | rel. L2 vs {ref} | first open s | "
