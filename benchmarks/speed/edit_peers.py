@@ -87,6 +87,8 @@ class Svdedit:
         from svdedit.runtime.pipeline import Pipeline
         from svdedit.runtime.timing import Stages
 
+        if spec["provider"] == "openvino":
+            self.name = "svdedit (OpenVINO)"
         self.pipe = Pipeline(spec["engine"], spec["provider"], size=spec.get("size"),
                              precision=spec.get("run_precision")).__enter__()
         self.stages = Stages()

@@ -22,10 +22,11 @@ QUALITY_FILES = ["speed_quality_shapes.json", "speed_quality_openvino_shapes.jso
                  "speed_quality_openvino_int8_shapes.json"]
 
 
-def quality_rows() -> tuple[dict, list[str]]:
-    """({label: row} of every quality run, the commands that made them)."""
+def quality_rows(files: list[str] = QUALITY_FILES) -> tuple[dict, list[str]]:
+    """({label: row} of every quality run in `files`, a label's row from the first file that has it; the commands that
+    made them)."""
     rows, commands = {}, []
-    for name in QUALITY_FILES:
+    for name in files:
         if (RESULTS / name).exists():
             res = json.loads((RESULTS / name).read_text())
             commands.append(res["command"])

@@ -26,3 +26,28 @@ def test_rounds_alternate_their_order_and_a_row_is_its_median_round(monkeypatch)
     ran.clear()
     single = bench_speed.run_rounds([{"label": "A"}], 1, "/tmp/x-{}.npy")
     assert "seconds_rounds" not in single[0] and bench_speed.paired(single[0], single[0]) == []
+
+
+def test_generation_runs_the_exact_path_the_fastest_openvino_row_and_the_fastest_row_once_each(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from svdedit.runtime.editing import avi
+
+    monkeypatch.setattr(avi.Attribute, "load", lambda path: SimpleNamespace(knobs=SimpleNamespace(steps=10, guidance=3.0)))
+    jobs = []
+    monkeypatch.setattr(bench_speed, "run_rounds", lambda js, rounds, out: jobs.extend(js) or [])
+    by_label = {c[0]: c for c in bench_speed.configs()}
+    ov_n3 = next(label for label in by_label if label.startswith("OpenVINO int8") and label.endswith("N=3"))
+    rows = [{"label": "exact (fp32)", "impl": "svdedit (onnxruntime)", "seconds_median": 70.0},
+            {"label": "int8 static + step cache N=3", "impl": "svdedit (onnxruntime)", "seconds_median": 40.0},
+            {"label": ov_n3, "impl": "svdedit (OpenVINO)", "seconds_median": 50.0},
+            {"label": "optimum-intel (OpenVINO)", "impl": "optimum-intel (OpenVINO)", "seconds_median": 30.0}]
+    args = SimpleNamespace(genai_python="/genai/python", optimum_intel_python="/ovi/python", rounds=1)
+    bench_speed.generation_rows(args, {"attr": "a.safetensors"}, rows, tmp_path, [r["label"] for r in rows[:3]])
+    assert [j["label"] for j in jobs] == ["svdedit generate, exact (fp32)", f"svdedit generate, {ov_n3}",
+                                          "svdedit generate, int8 static + step cache N=3",
+                                          "OpenVINO GenAI Text2ImagePipeline"]
+    assert [j["provider"] for j in jobs[:3]] == ["cpu", "openvino", "cpu"] and jobs[-1]["python"] == "/genai/python"
+    jobs.clear()  # the fastest row is the fastest OpenVINO row: it runs once
+    bench_speed.generation_rows(args, {"attr": "a.safetensors"}, rows[2:], tmp_path, [rows[2]["label"]])
+    assert [j["label"] for j in jobs] == [f"svdedit generate, {ov_n3}", "OpenVINO GenAI Text2ImagePipeline"]
