@@ -169,10 +169,10 @@ def openvino_edit() -> str:
                   "peak RSS GiB (/ optimum-intel's)", "success", "identity", "reconstruction dB"], rows)
 
 
-def openvino_generation() -> str:
-    """Generation only (GenAI cannot invert): svdedit's exact path and fastest OpenVINO configuration against OpenVINO
-    GenAI's Text2ImagePipeline, in the same run (speed/bench_speed.py)."""
-    gen = _load("speed_sd15_openvino_cpu.json")["generation"]
+def openvino_generation(result: str = "speed_sd15_openvino_cpu.json") -> str:
+    """Generation only (GenAI cannot invert): svdedit's exact path and fastest configurations against OpenVINO
+    GenAI's Text2ImagePipeline, in the same run (speed/bench_speed.py; `result`: another run's)."""
+    gen = _load(result)["generation"]
     genai = gen[-1]
     return _rows(["implementation", "seconds", "vs GenAI", "peak RSS GiB (/ GenAI's)"],
                  [[f"{g['label']} ({g['provider']})", f"{g['seconds_median']:.1f}",
@@ -197,6 +197,34 @@ def openvino_rounds(result: str = "speed_sd15_openvino_rounds_cpu.json") -> str:
              for (label, seconds, vs), g in zip(generation, res["generation"])]
     return _rows(["row", "seconds per round", "vs optimum-intel, per round", "vs optimum-intel fp32, per round",
                   "peak RSS GiB (/ optimum-intel's)"], rows)
+
+
+def every_row(result: str = "speed_sd15_all_epyc.json", quality_first: str = "speed_quality_openvino_epyc.json") -> str:
+    """Every configuration and every peer in one run on one machine (speed/bench_speed.py without --only): each row
+    against Optimum's onnxruntime pipeline, optimum-intel's at its defaults and diffusers, with its edit quality on the
+    embedded model (`quality_first`, this machine's run, before the other quality runs) and whether that is within
+    issue 19's bounds."""
+    from benchmarks.speed.bench_speed import OPTIMUM_INTEL
+    from benchmarks.speed.speed_report import QUALITY_FILES, quality_fields, quality_rows
+
+    res = _load(result)
+    quality, _ = quality_rows([quality_first, *QUALITY_FILES])
+    ref = {r["label"]: r for r in res["rows"]}
+    peers = [ref[label] for label in ("optimum (onnxruntime)", OPTIMUM_INTEL, "diffusers (torch)")]
+
+    def quality_cells(label: str) -> list[str]:
+        if label not in quality:
+            return ["-", "-", "-", ""]
+        q = quality_fields(quality[label], quality["exact (fp32)"])
+        return [f"{q['success']:.3f}", f"{q['identity']:.3f}", f"{q['d_reconstruction_db']:+.2f}",
+                "yes" if q["quality_ok"] else "**no**"]
+
+    rows = [[r["label"], r["impl"].split("(")[-1].rstrip(")"), f"{r['seconds_median']:.1f}"]
+            + [f"{p['seconds_median'] / r['seconds_median']:.2f}x" for p in peers] + [f"{r['peak_rss_gib']:.2f}"]
+            + (quality_cells(r["label"]) if r["impl"].startswith("svdedit") else ["", "", "", ""])
+            for r in res["rows"]]
+    return _rows(["row", "runtime", "edit s", "vs Optimum", "vs optimum-intel", "vs diffusers", "peak RSS GiB",
+                  "success", "identity", "Δ reconstruction dB", "within issue 19's bounds"], rows)
 
 
 def open_time() -> str:
@@ -228,7 +256,9 @@ TABLES = {"serve-batching": serve_batching, "edit-quality": edit_quality, "stren
           "edit-sdxl": edit_sdxl, "configurations": configurations, "open-time": open_time,
           "openvino-edit": openvino_edit, "openvino-generation": openvino_generation,
           "openvino-rounds": openvino_rounds,
-          "openvino-rounds-epyc": lambda: openvino_rounds("speed_sd15_openvino_rounds_epyc.json")}
+          "openvino-rounds-epyc": lambda: openvino_rounds("speed_sd15_openvino_rounds_epyc.json"),
+          "every-row-epyc": every_row,
+          "every-row-generation-epyc": lambda: openvino_generation("speed_sd15_all_epyc.json")}
 
 
 def render(readme: str) -> str:
