@@ -112,6 +112,14 @@ def edit_table(res: dict) -> str:
     return _rows([f"seconds, batch 1"] + [i["impl"] for i in impls], rows)
 
 
+def _quality_of(quality: dict, label: str) -> dict:
+    """A configuration's quality against the exact path's (speed_report.quality_fields), from `quality` ({label: row}
+    of speed_report.quality_rows); {} where no quality run has the label."""
+    from benchmarks.speed.speed_report import quality_fields
+
+    return quality_fields(quality[label], quality["exact (fp32)"]) if label in quality else {}
+
+
 def _quality_cells(r: dict) -> list[str]:
     """success, identity, reconstruction dB of a speed_report row ("not measured" where no quality run has it)."""
     if "success" not in r:
@@ -149,7 +157,7 @@ def openvino_edit() -> str:
     """The OpenVINO configurations' edits (speed/bench_speed.py --name speed_sd15_openvino_cpu) against optimum-intel's
     pipeline at its defaults and forced to fp32, in the same run, with their quality on the embedded model
     (quality/speed_quality.py's runs, joined as speed/speed_report.py does)."""
-    from benchmarks.speed.speed_report import quality_fields, quality_rows
+    from benchmarks.speed.speed_report import quality_rows
 
     speed = _load("speed_sd15_openvino_cpu.json")
     quality, _ = quality_rows()
@@ -161,8 +169,7 @@ def openvino_edit() -> str:
                 f"{ovi32['seconds_median'] / r['seconds_median']:.2f}x",
                 f"{r['peak_rss_gib']:.2f} ({r['peak_rss_gib'] / ovi['peak_rss_gib']:.2f})"]
 
-    rows = [cells(r) + (_quality_cells(quality_fields(quality[r["label"]], quality["exact (fp32)"]))
-                        if r["label"] in quality else _quality_cells({}))
+    rows = [cells(r) + _quality_cells(_quality_of(quality, r["label"]))
             for r in speed["rows"] if r["impl"].startswith("svdedit")]
     rows += [cells(p) + ["", "", ""] for p in (ovi, ovi32)]
     return _rows(["configuration", "edit s", "vs optimum-intel", "vs optimum-intel fp32",
@@ -205,7 +212,7 @@ def every_row(result: str = "speed_sd15_all_epyc.json", quality_first: str = "sp
     embedded model (`quality_first`, this machine's run, before the other quality runs) and whether that is within
     issue 19's bounds."""
     from benchmarks.speed.bench_speed import OPTIMUM_INTEL
-    from benchmarks.speed.speed_report import QUALITY_FILES, quality_fields, quality_rows
+    from benchmarks.speed.speed_report import QUALITY_FILES, quality_rows
 
     res = _load(result)
     quality, _ = quality_rows([quality_first, *QUALITY_FILES])
@@ -213,9 +220,9 @@ def every_row(result: str = "speed_sd15_all_epyc.json", quality_first: str = "sp
     peers = [ref[label] for label in ("optimum (onnxruntime)", OPTIMUM_INTEL, "diffusers (torch)")]
 
     def quality_cells(label: str) -> list[str]:
-        if label not in quality:
+        q = _quality_of(quality, label)
+        if not q:
             return ["-", "-", "-", ""]
-        q = quality_fields(quality[label], quality["exact (fp32)"])
         return [f"{q['success']:.3f}", f"{q['identity']:.3f}", f"{q['d_reconstruction_db']:+.2f}",
                 "yes" if q["quality_ok"] else "**no**"]
 

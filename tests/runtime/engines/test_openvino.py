@@ -116,10 +116,11 @@ def test_the_default_precision_follows_the_cpu(engine_dirs, monkeypatch):
 
 
 # ---- the compiled-model cache ----
-def _blobs(user_cache, engine):
+def _blobs(user_cache, engine, folder: str = ""):
+    """The engine dir's cached OpenVINO blobs (only those whose folder starts with `folder`: "vae_decoder-fp32")."""
     manifest = read_manifest(engine)
     return sorted((user_cache / "svdedit" / "engines").glob(
-        f"{manifest.identity()[:16]}-{manifest.graphs_key()[:8]}/openvino/*/*/*.blob"))
+        f"{manifest.identity()[:16]}-{manifest.graphs_key()[:8]}/openvino/*/{folder}*/*.blob"))
 
 
 def test_a_second_open_maps_the_compiled_model(engine_dirs, user_cache, tmp_path):
@@ -147,7 +148,7 @@ def test_a_damaged_blob_is_compiled_again_and_replaced(engine_dirs, user_cache, 
         pass
     # every vae_decoder fp32 blob of this engine: where fp32 is the CPU's default precision (no bf16 units), other
     # tests have compiled it too (the same graph from other paths), and the folder holds more than one blob
-    blobs = [b for b in _blobs(user_cache, engine) if b.parent.name.startswith("vae_decoder-fp32")]
+    blobs = _blobs(user_cache, engine, "vae_decoder-fp32")
     assert blobs
     for blob in blobs:
         blob.chmod(0o600)  # OpenVINO writes its blobs read-only
@@ -168,7 +169,7 @@ def test_an_engine_dir_reached_by_another_path_maps_the_same_blob(engine_dirs, u
     engine, manifest = engine_dirs["sd1"], read_manifest(engine_dirs["sd1"])
     with ov_runner.OpenvinoRunner(engine, "vae_decoder", manifest, "fp32"):
         pass
-    before = [b for b in _blobs(user_cache, engine) if b.parent.name.startswith("vae_decoder-fp32")]
+    before = _blobs(user_cache, engine, "vae_decoder-fp32")
     stats = {b: b.stat().st_mtime_ns for b in before}
     link = tmp_path / "link"
     link.symlink_to(Path(engine).resolve(), target_is_directory=True)
@@ -177,14 +178,14 @@ def test_an_engine_dir_reached_by_another_path_maps_the_same_blob(engine_dirs, u
         assert runner.opened_from == "cache"
     assert not [r for r in caplog.records if r.name == "svdedit.runtime" and r.levelno >= logging.WARNING]
     assert {b: b.stat().st_mtime_ns for b in _blobs(user_cache, engine) if b in stats} == stats
-    assert [b for b in _blobs(user_cache, engine) if b.parent.name.startswith("vae_decoder-fp32")] == before
+    assert _blobs(user_cache, engine, "vae_decoder-fp32") == before
 
     copy = shutil.copytree(engine, tmp_path / "copy")
     runner = ov_runner.OpenvinoRunner(copy, "vae_decoder", manifest, "fp32")
     with caplog.at_level(logging.WARNING, logger="svdedit.runtime"), runner:
         assert runner.opened_from == "graph"
     assert "at another path" in caplog.text and "could not be used" not in caplog.text
-    after = [b for b in _blobs(user_cache, engine) if b.parent.name.startswith("vae_decoder-fp32")]
+    after = _blobs(user_cache, engine, "vae_decoder-fp32")
     assert set(before) < set(after) and {b: b.stat().st_mtime_ns for b in before} == stats
 
 
